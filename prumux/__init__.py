@@ -1,0 +1,26 @@
+"""The PruMUX model: multiplexer, compact BERT encoder, demultiplexer, L0 masks, pruning, throughput."""
+
+from prumux.config import EncoderConfig, PruMUXConfig
+from prumux.encoder import Encoder
+from prumux.l0 import L0Module, prunable_parameters
+from prumux.model import PruMUXModel, PruMUXOutput
+from prumux.mux import Demultiplexer, Multiplexer
+from prumux.pruning import prune
+from prumux.throughput import ThroughputResult, encoder_flops, hardware_name, measure_throughput
+
+__all__ = [
+    "Demultiplexer",
+    "Encoder",
+    "EncoderConfig",
+    "L0Module",
+    "Multiplexer",
+    "PruMUXConfig",
+    "PruMUXModel",
+    "PruMUXOutput",
+    "ThroughputResult",
+    "encoder_flops",
+    "hardware_name",
+    "measure_throughput",
+    "prunable_parameters",
+    "prune",
+]

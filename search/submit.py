@@ -1,0 +1,117 @@
+"""`prumux-search submit`: run a search on a Ray cluster as a Ray Job.
+
+The job's runtime environment carries our five packages (Ray uploads them to every node), so
+the cluster needs only the dependencies installed. The study must live in a database that
+every node can reach: a SQLite file on this machine is refused for a remote cluster.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from urllib.parse import urlparse
+
+import click
+
+PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray dashboard address (``http://HOST:PORT``) points at this machine."""
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_storage_reachable_from_cluster(storage_url: str | None, address: str) -> None:
+    """Refuse a study that the cluster's other nodes could not open."""
+    if is_loopback_address(address):
+        return
+    if storage_url is None or storage_url.startswith("sqlite"):
+        raise ValueError(
+            "a SQLite study on this machine cannot be reached from the nodes of a remote Ray "
+            "cluster; pass --storage postgresql://USER@HOST:5432/DB (a server every node reaches)"
+        )
+
+
+def build_entrypoint(start_args: tuple[str, ...], storage_url: str | None, run_dir: str | None) -> str:
+    """The shell command the Ray Job runs: `prumux-search start ...` through our CLI module."""
+    if not start_args or start_args[0] != "start":
+        raise ValueError("submit runs a search: give `-- start [start options]` after the submit options")
+    arguments = list(start_args)
+    if storage_url and "--storage" not in arguments:
+        arguments += ["--storage", storage_url]
+    if run_dir and "--run-dir" not in arguments:
+        arguments += ["--run-dir", run_dir]
+    if "--ray-address" not in arguments:
+        arguments += ["--ray-address", "auto"]
+    return shlex.join(["python3", "-m", "search.cli", *arguments])
+
+
+def runtime_environment() -> dict:
+    """A runtime env that ships this checkout's packages to every node."""
+    import importlib
+
+    modules = [importlib.import_module(name) for name in PACKAGES]
+    return {"py_modules": modules, "env_vars": {"PYTHONUNBUFFERED": "1"}}
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError) as error:
+        raise ValueError(f"cannot reach the Ray Jobs API at {address}: {error}") from None
+
+
+def _mask(url: str | None) -> str:
+    from storage import mask_url
+
+    return mask_url(url) if url else "the run directory's SQLite file"
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--address", default="http://127.0.0.1:8265", show_default=True, help="Ray dashboard (Jobs API) address of the cluster head.")
+@click.option("--storage", "storage_url", default=None, help="SQLAlchemy URL of the study; every node must reach it.")
+@click.option("--run-dir", default=None, help="Run directory on a shared filesystem (or a pyarrow URI) for checkpoints and caches.")
+@click.option("--logs", "logs_job", default=None, metavar="JOB", help="Print a submitted job's logs and follow them until it ends.")
+@click.option("--stop", "stop_job", default=None, metavar="JOB", help="Stop a submitted job.")
+@click.argument("start_args", nargs=-1, type=click.UNPROCESSED)
+def submit(address: str, storage_url: str | None, run_dir: str | None, logs_job: str | None, stop_job: str | None, start_args: tuple[str, ...]) -> None:
+    """Submit `start` to a Ray cluster as a Ray Job, or follow / stop one.
+
+    Example: prumux-search submit --address http://HEAD:8265 --storage postgresql://... -- start --task sst2
+    """
+    if logs_job:
+        follow_logs(_client(address), logs_job)
+        return
+    if stop_job:
+        stopped = _client(address).stop_job(stop_job)
+        click.echo(f"{stop_job}: {'stop requested' if stopped else 'already finished'}")
+        return
+    check_storage_reachable_from_cluster(storage_url, address)
+    entrypoint = build_entrypoint(start_args, storage_url, run_dir)
+    job_id = _client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_environment())
+    click.echo(f"submitted {job_id} to {address} (study in {_mask(storage_url)})")
+    click.echo(f"follow it:  prumux-search submit --address {address} --logs {job_id}")
+    click.echo(f"stop it:    prumux-search submit --address {address} --stop {job_id}")
+
+
+def follow_logs(client, job_id: str, poll_seconds: float = 2.0) -> str:
+    """Print a job's logs as they grow until the job ends; return its final status."""
+    printed = 0
+    while True:
+        try:
+            status = client.get_job_status(job_id)
+            logs = client.get_job_logs(job_id)
+        except RuntimeError as error:
+            raise ValueError(f"no job {job_id!r} on this cluster: {str(error).splitlines()[0]}") from None
+        sys.stdout.write(logs[printed:])
+        sys.stdout.flush()
+        printed = len(logs)
+        if status.is_terminal():
+            click.echo(f"{job_id}: {status.value}")
+            return status.value
+        time.sleep(poll_seconds)

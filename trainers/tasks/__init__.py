@@ -1,0 +1,6 @@
+"""Classification tasks: offline ones packaged on PyPI, GLUE from the hub, and local files."""
+
+from trainers.tasks.registry import DEFAULT_TASK, TASKS, load_task, offline_alternatives, task_names
+from trainers.tasks.spec import TaskData, TaskSpec
+
+__all__ = ["DEFAULT_TASK", "TASKS", "TaskData", "TaskSpec", "load_task", "offline_alternatives", "task_names"]

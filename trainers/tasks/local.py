@@ -1,0 +1,120 @@
+"""Tasks from the user's own files: CSV, TSV, JSON, JSON Lines or parquet.
+
+A file needs the columns `text` and `label`, and `text_pair` for a pair task. A path is
+either one file, or a folder holding `train.*` and optionally `validation.*` (or `valid.*`,
+`dev.*`) and `test.*`. Labels are mapped to ids in sorted order of their values. Missing
+splits are held out from train (10% each, seeded, stratified by label).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from trainers.tasks.spec import SPLITS, TaskData, TaskSpec
+from trainers.tasks.splits import split_frame
+
+SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+_SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a task name refers to a file or folder rather than a registered task."""
+    return Path(name).exists() or name.lower().endswith(SUFFIXES) or "/" in name
+
+
+def load_local(path: str | Path, seed: int = 0) -> TaskData:
+    """Load a task from a file or folder of files (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise OSError(f"task file or folder {str(path)!r} does not exist")
+    frames = _read_splits(path)
+    is_pair = _is_pair(frames)
+    label_names, frames = _label_ids(frames)
+    frames = _complete_splits(frames, seed)
+    spec = TaskSpec(
+        name=str(path),
+        label_names=label_names,
+        is_pair=is_pair,
+        description=f"local task from {path.name}",
+        source=str(path.resolve()),
+    )
+    return TaskData(spec, *(frames[split][spec.columns] for split in SPLITS))
+
+
+def _is_pair(frames: dict[str, pd.DataFrame]) -> bool:
+    with_pair = {split for split, frame in frames.items() if "text_pair" in frame.columns}
+    if with_pair and with_pair != set(frames):
+        raise ValueError(f"only some task files have a text_pair column ({', '.join(sorted(with_pair))})")
+    return bool(with_pair)
+
+
+def _read_splits(path: Path) -> dict[str, pd.DataFrame]:
+    if path.is_file():
+        return {"train": _read_file(path)}
+    found = {split: _split_file(path, stems) for split, stems in _SPLIT_STEMS.items()}
+    if found["train"] is None:
+        raise ValueError(f"folder {str(path)!r} has no train file (train{'/'.join(SUFFIXES)})")
+    return {split: _read_file(file) for split, file in found.items() if file is not None}
+
+
+def _split_file(folder: Path, stems: tuple[str, ...]) -> Path | None:
+    files = [folder / f"{stem}{suffix}" for stem in stems for suffix in SUFFIXES]
+    files = [file for file in files if file.is_file()]
+    if len(files) > 1:
+        raise ValueError(f"folder {str(folder)!r} has several files for one split: {', '.join(f.name for f in files)}")
+    return files[0] if files else None
+
+
+def _read_file(file: Path) -> pd.DataFrame:
+    suffix = file.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"unsupported task file {file.name!r}; use one of {', '.join(SUFFIXES)}")
+    if suffix == ".parquet":
+        frame = pd.read_parquet(file)
+    elif suffix in (".json", ".jsonl"):
+        # A .json file may hold one array of records or one record per line.
+        lines = suffix == ".jsonl" or not file.read_text(encoding="utf-8").lstrip().startswith("[")
+        frame = pd.read_json(file, lines=lines)
+    else:
+        frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",")
+    return _checked(frame, file)
+
+
+def _checked(frame: pd.DataFrame, file: Path) -> pd.DataFrame:
+    missing = [column for column in ("text", "label") if column not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"task file {file.name!r} lacks column(s) {', '.join(missing)}; "
+            f"it needs text and label (and text_pair for pair tasks), found {', '.join(map(str, frame.columns))}"
+        )
+    columns = [column for column in ("text", "text_pair", "label") if column in frame.columns]
+    incomplete = int(frame[columns].isna().any(axis=1).sum())
+    if incomplete:
+        raise ValueError(f"task file {file.name!r} has {incomplete} row(s) with an empty {', '.join(columns)} value")
+    return frame[columns].reset_index(drop=True)
+
+
+def _complete_splits(frames: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
+    """Hold out the missing validation / test splits from train; held-out parts of present splits stay in train."""
+    pieces = dict(zip(SPLITS, split_frame(frames["train"], seed, stratify="label")))
+    completed = {split: frames.get(split, pieces[split]) for split in ("validation", "test")}
+    completed["train"] = pd.concat(
+        [pieces["train"], *(pieces[split] for split in ("validation", "test") if split in frames)], ignore_index=True
+    )
+    if min(len(frame) for frame in completed.values()) == 0:
+        raise ValueError(f"a local task needs an example in every split; train has only {len(frames['train'])} rows")
+    return completed
+
+
+def _label_ids(frames: dict[str, pd.DataFrame]) -> tuple[tuple[str, ...], dict[str, pd.DataFrame]]:
+    """Map label values to ids 0..C-1 in sorted order; return the label names and relabelled frames."""
+    values = pd.concat([frame["label"] for frame in frames.values()])
+    try:
+        ordered = sorted(values.unique())
+    except TypeError:
+        raise ValueError("task labels mix numbers and strings; use one kind in every file") from None
+    ids = {value: index for index, value in enumerate(ordered)}
+    relabelled = {split: frame.assign(label=frame["label"].map(ids).astype("int64")) for split, frame in frames.items()}
+    return tuple(str(value) for value in ordered), relabelled

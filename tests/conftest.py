@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("PRUMUX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -90,3 +95,27 @@ def local_ray():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+CliRunner = Callable[..., tuple[subprocess.CompletedProcess, float]]
+
+
+@pytest.fixture
+def run_cli() -> CliRunner:
+    """Run `prumux-search ARGS` in a subprocess; return the finished process and its seconds.
+
+    Keyword arguments become environment variables; the caller's HF_* variables are dropped
+    so each test states its own hub situation.
+    """
+
+    def run(*args: str, timeout: float = 120, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+        environment.update(PYTHONPATH=str(REPO), **env)
+        start = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "search.cli", *args],
+            capture_output=True, text=True, env=environment, cwd=REPO, timeout=timeout,
+        )
+        return done, time.monotonic() - start
+
+    return run

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,6 @@ from trainers.models import BASE_MODELS, load_tokenizer, model_summary, resolve_
 from trainers.tasks import load_task
 from trainers.tasks.splits import normalise
 
-REPO = Path(__file__).resolve().parents[1]
 MINILM_SHAPE = {"layers": 6, "hidden": 384, "heads": 12, "intermediate": 1536, "parameters": 22_713_216}
 
 
@@ -101,20 +96,9 @@ def test_models_command_lists_shapes(capsys: pytest.CaptureFixture[str], monkeyp
     assert " ".join(rows["bert-base"]).endswith("bert-base-uncased (hub, not available offline)")
 
 
-def _cli(*args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
-    environment.update(PYTHONPATH=str(REPO), **env)
-    start = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-c", "from search.cli import main; main()", *args],
-        capture_output=True, text=True, env=environment, cwd=REPO, timeout=60,
-    )
-    return done, time.monotonic() - start
-
-
-def test_hub_model_without_network_fails_at_once_in_one_line() -> None:
+def test_hub_model_without_network_fails_at_once_in_one_line(run_cli) -> None:
     # Nothing listens on port 9: the hub probe itself must find that out, no HF_HUB_OFFLINE given.
-    done, seconds = _cli("models", "bert-base", HF_ENDPOINT="http://127.0.0.1:9")
+    done, seconds = run_cli("models", "bert-base", HF_ENDPOINT="http://127.0.0.1:9")
     assert done.returncode == 2
     assert seconds < 10
     assert "Traceback" not in done.stderr

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +12,6 @@ from trainers.hub import hub_reachable
 from trainers.tasks import TASKS, TaskData, load_task, task_names
 from trainers.tasks.splits import normalise
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Measured once; documented in the loaders' docstrings. Sizes do not depend on the seed.
 SIZES = {
@@ -167,19 +162,8 @@ def test_tasks_command_prints_sizes_and_balance(capsys: pytest.CaptureFixture[st
     assert rows["mnli"].endswith("hub, not loaded offline")
 
 
-def _cli(*args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
-    environment.update(PYTHONPATH=str(REPO), **env)
-    start = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-c", "from search.cli import main; main()", *args],
-        capture_output=True, text=True, env=environment, cwd=REPO, timeout=60,
-    )
-    return done, time.monotonic() - start
-
-
-def test_hub_task_offline_fails_at_once_in_one_line() -> None:
-    done, seconds = _cli("tasks", "mnli", HF_HUB_OFFLINE="1")
+def test_hub_task_offline_fails_at_once_in_one_line(run_cli) -> None:
+    done, seconds = run_cli("tasks", "mnli", HF_HUB_OFFLINE="1")
     assert done.returncode == 2
     assert seconds < 10
     assert "Traceback" not in done.stderr

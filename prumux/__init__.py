@@ -6,7 +6,12 @@ from prumux.l0 import L0Module, prunable_parameters
 from prumux.model import PruMUXModel, PruMUXOutput
 from prumux.mux import Demultiplexer, Multiplexer
 from prumux.pruning import prune
-from prumux.throughput import ThroughputResult, encoder_flops, hardware_name, measure_throughput
+from prumux.throughput import (
+    ThroughputResult,
+    encoder_flops,
+    hardware_name,
+    measure_throughput,
+)
 
 __all__ = [
     "Demultiplexer",

@@ -1,0 +1,132 @@
+"""Materialise CoFi masks: physically remove pruned heads, FFN dims, blocks and hidden dims."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from prumux.config import EncoderConfig
+from prumux.model import PruMUXModel
+
+
+@dataclass
+class Kept:
+    """Indices that survive pruning, and the full mask values folded into the kept weights."""
+
+    hidden: Tensor
+    heads: list[Tensor]
+    ffn: list[Tensor]
+    masks: dict[str, Tensor]
+
+
+def full_masks(config: EncoderConfig, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`masks` validated, detached, on CPU, with every missing kind filled with ones."""
+    config.check_masks(masks)
+    filled = {name: torch.ones(shape) for name, shape in config.mask_shapes().items()}
+    filled.update({name: mask.detach().float().cpu() for name, mask in masks.items()})
+    return filled
+
+
+def kept_units(config: EncoderConfig, masks: dict[str, Tensor]) -> Kept:
+    """Which hidden dims, heads and FFN dims a mask dict keeps (a closed block keeps nothing)."""
+    z = full_masks(config, masks)
+    heads = [torch.nonzero(row * block).flatten() for row, block in zip(z["head_z"], z["head_layer_z"])]
+    ffn = [torch.nonzero(row * block).flatten() for row, block in zip(z["intermediate_z"], z["mlp_z"])]
+    return Kept(torch.nonzero(z["hidden_z"]).flatten(), heads, ffn, z)
+
+
+def pruned_encoder_config(config: EncoderConfig, masks: dict[str, Tensor]) -> EncoderConfig:
+    """The encoder shape left after pruning with `masks`."""
+    kept = kept_units(config, masks)
+    return replace(
+        config,
+        hidden_size=len(kept.hidden),
+        num_heads=[len(h) for h in kept.heads],
+        intermediate_sizes=[len(f) for f in kept.ffn],
+    )
+
+
+@torch.no_grad()
+def prune(model: PruMUXModel, masks: dict[str, Tensor]) -> PruMUXModel:
+    """A new, smaller PruMUXModel computing what `model` computes under (deterministic) `masks`."""
+    encoder_config = model.config.encoder
+    kept = kept_units(encoder_config, masks)
+    if len(kept.hidden) == 0:
+        raise ValueError("hidden_z removes every hidden dim; nothing would remain")
+    if not torch.all(kept.masks["hidden_z"][kept.hidden] == 1):
+        raise ValueError("hidden_z must be 0 or 1 to be pruned exactly (use L0Module.deterministic_masks)")
+    config = replace(copy.deepcopy(model.config), encoder=pruned_encoder_config(encoder_config, masks))
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    sliced = _slice_state(state, model, kept)
+    pruned = PruMUXModel(config)
+    pruned.load_state_dict(sliced, strict=True)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    return pruned.to(device=device, dtype=dtype).train(model.training)
+
+
+def _slice_state(state: dict[str, Tensor], model: PruMUXModel, kept: Kept) -> dict[str, Tensor]:
+    hidden = kept.hidden
+    out = {key: value for key, value in state.items() if not key.startswith(("encoder.", "multiplexer."))}
+    for name in ("word", "position", "token_type"):
+        out[f"encoder.embeddings.{name}.weight"] = state[f"encoder.embeddings.{name}.weight"][:, hidden]
+    out.update(_norm(state, "encoder.embeddings.norm", hidden))
+    for index, layer in enumerate(model.encoder.layers):
+        if layer.attention is not None and len(kept.heads[index]):
+            out.update(_attention(state, f"encoder.layers.{index}.attention", index, kept, layer.attention.head_dim))
+        if layer.ffn is not None and len(kept.ffn[index]):
+            out.update(_ffn(state, f"encoder.layers.{index}.ffn", index, kept))
+    out["multiplexer.vectors"] = state["multiplexer.vectors"][:, hidden]
+    for key in _encoder_readers(model):
+        out[key] = state[key][:, hidden]
+    if model.demultiplexer is not None:
+        weight = state["demultiplexer.in_proj.weight"]
+        width = model.demultiplexer.input_size
+        out["demultiplexer.in_proj.weight"] = torch.cat([weight[:, :width][:, hidden], weight[:, width:]], dim=1)
+    return out
+
+
+def _encoder_readers(model: PruMUXModel) -> list[str]:
+    """Weights whose input columns are encoder hidden dims when no demux sits in between (N = 1)."""
+    if model.demultiplexer is not None:
+        return []
+    first = "pooler.weight" if model.pooler is not None else "classifier.weight"
+    return [first, "token_head.dense.weight"]
+
+
+def _norm(state: dict[str, Tensor], prefix: str, hidden: Tensor) -> dict[str, Tensor]:
+    return {f"{prefix}.{part}": state[f"{prefix}.{part}"][hidden] for part in ("weight", "bias")}
+
+
+def _attention(state: dict[str, Tensor], prefix: str, index: int, kept: Kept, head_dim: int) -> dict[str, Tensor]:
+    heads, hidden = kept.heads[index], kept.hidden
+    block = kept.masks["head_layer_z"][index]
+    qkv_w = state[f"{prefix}.qkv.weight"]
+    qkv_w = qkv_w.view(3, -1, head_dim, qkv_w.shape[-1])[:, heads][..., hidden].reshape(-1, len(hidden))
+    qkv_b = state[f"{prefix}.qkv.bias"].view(3, -1, head_dim)[:, heads].reshape(-1)
+    out_w = state[f"{prefix}.out.weight"]
+    out_w = out_w.view(out_w.shape[0], -1, head_dim) * (kept.masks["head_z"][index] * block).view(1, -1, 1)
+    out_w = out_w[hidden][:, heads].reshape(len(hidden), -1)
+    return {
+        f"{prefix}.qkv.weight": qkv_w,
+        f"{prefix}.qkv.bias": qkv_b,
+        f"{prefix}.out.weight": out_w,
+        f"{prefix}.out.bias": (state[f"{prefix}.out.bias"] * block)[hidden],
+        **_norm(state, f"{prefix}.norm", hidden),
+    }
+
+
+def _ffn(state: dict[str, Tensor], prefix: str, index: int, kept: Kept) -> dict[str, Tensor]:
+    dims, hidden = kept.ffn[index], kept.hidden
+    block = kept.masks["mlp_z"][index]
+    down_w = state[f"{prefix}.down.weight"] * (kept.masks["intermediate_z"][index] * block)
+    return {
+        f"{prefix}.up.weight": state[f"{prefix}.up.weight"][dims][:, hidden],
+        f"{prefix}.up.bias": state[f"{prefix}.up.bias"][dims],
+        f"{prefix}.down.weight": down_w[hidden][:, dims],
+        f"{prefix}.down.bias": (state[f"{prefix}.down.bias"] * block)[hidden],
+        **_norm(state, f"{prefix}.norm", hidden),
+    }

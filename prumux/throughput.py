@@ -1,0 +1,115 @@
+"""Throughput measurement with the paper's protocol, FLOP counts, and hardware names."""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prumux.config import EncoderConfig
+
+
+@dataclass
+class ThroughputResult:
+    """Instances per second of a model on one device, with what was measured."""
+
+    examples_per_second: float
+    seconds: float
+    num_examples: int
+    batch_size: int
+    seq_len: int
+    device: str
+    dtype: str
+    hardware: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hardware_name(device: str | torch.device = "cpu") -> str:
+    """A readable name of the device: GPU model, or CPU model and thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def encoder_flops(encoder_config: EncoderConfig, seq_len: int) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one sequence through the encoder layers."""
+    hidden, total = encoder_config.hidden_size, 0
+    for heads, ffn in zip(encoder_config.num_heads, encoder_config.intermediate_sizes):
+        inner = heads * encoder_config.head_dim
+        total += 2 * seq_len * (4 * hidden * inner + 2 * seq_len * inner)
+        total += 2 * seq_len * 2 * hidden * ffn
+    return total
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_throughput(
+    model: nn.Module,
+    seq_len: int = 128,
+    batch_size: int | None = None,
+    num_batches: int = 4,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> ThroughputResult:
+    """Examples/s of `model` on full-length random batches of 128*N instances (the paper's protocol).
+
+    Warm-up batches run first; each timed batch ends with one device sync. The model is
+    moved to `device`/`dtype` on a copy when they differ from its own.
+    """
+    if seq_len < 1 or num_batches < 1 or warmup < 0:
+        raise ValueError(f"need seq_len >= 1, num_batches >= 1, warmup >= 0; got {seq_len}, {num_batches}, {warmup}")
+    num_instances = getattr(getattr(model, "config", None), "num_instances", 1)
+    batch_size = batch_size or 128 * num_instances
+    parameter = next(model.parameters())
+    device = torch.device(device) if device is not None else parameter.device
+    dtype = dtype or parameter.dtype
+    if (parameter.device, parameter.dtype) != (device, dtype):
+        model = copy.deepcopy(model).to(device=device, dtype=dtype)
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.config.encoder.vocab_size
+    batches = [
+        torch.randint(1000, vocab, (batch_size, seq_len), generator=generator).to(device) for _ in range(num_batches)
+    ]
+    attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
+    for index in range(warmup):
+        model(batches[index % num_batches], attention_mask)
+        synchronize(device)
+    start = time.perf_counter()
+    for batch in batches:
+        model(batch, attention_mask)
+        synchronize(device)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    examples = batch_size * num_batches
+    return ThroughputResult(
+        examples / seconds,
+        seconds,
+        examples,
+        batch_size,
+        seq_len,
+        str(device),
+        str(dtype).removeprefix("torch."),
+        hardware_name(device),
+    )

@@ -59,17 +59,18 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) ->
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    """A reachable PostgreSQL database (the machine's server on 127.0.0.1:5432)."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    engine = sqlalchemy.create_engine(POSTGRES_URL)
+    """A reachable PostgreSQL database (the machine's server on 127.0.0.1:5432).
+
+    The URL names the psycopg2 driver explicitly, so plain SQLAlchemy engines open it too.
+    """
+    import storage
+
+    url = storage.parse_url(POSTGRES_URL).render_as_string(hide_password=False)
     try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("select 1"))
-    except Exception as error:  # noqa: BLE001 - any connection failure means "no server"
-        _missing(f"PostgreSQL not reachable at {POSTGRES_URL}: {type(error).__name__}")
-    finally:
-        engine.dispose()
-    return POSTGRES_URL
+        storage.open_storage(url)
+    except ValueError as error:
+        _missing(str(error))
+    return url
 
 
 @pytest.fixture

@@ -1,0 +1,143 @@
+"""A self-contained HTML report of a study (plotly.js inlined: it opens without network)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboards.figures import frontier_figure
+from dashboards.figures import point_label
+from dashboards.figures import surrogate_figure
+from dashboards.summary import StudySummary
+from dashboards.summary import summarize
+
+BUDGETS = tuple(round(0.01 * k, 2) for k in range(11))
+TRIAL_COLUMNS = (
+    "number",
+    "state",
+    "N",
+    "s",
+    "family",
+    "accuracy",
+    "test_accuracy",
+    "throughput",
+    "speedup",
+    "feasible",
+    "hardware",
+)
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; }
+code { background: #f4f4f4; padding: 2px 4px; }
+"""
+
+
+def write_report(study: optuna.Study, out_path: str | Path, png_dir: str | Path | None = None) -> Path:
+    """Write the report of ``study`` to ``out_path``; with ``png_dir``, the figures as PNG too.
+
+    A study without complete trials gives a page saying there is nothing yet.
+    """
+    summary = summarize(study)
+    figures = report_figures(summary)
+    out_path = Path(out_path)
+    out_path.write_text(_page(summary, figures), encoding="utf-8")
+    if png_dir is not None:
+        write_pngs(figures, png_dir)
+    return out_path
+
+
+def report_figures(summary: StudySummary) -> dict[str, go.Figure]:
+    """The report's figures by file stem: ``frontier`` and, when fitted, ``surrogate-map``."""
+    if summary.points.empty:
+        return {}
+    figures = {"frontier": frontier_figure(summary.points, summary.threshold, summary.recommended_point())}
+    if summary.surrogate is not None and summary.settings is not None:
+        settings = summary.settings
+        figures["surrogate-map"] = surrogate_figure(
+            summary.surrogate, settings.grid_N, settings.grid_s, settings.budget
+        )
+    return figures
+
+
+def write_pngs(figures: dict[str, go.Figure], png_dir: str | Path) -> list[Path]:
+    """Write each figure as ``<png_dir>/<name>.png`` (kaleido, headless Chromium)."""
+    png_dir = Path(png_dir)
+    png_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, figure in figures.items():
+        path = png_dir / f"{name}.png"
+        figure.write_image(path, width=1200, height=650)
+        paths.append(path)
+    return paths
+
+
+def top_per_budget(points: pd.DataFrame, budgets: tuple[float, ...], k: int = 3) -> pd.DataFrame:
+    """For each budget, the k measured points with the highest throughput within it."""
+    dense = points[(points["N"] == 1) & (points["s"] == 0)]
+    if dense.empty:
+        return pd.DataFrame()
+    dense_accuracy = float(dense["accuracy"].iloc[0])
+    rows = []
+    for budget in budgets:
+        threshold = dense_accuracy - budget
+        within = points[points["accuracy"] >= threshold - 1e-9].sort_values(["throughput", "accuracy"], ascending=False)
+        best = [f"{point_label(r.N, r.s)} {r.speedup:.2f}x" for r in within.head(k).itertuples()]
+        rows.append({"budget": budget, "threshold": threshold, **{f"#{i + 1}": p for i, p in enumerate(best)}})
+    return pd.DataFrame(rows)
+
+
+def _page(summary: StudySummary, figures: dict[str, go.Figure]) -> str:
+    title = f"PruMUX search report: {summary.name}"
+    if summary.points.empty:
+        body = f"<p>Nothing yet: study <code>{html.escape(summary.name)}</code> has no complete trials.</p>"
+    else:
+        body = "\n".join([_figures_html(figures), _trials_html(summary), _budgets_html(summary)])
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+        f"{_facts_html(summary)}\n{body}\n</body></html>\n"
+    )
+
+
+def _facts_html(summary: StudySummary) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{_value_html(label, value)}</td></tr>"
+        for label, value in summary.facts()
+    )
+    return f"<table class='facts'>{rows}</table>"
+
+
+def _value_html(label: str, value: str) -> str:
+    return f"<code>{html.escape(value)}</code>" if label == "command" else html.escape(value)
+
+
+def _figures_html(figures: dict[str, go.Figure]) -> str:
+    parts = ["<h2>Figures</h2>"]
+    for position, (name, figure) in enumerate(figures.items()):
+        parts.append(figure.to_html(full_html=False, include_plotlyjs=position == 0, div_id=name))
+    return "\n".join(parts)
+
+
+def _trials_html(summary: StudySummary) -> str:
+    columns = [column for column in TRIAL_COLUMNS if column in summary.trials]
+    table = summary.trials[columns].to_html(
+        index=False, classes="trials", border=0, na_rep="", float_format=lambda x: f"{x:.4g}"
+    )
+    return f"<h2>Trials</h2>\n{table}"
+
+
+def _budgets_html(summary: StudySummary) -> str:
+    budgets = BUDGETS
+    if summary.settings is not None and not np.isclose(BUDGETS, summary.settings.budget).any():
+        budgets = tuple(sorted((*BUDGETS, summary.settings.budget)))
+    table = top_per_budget(summary.points, budgets)
+    if table.empty:
+        return "<h2>Top-3 per budget</h2>\n<p>Needs the dense (1, 0) point, not measured yet.</p>"
+    html_table = table.to_html(index=False, classes="budgets", border=0, na_rep="", float_format=lambda x: f"{x:.4g}")
+    return f"<h2>Top-3 measured points per accuracy budget</h2>\n{html_table}"

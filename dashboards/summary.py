@@ -1,0 +1,116 @@
+"""What a study has found so far, gathered once for the note, the figures and the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from dashboards.figures import point_label
+from search.surrogate import AutoPruMUX
+from storage import StudySettings
+from storage import accuracy_threshold
+from storage import mask_url
+from storage import points_frame
+from storage import study_settings
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study's settings, trials, measured points, threshold, recommendation and surrogate.
+
+    ``points`` holds the COMPLETE trials, ``trials`` every trial; ``surrogate`` is a fitted
+    ``search.AutoPruMUX`` or None when the points cannot be fitted yet.
+    """
+
+    name: str
+    settings: StudySettings | None
+    trials: pd.DataFrame
+    points: pd.DataFrame
+    threshold: float | None
+    recommended: pd.Series | None
+    surrogate: AutoPruMUX | None
+
+    def facts(self) -> list[tuple[str, str]]:
+        """Label and value pairs describing the search, passwords masked."""
+        counts = self.trials["state"].value_counts()
+        states = ", ".join(f"{counts[state]} {state.lower()}" for state in counts.index)
+        facts = [("study", self.name)]
+        if self.settings is not None:
+            settings = self.settings
+            facts += [
+                ("task", settings.task),
+                ("base model", settings.base_model),
+                ("recipe", settings.recipe),
+                ("budget", f"{settings.budget:g} accuracy below dense"),
+                ("grid", f"N in {_set(settings.grid_N)}, s in {_set(settings.grid_s)}"),
+            ]
+        facts += [
+            ("accuracy threshold", "unknown" if self.threshold is None else f"{self.threshold:.4f}"),
+            ("trials", states or "none"),
+            ("current best", self._best()),
+            ("hardware", ", ".join(self.hardware()) or "unknown"),
+        ]
+        if self.settings is not None and self.settings.command:
+            facts.append(("command", self.settings.command))
+        return [(label, mask_url(value)) for label, value in facts]
+
+    def hardware(self) -> list[str]:
+        """The distinct hardware the points were measured on."""
+        if "hardware" not in self.points:
+            return []
+        return sorted({str(value) for value in self.points["hardware"].dropna()})
+
+    def recommended_point(self) -> tuple[int, float] | None:
+        """The recommended (N, s), if any point is feasible."""
+        if self.recommended is None:
+            return None
+        return int(self.recommended["N"]), float(self.recommended["s"])
+
+    def _best(self) -> str:
+        if self.recommended is None:
+            return "none feasible yet"
+        row = self.recommended
+        return (
+            f"{point_label(row['N'], row['s'])} trial {row['number']}: accuracy {row['accuracy']:.4f}, "
+            f"{row['speedup']:.2f}x dense throughput ({row['throughput']:.4g} examples/s)"
+        )
+
+
+def summarize(study: optuna.Study, surrogate: AutoPruMUX | None = None) -> StudySummary:
+    """Gather ``study``'s state; fit a surrogate on its points unless one is given."""
+    points = points_frame(study)
+    return StudySummary(
+        name=study.study_name,
+        settings=study_settings(study),
+        trials=points_frame(study, states=tuple(TrialState)),
+        points=points,
+        threshold=accuracy_threshold(study),
+        recommended=recommend(points),
+        surrogate=surrogate if surrogate is not None else fit_surrogate(points),
+    )
+
+
+def recommend(points: pd.DataFrame) -> pd.Series | None:
+    """The feasible point with the highest throughput (then accuracy), or None."""
+    feasible = points[points["feasible"]]
+    if feasible.empty:
+        return None
+    return feasible.sort_values(["throughput", "accuracy"], ascending=False).iloc[0]
+
+
+def fit_surrogate(points: pd.DataFrame) -> AutoPruMUX | None:
+    """An ``AutoPruMUX`` fitted on the points, or None while they cannot be fitted."""
+    if len(points) < 2:
+        return None
+    try:
+        return AutoPruMUX().fit(points[["N", "s", "accuracy", "throughput"]])
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+
+
+def _set(values: tuple[float, ...]) -> str:
+    return "{" + ", ".join(f"{value:g}" for value in values) + "}"

@@ -1,0 +1,50 @@
+"""Click options shared by every command that works on a study."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from storage.urls import default_url
+from storage.urls import parse_url
+
+DEFAULT_RUN_DIR = "./prumux-runs"
+DEFAULT_STUDY = "prumux"
+
+
+def study_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--run-dir``, ``--storage`` and ``--study`` to a click command.
+
+    The command receives ``run_dir`` (Path), ``storage`` (a validated URL; default: the run
+    directory's SQLite file) and ``study`` (the study name).
+    """
+
+    @functools.wraps(command)
+    def resolved(*args: Any, run_dir: Path, storage: str | None, study: str, **kwargs: Any) -> Any:
+        storage = storage or default_url(run_dir)
+        parse_url(storage)
+        return command(*args, run_dir=run_dir, storage=storage, study=study, **kwargs)
+
+    options = [
+        click.option(
+            "--run-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=DEFAULT_RUN_DIR,
+            show_default=True,
+            help="Run directory: study database (by default), checkpoints, artifacts.",
+        ),
+        click.option(
+            "--storage",
+            default=None,
+            metavar="URL",
+            help="SQLAlchemy URL of the study database [default: sqlite:///RUN_DIR/study.db].",
+        ),
+        click.option("--study", default=DEFAULT_STUDY, show_default=True, help="Study name."),
+    ]
+    for option in reversed(options):
+        resolved = option(resolved)
+    return resolved

@@ -1,0 +1,122 @@
+"""Opening the SQL database a study lives in, resilient to dropped connections."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import BaseStorage
+from optuna.storages import RDBStorage
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import OperationalError
+
+from storage.urls import mask_url
+from storage.urls import parse_url
+from storage.urls import sqlite_path
+
+CONNECT_TIMEOUT_S = 5
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+
+
+def _is_disconnect(error: BaseException) -> bool:
+    cause = error if isinstance(error, DBAPIError) else error.__cause__
+    return isinstance(cause, OperationalError) or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
+
+
+def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        for delay in RETRY_DELAYS_S:
+            try:
+                return method(self, *args, **kwargs)
+            except (DBAPIError, optuna.exceptions.StorageInternalError) as error:
+                if not _is_disconnect(error):
+                    raise
+                self.engine.dispose()
+                time.sleep(delay)
+        return method(self, *args, **kwargs)
+
+    return call
+
+
+def _retry_storage_calls(cls: type[RDBStorage]) -> type[RDBStorage]:
+    for name in vars(BaseStorage):
+        if not name.startswith("_"):
+            setattr(cls, name, _retrying(getattr(RDBStorage, name)))
+    return cls
+
+
+@_retry_storage_calls
+class RetryingRDBStorage(RDBStorage):
+    """An ``RDBStorage`` whose storage calls are retried when the database connection was lost.
+
+    Pre-ping replaces pooled connections that died while idle; the retry covers a connection
+    dropped during a call (a database restart, ``pg_terminate_backend``). A write whose commit
+    reached the server just before the connection dropped could be applied twice; the study
+    tolerates that (a duplicate attr write is idempotent, a duplicate trial ends up stale).
+    """
+
+
+def open_storage(url: str, *, create: bool = True) -> RetryingRDBStorage:
+    """Open the study database at ``url``.
+
+    With ``create=False`` (read-only commands) nothing is created: a missing SQLite file or a
+    database without Optuna tables raises ``ValueError("no study at ...")``. An unreachable
+    database raises a one-line ``ValueError`` naming the URL with its password masked.
+    """
+    parsed = parse_url(url)
+    path = sqlite_path(parsed)
+    if path is not None:
+        _check_sqlite_file(path, url, create)
+    engine_kwargs = _engine_kwargs(parsed)
+    has_tables = _probe(parsed, url, engine_kwargs)
+    if not has_tables and not create:
+        raise ValueError(f"no study at {mask_url(url)}")
+    try:
+        return RetryingRDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        raise ValueError(f"cannot open storage {mask_url(url)}: {_first_line(error)}") from None
+    except RuntimeError as error:  # optuna's schema version check
+        raise ValueError(f"cannot use storage {mask_url(url)}: {_first_line(error)}") from None
+
+
+def _check_sqlite_file(path: Path, url: str, create: bool) -> None:
+    if path.is_file():
+        return
+    if path.exists() or not create:
+        raise ValueError(f"no study at {mask_url(url)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _engine_kwargs(url: URL) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.get_backend_name() in ("postgresql", "mysql"):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return kwargs
+
+
+def _probe(parsed: URL, url: str, engine_kwargs: dict[str, Any]) -> bool:
+    """Connect once, fast; return whether Optuna's tables exist."""
+    try:
+        engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs)
+    except ImportError as error:
+        raise ValueError(f"no database driver for {mask_url(url)}: {error}") from None
+    try:
+        with engine.connect() as connection:
+            return sqlalchemy.inspect(connection).has_table("studies")
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        raise ValueError(f"cannot open storage {mask_url(url)}: {_first_line(error)}") from None
+    finally:
+        engine.dispose()
+
+
+def _first_line(error: BaseException) -> str:
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    return mask_url(lines[0].strip())

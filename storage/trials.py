@@ -1,0 +1,217 @@
+"""Measured (N, s) points as Optuna trials: recording, importing and reading them back.
+
+A trial has params ``N`` and ``s`` (categorical over the grid), values
+``[accuracy, throughput]``, the constraint ``accuracy`` = threshold - accuracy (<= 0 is
+feasible, so ``study.best_trials`` honours the budget), and the training result as user attrs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from storage.study import SETTINGS_ATTR
+
+TrialRef = int | optuna.trial.BaseTrial | FrozenTrial
+CONSTRAINT = "accuracy"
+POINT_COLUMNS = ("N", "s", "accuracy", "throughput")
+FRAME_COLUMNS = ("number", "state", "N", "s", "family", "accuracy", "throughput", "speedup", "feasible")
+_ACTIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+_DTYPES = {
+    "number": int,
+    "N": int,
+    "s": float,
+    "accuracy": float,
+    "throughput": float,
+    "speedup": float,
+    "feasible": bool,
+}
+
+
+def family(N: int, s: float) -> str:
+    """Name the model family of a grid point: dense, cofi, datamux or prumux."""
+    if N == 1:
+        return "dense" if s == 0 else "cofi"
+    return "datamux" if s == 0 else "prumux"
+
+
+def trial_id(study: optuna.Study, trial: TrialRef) -> int:
+    """Return the storage id of a trial given as an object or by its number."""
+    if not isinstance(trial, int):
+        return trial._trial_id
+    try:
+        return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial)
+    except KeyError:
+        raise ValueError(f"study {study.study_name!r} has no trial {trial}") from None
+
+
+def record_result(study: optuna.Study, trial: TrialRef, result: dict[str, Any], threshold: float) -> FrozenTrial:
+    """Complete a RUNNING trial with a training result.
+
+    ``result`` (a ``PointResult.to_dict()``) is stored as user attrs; its accuracy is
+    ``val_accuracy`` (or ``accuracy``). The trial is feasible when accuracy >= ``threshold``.
+    """
+    accuracy = float(result["val_accuracy"] if "val_accuracy" in result else result["accuracy"])
+    throughput = float(result["throughput"])
+    _check_measurement(accuracy, throughput)
+    number = trial if isinstance(trial, int) else trial.number
+    identifier = trial_id(study, trial)
+    for key, value in json_safe(result).items():
+        study._storage.set_trial_user_attr(identifier, key, value)
+    optuna.Trial(study, identifier).set_constraint(CONSTRAINT, threshold - accuracy)
+    return study.tell(number, [accuracy, throughput])
+
+
+def import_points(study: optuna.Study, frame: pd.DataFrame, threshold: float) -> None:
+    """Add measured points (columns N, s, accuracy, throughput, any others) as complete trials.
+
+    Extra columns become user attrs. Points outside the study's grid, repeated in ``frame``
+    or already in the study raise ``ValueError`` before anything is written.
+    """
+    _check_frame(frame)
+    distributions = _distributions(study, frame)
+    grid_N = {_key(n): n for n in distributions["N"].choices}
+    grid_s = {_key(s): s for s in distributions["s"].choices}
+    present = {(_key(t.params["N"]), _key(t.params["s"])) for t in study.get_trials(deepcopy=False, states=_ACTIVE)}
+    trials = []
+    for row in frame.to_dict("records"):
+        point = (_key(row["N"]), _key(row["s"]))
+        if point[0] not in grid_N or point[1] not in grid_s:
+            raise ValueError(f"point (N={row['N']}, s={row['s']}) is not on the study's grid")
+        if point in present:
+            raise ValueError(f"point (N={row['N']}, s={row['s']}) is already in study {study.study_name!r}")
+        trials.append(_imported_trial(row, grid_N[point[0]], grid_s[point[1]], distributions, threshold))
+    study.add_trials(trials)
+
+
+def points_frame(study: optuna.Study, states: Iterable[TrialState] = (TrialState.COMPLETE,)) -> pd.DataFrame:
+    """One row per trial in ``states``: the ``FRAME_COLUMNS`` then the trial's user attrs.
+
+    ``speedup`` is the trial's own measured speed-up over dense (user attr ``speedup``) or
+    else its throughput over the study's dense (1, 0) throughput. Rows without values (not
+    COMPLETE) have NaN accuracy and throughput and are not feasible.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False, states=tuple(states)) if {"N", "s"} <= t.params.keys()]
+    dense = _dense_throughput(study)
+    rows = [_row(trial, dense) for trial in trials]
+    return pd.DataFrame(rows, columns=_columns(rows)).astype(_DTYPES)
+
+
+def accuracy_threshold(study: optuna.Study) -> float | None:
+    """Return the accuracy threshold the latest complete trial was judged by, if any."""
+    for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+        if CONSTRAINT in trial.constraints and trial.values:
+            return trial.values[0] + trial.constraints[CONSTRAINT]
+    return None
+
+
+def json_safe(value: Any) -> Any:
+    """Return ``value`` as JSON-safe Python: arrays and scalars of numpy or torch unwrapped,
+    non-finite floats as None, anything else (paths) as text."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "tolist"):
+        return json_safe(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def _check_measurement(accuracy: float, throughput: float) -> None:
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy must be a fraction in [0, 1], got {accuracy}")
+    if not (math.isfinite(throughput) and throughput > 0):
+        raise ValueError(f"throughput must be a positive number of examples/s, got {throughput}")
+
+
+def _check_frame(frame: pd.DataFrame) -> None:
+    missing = [column for column in POINT_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"points need columns {', '.join(POINT_COLUMNS)}; missing: {', '.join(missing)}")
+    if frame.empty:
+        raise ValueError("no points to import")
+    points = frame[list(POINT_COLUMNS)]
+    if points.isna().any().any():
+        raise ValueError("points have missing (NaN) values in N, s, accuracy or throughput")
+    for row in points.to_dict("records"):
+        _check_measurement(float(row["accuracy"]), float(row["throughput"]))
+    repeated = frame[frame.duplicated(["N", "s"])]
+    if not repeated.empty:
+        row = repeated.iloc[0]
+        raise ValueError(f"point (N={row['N']}, s={row['s']}) appears more than once")
+
+
+def _distributions(study: optuna.Study, frame: pd.DataFrame) -> dict[str, CategoricalDistribution]:
+    """The study's N and s distributions: from its trials, else its settings, else ``frame``."""
+    for trial in study.get_trials(deepcopy=False):
+        if {"N", "s"} <= trial.distributions.keys():
+            return {name: trial.distributions[name] for name in ("N", "s")}
+    settings = study.user_attrs.get(SETTINGS_ATTR)
+    grid_N = settings["grid_N"] if settings else sorted(frame["N"].unique())
+    grid_s = settings["grid_s"] if settings else sorted(frame["s"].unique())
+    return {
+        "N": CategoricalDistribution([int(n) for n in grid_N]),
+        "s": CategoricalDistribution([float(s) for s in grid_s]),
+    }
+
+
+def _key(value: Any) -> float:
+    return round(float(value), 9)
+
+
+def _imported_trial(
+    row: dict[str, Any], N: int, s: float, distributions: dict[str, CategoricalDistribution], threshold: float
+) -> FrozenTrial:
+    accuracy, throughput = float(row["accuracy"]), float(row["throughput"])
+    extra = {key: value for key, value in row.items() if key not in POINT_COLUMNS and not pd.isna(value)}
+    return optuna.trial.create_trial(
+        params={"N": N, "s": s},
+        distributions=distributions,
+        values=[accuracy, throughput],
+        user_attrs={**json_safe(extra), "source": "import"},
+        constraints={CONSTRAINT: threshold - accuracy},
+    )
+
+
+def _dense_throughput(study: optuna.Study) -> float | None:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.params.get("N") == 1 and trial.params.get("s") == 0:
+            return trial.values[1]
+    return None
+
+
+def _row(trial: FrozenTrial, dense_throughput: float | None) -> dict[str, Any]:
+    N, s = int(trial.params["N"]), float(trial.params["s"])
+    accuracy, throughput = trial.values if trial.values else (math.nan, math.nan)
+    speedup = trial.user_attrs.get("speedup")
+    if speedup is None:
+        speedup = throughput / dense_throughput if dense_throughput else math.nan
+    feasible = trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.constraints.values())
+    own = {
+        "number": trial.number,
+        "state": trial.state.name,
+        "N": N,
+        "s": s,
+        "family": family(N, s),
+        "accuracy": accuracy,
+        "throughput": throughput,
+        "speedup": speedup,
+        "feasible": feasible,
+    }
+    return {**{k: v for k, v in trial.user_attrs.items() if k not in own}, **own}
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    extra = dict.fromkeys(key for row in rows for key in row if key not in FRAME_COLUMNS)
+    return [*FRAME_COLUMNS, *extra]

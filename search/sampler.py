@@ -1,0 +1,260 @@
+"""``AutoPruMUXSampler``: an Optuna sampler that proposes the (N, s) the surrogate ranks best.
+
+Trial layout (docs/ARCHITECTURE.md): categorical params ``N`` and ``s`` over the grid, values
+``[accuracy, throughput]``. Everything is derived from ``study.get_trials()`` on each call, so
+the sampler works under ask/tell, across restarts and with concurrent drivers on one storage.
+
+Proposal order:
+
+1. Anchors: the dense point (1, 0), then the far ends of the edges, (1, max s) and
+   (max N, 0), which give the additive model both loss curves and the throughput model its
+   range. While the dense accuracy is still unknown (its trial is running), the remaining edge
+   points, then any untried points, are proposed instead.
+2. Then the untried point the surrogate ranks best: predicted feasible first, then the
+   highest predicted throughput; a point whose N already has a phase 1-2 model (N appears in a
+   running or finished trial, or ``is_cheap(N)``) wins ties within ``tie_tolerance``.
+
+Only *candidates* are proposed: untried points that could still beat the incumbent (the
+best measured feasible point). A point is a candidate when its optimistic accuracy reaches the
+threshold and its optimistic throughput exceeds the incumbent's. Optimistic accuracy is the
+smaller of
+
+* the prediction plus ``margin`` where it is reliable (bilinear, inside a measured cell whose
+  corners are grid neighbours of the point); elsewhere the larger of the prediction and the
+  additive model's, plus ``extrapolation_margin`` (a wide bilinear cell is a chord of a
+  concave loss curve, so it errs low), and
+* the monotone cap: the lowest accuracy measured at any (N', s') with N' <= N and s' <= s,
+  plus ``margin`` (more multiplexing or pruning does not gain accuracy, up to run noise).
+
+Optimistic throughput is the measured throughput of the shape, or the estimate times
+``1 + throughput_margin``. The search is done when no candidate is left and no trial is pending
+(``is_done``). ``sample_relative`` raises ``SearchDone`` when it has nothing to propose, so
+drivers check ``is_done`` before ``ask`` (and wait while ``next_point`` is None but trials are
+pending); ``study.optimize`` loops pass the ``stop_when_done`` callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from search.grid import check_budget, check_grid, is_feasible
+from search.surrogate import AutoPruMUX
+
+TAKEN_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
+
+
+class SearchDone(RuntimeError):
+    """Raised when a point is requested although no untried point can beat the incumbent."""
+
+
+class AutoPruMUXSampler(optuna.samplers.BaseSampler):
+    """Propose the untried (N, s) the Auto-PruMUX surrogate ranks best under ``budget``.
+
+    Parameters
+    ----------
+    grid_N, grid_s:
+        The grid's multiplexing widths and sparsities; (1, 0) must be among them.
+    budget:
+        Accuracy loss allowed below the dense (1, 0) accuracy, in [0, 1].
+    margin:
+        Accuracy a measured or interpolated value may be off by (run-to-run noise).
+    extrapolation_margin:
+        Accuracy an additive-model (extrapolated) prediction may be off by.
+    throughput_margin:
+        Relative error allowed on an estimated (not measured) throughput.
+    tie_tolerance:
+        Relative throughput within which a point with a cheap N is preferred.
+    is_cheap:
+        Whether a phase 1-2 model already exists for N (beyond the Ns seen in the study).
+    throughput:
+        Optional measured throughputs (N, s, throughput) of shapes, e.g. from another task.
+    seed:
+        Seed of the random sampler used for parameters outside the (N, s) grid.
+    """
+
+    def __init__(
+        self,
+        grid_N: Sequence[int],
+        grid_s: Sequence[float],
+        budget: float,
+        margin: float = 0.005,
+        extrapolation_margin: float = 0.02,
+        throughput_margin: float = 0.2,
+        tie_tolerance: float = 0.05,
+        is_cheap: Callable[[int], bool] | None = None,
+        throughput: pd.DataFrame | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.grid_N, self.grid_s = check_grid(grid_N, grid_s)
+        self.budget = check_budget(budget)
+        self.margin = margin
+        self.extrapolation_margin = extrapolation_margin
+        self.throughput_margin = throughput_margin
+        self.tie_tolerance = tie_tolerance
+        self.is_cheap = is_cheap
+        self.throughput = throughput
+        self.seed = seed
+        self._fallback = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return search_space(self.grid_N, self.grid_s)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        point = self.next_point(study, exclude=trial.number)
+        if point is None:
+            raise SearchDone("no untried (N, s) can beat the best measured point")
+        return {"N": point[0], "s": point[1]}
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        # Reached only when N or s is suggested with other choices than the grid's.
+        if param_name in ("N", "s"):
+            point = self.next_point(study, exclude=trial.number)
+            value = None if point is None else point[param_name == "s"]
+            if isinstance(param_distribution, CategoricalDistribution) and value in param_distribution.choices:
+                return value
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def is_done(self, study: optuna.Study) -> bool:
+        """Whether no untried point can beat the best measured feasible point and no trial is
+        pending (a pending result refits the models and may revive candidates)."""
+        pending = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in study.get_trials(deepcopy=False))
+        return not pending and self.next_point(study) is None
+
+    def next_point(self, study: optuna.Study, exclude: int | None = None) -> tuple[int, float] | None:
+        """The point to train next, or None when there is none now (done, or waiting for
+        pending trials when ``is_done`` is False); ``exclude`` is the asking trial's number."""
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number != exclude]
+        measured = measured_points(trials)
+        taken = {_point(t) for t in trials if t.state in TAKEN_STATES} - {None}
+        for point in self._anchors():
+            if point not in taken:
+                return point
+        if not ((measured["N"] == 1) & (measured["s"] == 0.0)).any():
+            return self._next_without_model(taken)
+        plan = self.plan(measured, taken, self._cheap_Ns(trials))
+        candidates = plan[plan["candidate"]]
+        if candidates.empty:
+            return None
+        best = candidates.iloc[0]
+        return int(best["N"]), float(best["s"])
+
+    def plan(self, measured: pd.DataFrame, taken: set, cheap_Ns: set) -> pd.DataFrame:
+        """Every untried grid point with predictions, optimistic bounds and ``candidate``,
+        best first."""
+        model = AutoPruMUX().fit(measured, self.throughput)
+        threshold = model.dense_accuracy_ - self.budget
+        feasible = measured[is_feasible(measured["accuracy"].to_numpy(), threshold)]
+        incumbent = feasible["throughput"].max()
+        untried = [(n, s) for n in self.grid_N for s in self.grid_s if (n, s) not in taken]
+        if not untried:
+            return pd.DataFrame(columns=["N", "s", "candidate"])
+        frame = model.predict(*np.array(untried).T).to_frame()
+        reliable = (
+            frame["interpolated"].to_numpy()
+            & _tight(model.grid_N_, self.grid_N, frame["N"])
+            & _tight(model.grid_s_, self.grid_s, frame["s"])
+        )
+        additive = model.additive_accuracy(frame["N"].to_numpy(), frame["s"].to_numpy())
+        loose = np.maximum(frame["accuracy"], additive) + self.extrapolation_margin
+        optimistic = np.where(reliable, frame["accuracy"] + self.margin, loose)
+        cap = _monotone_cap(measured, frame) + self.margin
+        frame["optimistic_accuracy"] = np.minimum(optimistic, cap)
+        estimated = ~frame["throughput_measured"].to_numpy()
+        frame["optimistic_throughput"] = frame["throughput"] * (1 + self.throughput_margin * estimated)
+        frame["predicted_feasible"] = is_feasible(frame["accuracy"].to_numpy(), threshold)
+        frame["candidate"] = is_feasible(frame["optimistic_accuracy"].to_numpy(), threshold) & (
+            frame["optimistic_throughput"] > incumbent
+        )
+        cheap = frame["N"].isin(cheap_Ns).to_numpy()
+        frame["score"] = frame["throughput"] * (1 + self.tie_tolerance * cheap)
+        order = frame.sort_values(["candidate", "predicted_feasible", "score"], ascending=False, kind="stable")
+        return order.reset_index(drop=True)
+
+    def _anchors(self) -> list[tuple[int, float]]:
+        anchors = [(1, 0.0), (1, self.grid_s[-1]), (self.grid_N[-1], 0.0)]
+        return list(dict.fromkeys(anchors))
+
+    def _next_without_model(self, taken: set) -> tuple[int, float] | None:
+        """Edge points first (the additive model's loss curves), then any untried point."""
+        edges = [(1, s) for s in self.grid_s] + [(n, 0.0) for n in self.grid_N]
+        rest = [(n, s) for n in self.grid_N for s in self.grid_s]
+        return next((point for point in edges + rest if point not in taken), None)
+
+    def _cheap_Ns(self, trials: list[FrozenTrial]) -> set[int]:
+        seen = {_point(t)[0] for t in trials if t.state in TAKEN_STATES and _point(t)}
+        extra = {n for n in self.grid_N if self.is_cheap is not None and self.is_cheap(n)}
+        return seen | extra
+
+
+def search_space(grid_N: Sequence[int], grid_s: Sequence[float]) -> dict[str, CategoricalDistribution]:
+    """The categorical distributions of ``N`` and ``s`` every trial of a study must use."""
+    return {"N": CategoricalDistribution(tuple(grid_N)), "s": CategoricalDistribution(tuple(grid_s))}
+
+
+def suggest_point(trial: optuna.Trial, grid_N: Sequence[int], grid_s: Sequence[float]) -> tuple[int, float]:
+    """Suggest (N, s) on a trial with the grid's distributions."""
+    return int(trial.suggest_categorical("N", tuple(grid_N))), float(trial.suggest_categorical("s", tuple(grid_s)))
+
+
+def measured_points(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
+    """N, s, accuracy, throughput of the complete trials (values ``[accuracy, throughput]``);
+    a point measured twice keeps its latest result."""
+    rows = []
+    for trial in trials:
+        if trial.state != TrialState.COMPLETE or _point(trial) is None:
+            continue
+        if trial.values is None or len(trial.values) != 2:
+            raise ValueError(f"trial {trial.number} must have values [accuracy, throughput]")
+        rows.append((*_point(trial), *trial.values))
+    frame = pd.DataFrame(rows, columns=["N", "s", "accuracy", "throughput"])
+    return frame.drop_duplicates(["N", "s"], keep="last").reset_index(drop=True)
+
+
+def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
+    """``study.optimize`` callback: stop the study once its AutoPruMUXSampler is done."""
+    sampler = study.sampler
+    if isinstance(sampler, AutoPruMUXSampler) and sampler.is_done(study):
+        study.stop()
+
+
+def _point(trial: FrozenTrial) -> tuple[int, float] | None:
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    if "N" not in params or "s" not in params:
+        return None
+    return int(params["N"]), float(params["s"])
+
+
+def _tight(measured_axis: np.ndarray, grid_axis: Sequence[float], values: pd.Series) -> np.ndarray:
+    """Whether the measured values bracketing each value are its grid neighbours (or itself)."""
+    grid = np.asarray(grid_axis, float)
+    x = values.to_numpy(float)
+    lower = np.array([measured_axis[measured_axis <= v + 1e-12].max(initial=-np.inf) for v in x])
+    upper = np.array([measured_axis[measured_axis >= v - 1e-12].min(initial=np.inf) for v in x])
+    gap = np.searchsorted(grid, upper - 1e-12) - np.searchsorted(grid, lower - 1e-12)
+    return np.isfinite(lower) & np.isfinite(upper) & (gap <= 2)
+
+
+def _monotone_cap(measured: pd.DataFrame, points: pd.DataFrame) -> np.ndarray:
+    """Lowest measured accuracy among points with no more N and no more s (inf if none)."""
+    below = (measured["N"].to_numpy()[None, :] <= points["N"].to_numpy()[:, None]) & (
+        measured["s"].to_numpy()[None, :] <= points["s"].to_numpy()[:, None] + 1e-12
+    )
+    accuracy = np.where(below, measured["accuracy"].to_numpy()[None, :], np.inf)
+    return accuracy.min(axis=1)

@@ -1,0 +1,116 @@
+"""AutoPruMUXSampler in real Optuna studies (in memory and SQLite) against a grid table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from search import AutoPruMUXSampler, SearchDone, stop_when_done, suggest_point
+from search.grid import read_points, require_full_grid
+from search.replay import true_best
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TABLE = Path(__file__).parents[1] / "benchmarks" / "tables" / "mnli.csv"
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return read_points(TABLE)
+
+
+def objective_for(table: pd.DataFrame):
+    grid_N, grid_s = require_full_grid(table)
+    lookup = table.set_index(["N", "s"])
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        row = lookup.loc[suggest_point(trial, grid_N, grid_s)]
+        return [row["accuracy"], row["throughput"]]
+
+    return objective
+
+
+def run(table: pd.DataFrame, budget: float, storage=None, study_name=None) -> optuna.Study:
+    grid_N, grid_s = require_full_grid(table)
+    sampler = AutoPruMUXSampler(grid_N, grid_s, budget)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        sampler=sampler,
+        directions=["maximize", "maximize"],
+        load_if_exists=True,
+    )
+    study.optimize(objective_for(table), n_trials=len(table), callbacks=[stop_when_done])
+    return study
+
+
+def points_of(study: optuna.Study) -> list[tuple[int, float]]:
+    return [(t.params["N"], t.params["s"]) for t in study.trials]
+
+
+def best_found(study: optuna.Study, table: pd.DataFrame, budget: float) -> tuple[int, float]:
+    done = table.merge(pd.DataFrame(points_of(study), columns=["N", "s"]))
+    best = true_best(done, budget)
+    return int(best["N"]), float(best["s"])
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.03, 0.08])
+def test_never_repeats_stops_and_finds_true_best_in_memory(table, budget):
+    study = run(table, budget)
+    points = points_of(study)
+    assert len(points) == len(set(points)) < len(table)
+    assert points[0] == (1, 0.0)
+    assert study.sampler.is_done(study)
+    best = true_best(table, budget)
+    assert best_found(study, table, budget) == (best["N"], best["s"])
+
+
+def test_sqlite_resume_continues_without_repeats(table, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    grid_N, grid_s = require_full_grid(table)
+    first = optuna.create_study(
+        storage=url, study_name="s", sampler=AutoPruMUXSampler(grid_N, grid_s, 0.03), directions=["maximize"] * 2
+    )
+    first.optimize(objective_for(table), n_trials=4)
+    resumed = run(table, 0.03, storage=url, study_name="s")  # a fresh sampler reads the stored trials
+    points = points_of(resumed)
+    assert len(points) == len(set(points)) > 4
+    assert points == points_of(run(table, 0.03))
+    with pytest.raises(SearchDone):
+        suggest_point(resumed.ask(), grid_N, grid_s)
+
+
+def test_running_and_waiting_points_are_taken_failed_ones_are_not(table):
+    grid_N, grid_s = require_full_grid(table)
+    study = optuna.create_study(sampler=AutoPruMUXSampler(grid_N, grid_s, 0.03), directions=["maximize"] * 2)
+    running = study.ask()
+    assert suggest_point(running, grid_N, grid_s) == (1, 0.0)
+    study.enqueue_trial({"N": 1, "s": 0.95})
+    waiting_taken = study.sampler.next_point(study)
+    assert waiting_taken == (10, 0.0)
+    failed = study.ask()  # the enqueued (1, 0.95)
+    assert suggest_point(failed, grid_N, grid_s) == (1, 0.95)
+    study.tell(failed, state=TrialState.FAIL)
+    assert study.sampler.next_point(study) == (1, 0.95)
+    assert not study.sampler.is_done(study)  # a trial is still running
+
+
+def test_cheap_N_wins_throughput_ties(table):
+    grid_N, grid_s = require_full_grid(table)
+    costly = AutoPruMUXSampler(grid_N, grid_s, 0.10, tie_tolerance=0.0)
+    cheap = AutoPruMUXSampler(grid_N, grid_s, 0.10, tie_tolerance=10.0, is_cheap=lambda n: n == 2)
+    measured = table[table["s"].isin([0.0]) | (table["N"] == 1)]
+    taken = set(zip(measured["N"], measured["s"]))
+    assert costly.plan(measured, taken, set())["N"].iloc[0] != 2
+    assert cheap.plan(measured, taken, {2})["N"].iloc[0] == 2
+
+
+def test_rejects_bad_settings():
+    with pytest.raises(ValueError, match="budget"):
+        AutoPruMUXSampler([1, 2], [0.0, 0.5], 1.5)
+    with pytest.raises(ValueError, match="dense"):
+        AutoPruMUXSampler([2, 5], [0.0, 0.5], 0.03)

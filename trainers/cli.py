@@ -57,3 +57,37 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+@click.command("train")
+@click.option("--task", required=True, help="Task name (see `tasks`) or a local data file.")
+@click.option("--model", "base_model", required=True, help="Base model alias (see `models`), folder or hub id.")
+@click.option("--n", "N", type=int, required=True, help="Multiplexing width N (1 = no multiplexing).")
+@click.option("--sparsity", "s", type=float, default=0.0, show_default=True, help="Target sparsity s in [0, 1).")
+@click.option("--recipe", default="cpu-demo", show_default=True, help="Recipe name (paper, cpu-demo, smoke) or JSON file.")
+@click.option("--workdir", default="./prumux-runs", show_default=True, help="Work dir: caches, checkpoints, models, train.log.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (repeatable).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:K (default: CUDA when present).")
+@click.option("--bf16", is_flag=True, help="bf16 autocast for training and bf16 throughput.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(
+    task: str, base_model: str, N: int, s: float, recipe: str, workdir: str, overrides: tuple[str, ...],
+    device: str | None, bf16: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Train one (N, s) point (resuming or reusing what the work dir holds) and print its result."""
+    import json
+
+    from trainers.point import train_point
+    from trainers.recipes import load_recipe, parse_overrides
+
+    chosen = load_recipe(recipe, parse_overrides(overrides))
+    result = train_point(task, base_model, N, s, chosen, workdir, progress=not quiet, device=device, bf16=bf16)
+    values = result.to_dict()
+    shown = ["family", "N", "s", "val_accuracy", "test_accuracy", "throughput", "speedup", "sparsity", "hardware"]
+    click.echo(format_table(["field", "value"], [[key, _shown(values[key])] for key in shown]))
+    click.echo(f"phase seconds: {values['phase_seconds']}  model: {values['model_dir']}")
+    click.echo(json.dumps({key: value for key, value in values.items() if key != "recipe_values"}, indent=2))
+
+
+def _shown(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

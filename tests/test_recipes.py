@@ -1,0 +1,85 @@
+"""Recipes: the shipped files load, overrides are typed and checked, epochs become steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainers.recipes import PHASE12_FIELDS, RECIPES, Recipe, load_recipe, parse_overrides
+
+
+def test_shipped_recipes_load() -> None:
+    assert set(RECIPES) == {"paper", "cpu-demo", "smoke"}
+    for name in RECIPES:
+        assert isinstance(load_recipe(name), Recipe)
+
+
+def test_paper_recipe_has_table_5_values() -> None:
+    paper = load_recipe("paper")
+    assert paper.seq_len == 128
+    assert paper.prune_batch_size == 32  # "32*N" instances = 32 mixed sequences
+    assert paper.finetune_batch_size == 64
+    assert paper.prune_epochs == 40 and paper.pruned_finetune_epochs == 40
+    assert paper.lagrangian_warmup_epochs == 2
+    assert paper.prune_lr == 5e-5
+    assert paper.sparsity_epsilon == 0.01
+    assert paper.distill_temperature == 2
+    assert (paper.distill_alpha_layer, paper.distill_alpha_ce) == (0.9, 0.1)
+
+
+def test_cpu_demo_is_minilm_sized() -> None:
+    demo = load_recipe("cpu-demo")
+    assert demo.seq_len == 64 and demo.mlm_steps == 0
+
+
+def test_overrides_from_cli_strings_are_typed() -> None:
+    recipe = load_recipe("smoke", parse_overrides(["prune_steps=7", "reg_lr=0.5", "max_train_examples=none"]))
+    assert recipe.prune_steps == 7 and isinstance(recipe.prune_steps, int)
+    assert recipe.reg_lr == 0.5
+    assert recipe.max_train_examples is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"nope": 1}, "unknown recipe field"),
+        ({"prune_steps": "many"}, "must be int"),
+        ({"prune_steps": 2.5}, "must be int"),
+        ({"seq_len": 0}, "seq_len must be >= 1"),
+        ({"reg_lr": -1}, "reg_lr must be >= 0"),
+        ({"seq_len": None}, "cannot be null"),
+    ],
+)
+def test_bad_overrides_raise_value_error(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_recipe("smoke", overrides)
+
+
+def test_bad_override_syntax_and_unknown_recipe() -> None:
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["prune_steps"])
+    with pytest.raises(ValueError, match="unknown recipe"):
+        load_recipe("no-such-recipe")
+
+
+def test_recipe_file_path(tmp_path) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(RECIPES["smoke"].read_text())
+    assert load_recipe(path) == load_recipe("smoke")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_recipe(path)
+
+
+def test_epochs_win_over_steps() -> None:
+    recipe = load_recipe("smoke", {"prune_epochs": 2.0})
+    assert recipe.steps("prune", train_size=100, batch_rows=16) == 13  # ceil(2 * 100 / 16)
+    assert recipe.steps("finetune", train_size=100, batch_rows=16) == recipe.finetune_steps
+    with pytest.raises(ValueError, match="unknown stage"):
+        recipe.steps("nope", 1, 1)
+
+
+def test_phase12_digest_ignores_phase3_values() -> None:
+    base = load_recipe("smoke")
+    assert load_recipe("smoke", {"prune_steps": 3}).digest(PHASE12_FIELDS) == base.digest(PHASE12_FIELDS)
+    assert load_recipe("smoke", {"prune_steps": 3}).digest() != base.digest()
+    assert load_recipe("smoke", {"finetune_lr": 0.5}).digest(PHASE12_FIELDS) != base.digest(PHASE12_FIELDS)

@@ -1,0 +1,60 @@
+"""Phase 2: multiplexed training, an optional MLM continuation and then task fine-tuning.
+
+Both stages run at the task mux norm. Fine-tuning feeds batches of `finetune_batch_size * N`
+instance rows (grouped by N in order) and takes the cross-entropy over every instance.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from prumux import PruMUXModel
+from trainers.data import Batch, EncodedSplit, EncodedTask
+from trainers.evaluate import accuracy
+from trainers.phases.loop import StageContext, train_model_stage
+
+MLM, FINETUNE = "mlm", "finetune"
+FINETUNE_OUTPUT = "model"
+
+
+def train_multiplexed(
+    model: PruMUXModel, task: EncodedTask, ignore_token_ids: list[int], mask_token_id: int, ctx: StageContext
+) -> tuple[PruMUXModel, float]:
+    """The task-fine-tuned multiplexed model (saved in `ctx.output("model")`) and the phase's wall seconds."""
+    seconds = 0.0
+    if ctx.recipe.mlm_steps or ctx.recipe.mlm_epochs:
+        model, seconds = _train_mlm(model, task.train, ignore_token_ids, mask_token_id, ctx)
+    model, finetune_seconds = _finetune(model, task, ctx)
+    return model, seconds + finetune_seconds
+
+
+def _train_mlm(
+    model: PruMUXModel, train: EncodedSplit, ignore_token_ids: list[int], mask_token_id: int, ctx: StageContext
+) -> tuple[PruMUXModel, float]:
+    recipe = ctx.recipe
+
+    def loss(batch: Batch) -> Tensor:
+        return model.mlm_loss(
+            **batch.inputs(), mask_token_id=mask_token_id, ignore_token_ids=ignore_token_ids,
+            mlm_probability=recipe.mlm_probability,
+        )  # fmt: skip
+
+    rows = recipe.pretrain_batch_size * model.config.num_instances
+    return train_model_stage(model, MLM, MLM, train, rows, recipe.mlm_lr, recipe.task_mux_norm, loss, None, ctx)
+
+
+def _finetune(model: PruMUXModel, task: EncodedTask, ctx: StageContext) -> tuple[PruMUXModel, float]:
+    recipe = ctx.recipe
+    validation = task.validation.head(recipe.eval_examples)
+
+    def loss(batch: Batch) -> Tensor:
+        return F.cross_entropy(model(**batch.inputs()).logits, batch.labels)
+
+    def evaluate(step: int) -> dict[str, float]:
+        return {"accuracy": accuracy(model, validation, recipe.eval_batch_size)}
+
+    rows = recipe.finetune_batch_size * model.config.num_instances
+    return train_model_stage(
+        model, FINETUNE, FINETUNE_OUTPUT, task.train, rows, recipe.finetune_lr, recipe.task_mux_norm, loss, evaluate, ctx
+    )

@@ -1,0 +1,187 @@
+"""Training recipes: every hyperparameter of one (N, s) job, loaded from a JSON file.
+
+A recipe is a flat dataclass. The three shipped recipes live beside this module in
+`recipes/`: `paper` (Appendix A, Table 5 of the PruMUX paper, for GPUs), `cpu-demo` (MiniLM
+on rt-polarity, one PruMUX point in a few minutes on 2 CPU cores) and `smoke` (tiny, for
+tests). Any value can be overridden by name.
+
+Units. Batch sizes count *mixed sequences* per step: a training batch holds
+`batch_size * N` instance rows, so the paper's "pruning batch size 32*N" is 32 here.
+Each phase's length is given in optimiser steps (`*_steps`) or in epochs over the task's
+training set (`*_epochs`, which win when not null); see `Recipe.steps`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+RECIPE_DIR = Path(__file__).with_name("recipes")
+RECIPES: dict[str, Path] = {path.stem: path for path in sorted(RECIPE_DIR.glob("*.json"))}
+
+# The stages whose length is set by `<stage>_steps` / `<stage>_epochs`.
+STAGES = ("retrieval", "mlm", "finetune", "prune", "lagrangian_warmup", "pruned_finetune")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """All hyperparameters of one (N, s) training job."""
+
+    name: str
+    description: str
+    seed: int
+    seq_len: int
+    max_train_examples: int | None  # training rows used (a seeded sample); null = all
+    max_eval_examples: int | None  # rows of validation/test in the final evaluation; null = all
+    eval_examples: int | None  # validation rows used by evaluations during training
+    eval_every: int  # steps between evaluations during training
+    eval_batch_size: int  # mixed sequences per evaluation batch
+    checkpoint_every_seconds: float
+    warmup_ratio: float  # linear learning-rate warm-up, as a fraction of each stage
+    weight_decay: float
+    # Phase 1: retrieval warm-up (skipped when N = 1).
+    retrieval_steps: int
+    retrieval_epochs: float | None
+    retrieval_lr: float
+    retrieval_mux_norm: float
+    pretrain_batch_size: int  # retrieval and MLM
+    # Phase 2: optional MLM continuation, then task fine-tuning.
+    mlm_steps: int
+    mlm_epochs: float | None
+    mlm_lr: float
+    mlm_probability: float
+    finetune_steps: int
+    finetune_epochs: float | None
+    finetune_lr: float
+    finetune_batch_size: int  # also the batch of the pruned model's fine-tuning
+    task_mux_norm: float
+    # Phase 3: CoFi pruning with distillation, then fine-tuning of the pruned model.
+    prune_steps: int
+    prune_epochs: float | None
+    prune_batch_size: int
+    prune_lr: float
+    lagrangian_warmup_steps: int
+    lagrangian_warmup_epochs: float | None
+    reg_lr: float  # learning rate of the log_alphas (descent) and the lambdas (ascent)
+    reg_beta1: float  # Adam betas of both; a short memory lets the gates follow the target within few steps
+    reg_beta2: float
+    droprate_init: float
+    sparsity_epsilon: float  # a pruning checkpoint is eligible when |sparsity - s| <= this
+    pruned_finetune_steps: int
+    pruned_finetune_epochs: float | None
+    pruned_finetune_lr: float
+    distill_alpha_ce: float
+    distill_alpha_layer: float
+    distill_temperature: float
+    # Throughput (prumux's protocol: batch 128*N instances, padded to seq_len).
+    throughput_batches: int
+    throughput_warmup: int
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"recipe field {item.name} must be >= 0, got {value}")
+        for name in ("seq_len", "eval_every", "eval_batch_size", "pretrain_batch_size", "finetune_batch_size",
+                     "prune_batch_size", "throughput_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"recipe field {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"recipe field mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if not (0 <= self.reg_beta1 < 1 and 0 <= self.reg_beta2 < 1):
+            raise ValueError(f"recipe fields reg_beta1, reg_beta2 must be in [0, 1), got {self.reg_beta1}, {self.reg_beta2}")
+        if not 0 < self.droprate_init < 1:
+            raise ValueError(f"recipe field droprate_init must be in (0, 1), got {self.droprate_init}")
+
+    def steps(self, stage: str, train_size: int, batch_rows: int) -> int:
+        """Optimiser steps of `stage`: `<stage>_epochs` over `train_size` rows if set, else `<stage>_steps`."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        epochs = getattr(self, f"{stage}_epochs")
+        if epochs is None:
+            return getattr(self, f"{stage}_steps")
+        return math.ceil(epochs * train_size / batch_rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def digest(self, names: tuple[str, ...] | None = None) -> str:
+        """A short stable hash of the values of `names` (all fields when None)."""
+        values = self.to_dict()
+        chosen = {name: values[name] for name in (names or tuple(values)) if name not in ("name", "description")}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# The fields that determine the phase 1-2 model: its cache key hashes exactly these.
+PHASE12_FIELDS = (
+    "seed", "seq_len", "max_train_examples", "warmup_ratio", "weight_decay",
+    "retrieval_steps", "retrieval_epochs", "retrieval_lr", "retrieval_mux_norm", "pretrain_batch_size",
+    "mlm_steps", "mlm_epochs", "mlm_lr", "mlm_probability",
+    "finetune_steps", "finetune_epochs", "finetune_lr", "finetune_batch_size", "task_mux_norm",
+)  # fmt: skip
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """A shipped recipe by name, or a recipe JSON file, with `overrides` applied by field name."""
+    path = RECIPES.get(str(name_or_path), Path(name_or_path))
+    if not path.is_file():
+        raise ValueError(f"unknown recipe {str(name_or_path)!r}; known: {', '.join(RECIPES)} (or a JSON file)")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"recipe file {path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe file {path} must hold a JSON object")
+    values.update(overrides or {})
+    return recipe_from_dict(values)
+
+
+def recipe_from_dict(values: dict[str, Any]) -> Recipe:
+    """A Recipe from plain values, checking names and converting types (e.g. CLI strings)."""
+    known = {item.name: item for item in fields(Recipe)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    missing = sorted(set(known) - set(values))
+    if missing:
+        raise ValueError(f"recipe is missing field(s) {', '.join(missing)}")
+    hints = typing.get_type_hints(Recipe)
+    return Recipe(**{name: _convert(name, value, hints[name]) for name, value in values.items()})
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["key=value", ...]` (the CLI's --set) as a dict of raw values; types are checked later."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"recipe override {item!r} is not of the form key=value")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _convert(name: str, value: Any, hint: Any) -> Any:
+    """`value` as the field's type; strings (from the CLI) are parsed, 'null'/'none' meaning None."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in options:
+        return None
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"recipe field {name} cannot be null")
+    kind = next(option for option in options if option is not type(None))
+    try:
+        if kind is int:
+            converted = float(value)
+            if not converted.is_integer():
+                raise ValueError
+            return int(converted)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"recipe field {name} must be {kind.__name__}, got {value!r}") from None

@@ -1,0 +1,341 @@
+"""The study commands of ``prumux-search``: ``start``, ``status``, ``best``, ``export``, ``import``.
+
+Every input is validated before the study is opened, so bad input never writes to it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from storage import StudySettings, mask_url, open_study, study_settings
+from storage import import_points as add_points
+from storage.cli_options import study_options
+from storage.trials import json_safe
+
+if TYPE_CHECKING:
+    from dashboards.summary import StudySummary
+    from trainers.recipes import Recipe
+
+DEFAULT_TASK = "rt-polarity"
+DEFAULT_MODEL = "minilm-l6"
+DEFAULT_RECIPE = "cpu-demo"
+DEFAULT_GRID_N = "1,2,5"
+DEFAULT_GRID_S = "0,0.5,0.7,0.9"
+DEFAULT_BUDGET = 0.03
+TABLE_COLUMNS = ["number", "state", "N", "s", "family", "accuracy", "throughput", "speedup", "feasible"]
+TENANT_WARNING = (
+    "**Multiplexing mixes instances in one forward pass.** With N > 1 the model combines N "
+    "inputs into one representation before the encoder, so a shared service must multiplex only "
+    "requests of one tenant (PruMUX paper, appendix A.3): never batch different users' inputs "
+    "into one multiplexed pass."
+)
+
+
+def definition_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that define a search (stored with the study and checked on resume)."""
+    options = [
+        click.option("--task", default=DEFAULT_TASK, show_default=True, help="Task name or local data file."),
+        click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Base model alias, folder or hub id."),
+        click.option("--recipe", default=DEFAULT_RECIPE, show_default=True, help="Recipe name or JSON file."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field."),
+        click.option("--grid-n", default=DEFAULT_GRID_N, show_default=True, help="Multiplexing widths N."),
+        click.option("--grid-s", default=DEFAULT_GRID_S, show_default=True, help="Sparsities s."),
+        click.option("--budget", default=DEFAULT_BUDGET, show_default=True, type=float,
+                     help="Accuracy loss allowed below dense (1, 0), a fraction."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def search_definition(
+    task: str, model: str, recipe: str, overrides: tuple[str, ...], grid_n: str, grid_s: str, budget: float
+) -> tuple[StudySettings, Recipe]:
+    """Validate the definition options; return the study settings and the loaded recipe."""
+    from search.grid import check_budget, check_grid, parse_values
+    from trainers.models import is_available
+    from trainers.recipes import load_recipe, parse_overrides
+    from trainers.tasks import TASKS, task_names
+
+    grid_N, grid_S = check_grid(parse_values(grid_n, "grid N"), parse_values(grid_s, "grid s"))
+    budget = check_budget(budget)
+    if task not in TASKS and not Path(task).exists():
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(task_names())}, or a local data file")
+    if not is_available(model):
+        raise ValueError(f"base model {model!r} is not available here (offline): use minilm-l6 or a model folder")
+    changes = parse_overrides(overrides)
+    loaded = load_recipe(recipe, changes)
+    label = recipe + "".join(f" {key}={getattr(loaded, key)}" for key in sorted(changes))
+    return StudySettings(task, model, label, budget, tuple(grid_N), tuple(grid_S), _command_line()), loaded
+
+
+def _command_line() -> str:
+    """The running command with the options it was given (passwords are masked by the settings)."""
+    context = click.get_current_context()
+    words = context.command_path.split()
+    for parameter in context.command.params:
+        value = context.params.get(parameter.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if item is not None:
+                words += [parameter.opts[0], str(item)]
+    return shlex.join(words)
+
+
+@click.command("start")
+@study_options
+@definition_options
+@click.option("--max-trials", type=int, default=None, help="Stop once the study holds this many trained points.")
+@click.option("--time-budget", type=float, default=None, help="Stop this run after this many seconds.")
+@click.option("--concurrency", type=int, default=None, help="Concurrent trials [default: one per GPU, else 1].")
+@click.option("--cpus-per-trial", type=float, default=None, help="CPUs per trial [default: all, shared].")
+@click.option("--gpus-per-trial", type=float, default=None, help="GPUs per trial [default: 1 if any].")
+@click.option("--max-failures", type=int, default=2, show_default=True, help="Ray retries of a failed trial.")
+@click.option("--ray-address", default=None, help="Ray cluster to use [default: a local instance].")
+def start(run_dir: Path, storage: str, study: str, task: str, model: str, recipe: str, overrides: tuple[str, ...],
+          grid_n: str, grid_s: str, budget: float, max_trials: int | None, time_budget: float | None,
+          concurrency: int | None, cpus_per_trial: float | None, gpus_per_trial: float | None,
+          max_failures: int, ray_address: str | None) -> None:  # fmt: skip
+    """Run (or resume) an Auto-PruMUX search: one Ray Tune trial per (N, s) point."""
+    from search.driver import SearchOptions, run_search
+
+    settings, loaded = search_definition(task, model, recipe, overrides, grid_n, grid_s, budget)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    options = SearchOptions(
+        run_dir=str(run_dir), storage_url=storage, study_name=study, concurrency=concurrency,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_trials=max_trials,
+        time_budget_s=time_budget, max_failures=max_failures, ray_address=ray_address,
+    )  # fmt: skip
+    click.echo(f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "
+               f"recipe {settings.recipe}, budget {settings.budget:g}")  # fmt: skip
+    outcome = run_search(settings, loaded, options, on_trial=_report_trial)
+    if outcome.resumed_failed:
+        click.echo(f"resumed: trials {outcome.resumed_failed}, left running by a dead driver, were marked failed")
+    if outcome.interrupted:
+        click.echo(f"interrupted: trials {outcome.interrupted}; their points resume from checkpoints on the next start")
+    if outcome.failed:
+        click.echo(f"failed: trials {outcome.failed}; see the Ray Tune trial logs under {options.tune_storage}")
+    click.echo(f"stopped: {outcome.stop_reason} after {outcome.seconds:.0f} s")
+    _print_frontier(outcome.study)
+
+
+@click.command("status")
+@study_options
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(run_dir: Path, storage: str, study: str, output: str) -> None:
+    """Show the study's trials with feasibility and the surrogate's current top-3."""
+    from dashboards.summary import summarize
+
+    summary = summarize(open_study(storage, study))
+    top = _top3(summary)
+    if output == "json":
+        click.echo(json.dumps(json_safe({
+            "study": study,
+            "settings": summary.settings.to_dict() if summary.settings else None,
+            "threshold": summary.threshold,
+            "trials": _records(summary.trials),
+            "top": _records(top),
+        }), indent=2))  # fmt: skip
+        return
+    click.echo(f"study {study!r}: threshold {_fmt(summary.threshold)}")
+    click.echo(_table(summary.trials, TABLE_COLUMNS) if len(summary.trials) else "no trials yet")
+    click.echo("\ncurrent top-3 (surrogate predictions under the budget):")
+    click.echo(_table(top, list(top.columns)) if len(top) else "none yet (needs the dense point and one more)")
+
+
+@click.command("best")
+@study_options
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def best(run_dir: Path, storage: str, study: str, output: str) -> None:
+    """Show the recommended model: the feasible trial with the highest measured throughput."""
+    from dashboards.summary import summarize
+
+    summary = summarize(open_study(storage, study))
+    if summary.recommended is None:
+        raise ValueError(f"study {study!r} has no feasible trial yet")
+    figures = _best_figures(summary)
+    if output == "json":
+        click.echo(json.dumps(figures, indent=2))
+        return
+    click.echo(
+        f"trial {figures['trial']}: N={figures['N']} s={figures['s']:g} ({figures['family']}), accuracy "
+        f"{figures['accuracy']:.4f} (dense {_fmt(figures['dense_accuracy'])}, threshold {_fmt(figures['threshold'])}), "
+        f"{figures['speedup']:.2f}x dense throughput ({figures['throughput']:.4g} examples/s on {figures['hardware']})"
+    )
+    if figures["model_dir"]:
+        click.echo(f"model: {figures['model_dir']}")
+
+
+@click.command("export")
+@study_options
+@click.option("--trial", "number", type=int, required=True, help="Trial number to export.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (new or empty).")
+def export(run_dir: Path, storage: str, study: str, number: int, out: Path) -> None:
+    """Copy a trial's trained model to OUT with a README.md model card."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder")
+    opened = open_study(storage, study)
+    trial = _complete_trial(opened, number)
+    source = Path(str(trial.user_attrs.get("model_dir", "")))
+    if not trial.user_attrs.get("model_dir") or not source.is_dir():
+        raise ValueError(f"trial {number} has no saved model folder (imported points have none)")
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    (out / "README.md").write_text(model_card(trial, study_settings(opened)))
+    click.echo(f"exported trial {number} (N={trial.params['N']}, s={trial.params['s']:g}) to {out}")
+
+
+@click.command("import")
+@study_options
+@definition_options
+@click.option("--points", "points_csv", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV of measured points: N, s, accuracy, throughput.")  # fmt: skip
+def import_points(run_dir: Path, storage: str, study: str, task: str, model: str, recipe: str,
+                  overrides: tuple[str, ...], grid_n: str, grid_s: str, budget: float, points_csv: Path) -> None:  # fmt: skip
+    """Import measured (N, s) points into a study (created with the definition options if new)."""
+    from search.grid import check_on_grid, read_points
+
+    settings, _ = search_definition(task, model, recipe, overrides, grid_n, grid_s, budget)
+    if not points_csv.is_file():
+        raise ValueError(f"no such points file: {points_csv}")
+    points = read_points(points_csv)
+    check_on_grid(points, settings.grid_N, settings.grid_s)
+    dense = points[(points["N"] == 1) & (points["s"] == 0)]
+    opened = open_study(storage, study, settings, create=not dense.empty)
+    dense_accuracy = float(dense["accuracy"].iloc[0]) if len(dense) else _study_dense_accuracy(opened)
+    add_points(opened, points, dense_accuracy - settings.budget)
+    click.echo(f"imported {len(points)} points into study {study!r}")
+
+
+def model_card(trial: FrozenTrial, settings: StudySettings | None) -> str:
+    """A README.md for an exported trial: what it is, how it scored, how to load it safely."""
+    attrs = trial.user_attrs
+    N, s = int(trial.params["N"]), float(trial.params["s"])
+    rows = [
+        ("task", attrs.get("task", settings.task if settings else "?")),
+        ("base model", attrs.get("base_model", settings.base_model if settings else "?")),
+        ("recipe", attrs.get("recipe", settings.recipe if settings else "?")),
+        ("multiplexing width N", N), ("target sparsity s", s), ("realised sparsity", attrs.get("sparsity")),
+        ("validation accuracy", trial.values[0]), ("test accuracy", attrs.get("test_accuracy")),
+        ("throughput (examples/s)", trial.values[1]), ("speed-up over dense", attrs.get("speedup")),
+        ("parameters", attrs.get("total_parameters")), ("measured on", attrs.get("hardware")),
+        ("feasible under the budget", all(v <= 0 for v in trial.constraints.values())),
+        ("study trial", trial.number),
+    ]  # fmt: skip
+    table = "\n".join(f"| {label} | {_fmt(value)} |" for label, value in rows)
+    return f"""# PruMUX model: N={N}, s={s:g}
+
+A multiplexed (DataMUX, N={N}) and pruned (CoFi, sparsity {s:g}) classifier found by
+`prumux-search`.
+
+| | |
+| --- | --- |
+{table}
+
+## Load
+
+```python
+from prumux import PruMUXModel
+model = PruMUXModel.from_pretrained("path/to/this/folder")
+```
+
+Any number of inputs may be passed; the model pads them to a multiple of N.
+
+## Warning: one tenant per multiplexed pass
+
+{TENANT_WARNING}
+"""
+
+
+def _report_trial(trial: FrozenTrial, study: optuna.Study) -> None:
+    """Print one line per finished trial and refresh the dashboard figures."""
+    from dashboards.publish import publish
+    from search.searcher import trained_count
+
+    point = f"N={trial.params['N']} s={trial.params['s']:g}"
+    if trial.state != TrialState.COMPLETE:
+        reason = trial.user_attrs.get("failed_because", "")
+        click.echo(f"trial {trial.number}  {point}  {trial.state.name.lower()}: {reason}")
+        return
+    feasible = all(value <= 0 for value in trial.constraints.values())
+    click.echo(
+        f"trial {trial.number}  {point}  accuracy {trial.values[0]:.4f}  "
+        f"speed-up {trial.user_attrs.get('speedup', math.nan):.2f}x  feasible {'yes' if feasible else 'no'}  "
+        f"trainings used {trained_count(study)}"
+    )
+    publish(study)
+
+
+def _print_frontier(study: optuna.Study) -> None:
+    from dashboards.summary import summarize
+
+    summary = summarize(study)
+    front = {trial.number for trial in study.best_trials}
+    frontier = summary.points[summary.points["number"].isin(front)].sort_values("throughput", ascending=False)
+    click.echo("\nfrontier (feasible, not dominated in accuracy and throughput):")
+    click.echo(_table(frontier, TABLE_COLUMNS[:1] + TABLE_COLUMNS[2:]) if len(frontier) else "none")
+    if summary.recommended is None:
+        click.echo("recommended: none yet (no feasible point)")
+        return
+    row = summary.recommended
+    click.echo(
+        f"recommended: trial {row['number']} N={row['N']} s={row['s']:g}, accuracy {row['accuracy']:.4f}, "
+        f"{row['speedup']:.2f}x dense throughput; export it with: prumux-search export --trial {row['number']} --out DIR"
+    )
+
+
+def _best_figures(summary: StudySummary) -> dict[str, Any]:
+    row = summary.recommended
+    dense = summary.points[(summary.points["N"] == 1) & (summary.points["s"] == 0)]
+    return json_safe({
+        "trial": int(row["number"]), "N": int(row["N"]), "s": float(row["s"]), "family": row["family"],
+        "accuracy": float(row["accuracy"]), "dense_accuracy": float(dense["accuracy"].iloc[0]) if len(dense) else None,
+        "threshold": summary.threshold, "throughput": float(row["throughput"]), "speedup": float(row["speedup"]),
+        "model_dir": row.get("model_dir"), "hardware": row.get("hardware"),
+    })  # fmt: skip
+
+
+def _top3(summary: StudySummary) -> pd.DataFrame:
+    if summary.surrogate is None or summary.settings is None or summary.threshold is None:
+        return pd.DataFrame(columns=["N", "s", "accuracy", "throughput", "interpolated"])
+    grid = pd.DataFrame([(n, s) for n in summary.settings.grid_N for s in summary.settings.grid_s], columns=["N", "s"])
+    return summary.surrogate.top_k(summary.settings.budget, k=3, candidates=grid)
+
+
+def _complete_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ValueError(f"study {study.study_name!r} has no trial {number}")
+    if trials[number].state != TrialState.COMPLETE:
+        raise ValueError(f"trial {number} is {trials[number].state.name.lower()}, not complete")
+    return trials[number]
+
+
+def _study_dense_accuracy(study: optuna.Study) -> float:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.params.get("N") == 1 and trial.params.get("s") == 0:
+            return trial.values[0]
+    raise ValueError("the points need the dense (N=1, s=0) point: the study has not measured it")
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return frame.to_dict("records")
+
+
+def _table(frame: pd.DataFrame, columns: list[str]) -> str:
+    return frame[columns].to_string(index=False, float_format=lambda value: f"{value:.4g}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return "-" if value is None else str(value)

@@ -1,0 +1,226 @@
+"""The search run: a Ray Tune ``Tuner`` driving the Optuna study of an Auto-PruMUX search.
+
+One Tune trial trains one (N, s) point (``search.trainable``); the trials are proposed by
+``StudySearcher`` from the study in SQL, so ``run_search`` on an existing study resumes it:
+trials left RUNNING by a dead driver are failed first (their points become proposable
+again), finished points are never proposed again, and ``train_point`` reuses the phase 1-2
+models and checkpoints in the run's work folder.
+
+Run directory layout: ``work/`` (point checkpoints and the phase 1-2 cache, shared by every
+trial and restart) and ``ray/`` (Ray Tune's experiment folders; ``ray_storage`` may put
+them on a shared path or a URI instead).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import ray
+from optuna.trial import FrozenTrial
+from ray import tune
+
+from search.sampler import AutoPruMUXSampler
+from search.searcher import StudySearcher
+from search.trainable import PointJob, train_trial
+from storage import Heartbeat, StudySettings, fail_stale_trials, open_study
+from storage.trials import trial_id
+from trainers.cache import cache_entry
+from trainers.recipes import Recipe
+
+TrialHook = Callable[[FrozenTrial, optuna.Study], None]
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Where a search keeps its state and how it uses the Ray cluster."""
+
+    run_dir: str
+    storage_url: str
+    study_name: str
+    concurrency: int | None = None  # None: one trial per GPU, else 1
+    cpus_per_trial: float | None = None  # None: the cluster's CPUs shared by the concurrent trials
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    max_trials: int | None = None
+    time_budget_s: float | None = None
+    max_failures: int = 2
+    ray_address: str | None = None
+    ray_storage: str | None = None  # None: <run_dir>/ray
+
+    def __post_init__(self) -> None:
+        _check_positive("concurrency", self.concurrency)
+        _check_positive("max trials", self.max_trials)
+        _check_positive("time budget", self.time_budget_s)
+        _check_positive("CPUs per trial", self.cpus_per_trial)
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise ValueError(f"GPUs per trial must be >= 0, got {self.gpus_per_trial}")
+        if self.max_failures < 0:
+            raise ValueError(f"max failures must be >= 0, got {self.max_failures}")
+
+    @property
+    def work_dir(self) -> Path:
+        """Point checkpoints and the phase 1-2 cache."""
+        return Path(self.run_dir).expanduser().resolve() / "work"
+
+    @property
+    def tune_storage(self) -> str:
+        """Ray Tune's storage path: an absolute path or a URI."""
+        if self.ray_storage and "://" in self.ray_storage:
+            return self.ray_storage
+        return str(Path(self.ray_storage or Path(self.run_dir) / "ray").expanduser().resolve())
+
+
+@dataclass
+class SearchOutcome:
+    """How a search run ended."""
+
+    study: optuna.Study
+    stop_reason: str
+    resumed_failed: list[int] = field(default_factory=list)  # stale trials failed on start
+    failed: list[int] = field(default_factory=list)  # trials Ray gave up on
+    interrupted: list[int] = field(default_factory=list)  # trials stopped by the end of the run
+    seconds: float = 0.0
+
+
+def run_search(
+    settings: StudySettings,
+    recipe: Recipe,
+    options: SearchOptions,
+    on_trial: TrialHook | None = None,
+) -> SearchOutcome:
+    """Run (or resume) the search defined by ``settings``; call ``on_trial`` per finished trial.
+
+    A study stored with other settings raises ``ValueError`` and is left untouched.
+    """
+    started = time.monotonic()
+    workdir = options.work_dir
+    sampler = AutoPruMUXSampler(
+        settings.grid_N, settings.grid_s, settings.budget,
+        is_cheap=functools.partial(_has_phase12_model, str(workdir), settings.task, settings.base_model, recipe),
+    )  # fmt: skip
+    study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
+    resumed_failed = fail_stale_trials(study)
+    job = PointJob(
+        options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir), settings.budget
+    )
+    with connect_ray(options.ray_address), Heartbeat(study) as heartbeat:
+        searcher = StudySearcher(study, heartbeat, options.max_trials)
+        try:
+            _tuner(job, searcher, options, on_trial).fit()
+        finally:
+            interrupted = searcher.abandon_running("the search run ended before it finished")
+    seconds = time.monotonic() - started
+    return SearchOutcome(
+        study=study,
+        stop_reason=searcher.stop_reason or _early_stop_reason(options, seconds),
+        resumed_failed=resumed_failed,
+        failed=searcher.failed,
+        interrupted=interrupted,
+        seconds=seconds,
+    )
+
+
+@contextmanager
+def connect_ray(address: str | None = None) -> Iterator[None]:
+    """Connect to the Ray cluster at ``address``, or start a local one on loopback.
+
+    An instance already initialised in this process is used as is and left running; one
+    started here is shut down on exit. Workers get this checkout on their PYTHONPATH, so the
+    project need not be pip-installed.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    runtime_env = {"env_vars": {"PYTHONPATH": _python_path()}}
+    try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, logging_level="warning", log_to_driver=False)
+        else:
+            ray.init(
+                address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                logging_level="warning", log_to_driver=False, _node_ip_address="127.0.0.1",
+            )  # fmt: skip
+    except ConnectionError as error:
+        raise ValueError(f"cannot connect to Ray at {address}: {str(error).splitlines()[0]}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def trial_resources(options: SearchOptions) -> tuple[dict[str, float], int]:
+    """Resources of one trial and the number of concurrent trials, on the connected cluster."""
+    cluster = ray.cluster_resources()
+    gpus = options.gpus_per_trial if options.gpus_per_trial is not None else float(cluster.get("GPU", 0) > 0)
+    concurrency = options.concurrency or (max(1, int(cluster.get("GPU", 0) // gpus)) if gpus else 1)
+    cpus = options.cpus_per_trial or max(1.0, float(cluster.get("CPU", 1) // concurrency))
+    return {"cpu": cpus, "gpu": gpus}, concurrency
+
+
+class _TrialReporter(tune.Callback):
+    """Calls a hook with the study's record of each Tune trial that finished or failed."""
+
+    def __init__(self, searcher: StudySearcher, hook: TrialHook) -> None:
+        self.searcher = searcher
+        self.hook = hook
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info) -> None:
+        self._report(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info) -> None:
+        self._report(trial)
+
+    def _report(self, trial: tune.experiment.Trial) -> None:
+        study = self.searcher.study
+        self.hook(study._storage.get_trial(trial_id(study, trial.config["trial_number"])), study)
+
+
+def _tuner(job: PointJob, searcher: StudySearcher, options: SearchOptions, on_trial: TrialHook | None) -> tune.Tuner:
+    resources, concurrency = trial_resources(options)
+    # Tune's newer console output prints its own tables even at verbose=0; the progress
+    # users see is the per-trial hook, so use the older engine, which is silent at 0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    trainable = tune.with_resources(tune.with_parameters(train_trial, job=job), resources)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=-1,  # the searcher decides when to stop
+            max_concurrent_trials=concurrency,
+            time_budget_s=options.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{options.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=options.tune_storage,
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            callbacks=[_TrialReporter(searcher, on_trial)] if on_trial else None,
+            verbose=0,
+        ),
+    )
+
+
+def _early_stop_reason(options: SearchOptions, seconds: float) -> str:
+    if options.time_budget_s is not None and seconds >= options.time_budget_s:
+        return f"time budget ({options.time_budget_s:g} s) reached"
+    return "the run was interrupted"
+
+
+def _has_phase12_model(workdir: str, task: str, base_model: str, recipe: Recipe, N: int) -> bool:
+    return cache_entry(workdir, task, base_model, N, recipe).exists()
+
+
+def _python_path() -> str:
+    project = str(Path(__file__).resolve().parents[1])
+    existing = os.environ.get("PYTHONPATH")
+    return f"{project}{os.pathsep}{existing}" if existing else project
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")

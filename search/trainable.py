@@ -1,0 +1,92 @@
+"""The Ray Tune trainable: one trial trains one (N, s) point and records it in the study.
+
+``train_point`` keeps its checkpoints and the shared phase 1-2 cache under the run's work
+folder, keyed by the point, not by the trial: a trial that Ray retries, or a point proposed
+again after a driver died, continues where the last attempt stopped, and a point whose
+training had finished returns its result at once. Tune's own checkpoints are therefore not used.
+
+A trial's constraint is ``threshold - accuracy`` with threshold = dense (1, 0) accuracy -
+budget, and Optuna cannot change it after ``tell``. Trials may train concurrently with the
+dense one, so a worker waits until the dense accuracy is in the study before it records
+its result (the dense trial itself uses its own accuracy).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from ray import tune
+
+from storage import open_study, record_result
+from storage.trials import trial_id
+from trainers.point import train_point
+from trainers.recipes import Recipe
+
+DENSE = (1, 0.0)
+WAIT_POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class PointJob:
+    """What every trial of one search shares: where the study is and how to train a point."""
+
+    storage_url: str
+    study_name: str
+    task: str
+    base_model: str
+    recipe: Recipe
+    workdir: str
+    budget: float
+
+
+def train_trial(config: dict[str, Any], job: PointJob) -> None:
+    """Train (or resume) the trial's point, record it in the study, report it to Tune."""
+    N, s, number = int(config["N"]), float(config["s"]), int(config["trial_number"])
+    result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False).to_dict()
+    study = open_study(job.storage_url, job.study_name)
+    trial = _stored(study, number)
+    if trial.state != TrialState.COMPLETE:  # a retry after the record was written is a no-op
+        threshold = result["val_accuracy"] - job.budget if (N, s) == DENSE else wait_for_threshold(study, job.budget)
+        trial = record_result(study, number, result, threshold)
+    tune.report(trial_metrics(trial))
+
+
+def wait_for_threshold(study: optuna.Study, budget: float, poll_seconds: float = WAIT_POLL_SECONDS) -> float:
+    """Return dense accuracy - budget, waiting while the dense trial is still training.
+
+    Raises ``RuntimeError`` when the study has no dense trial left to wait for (it failed).
+    """
+    while True:
+        dense = [t for t in study.get_trials(deepcopy=False) if _is_dense(t)]
+        complete = [t for t in dense if t.state == TrialState.COMPLETE]
+        if complete:
+            return complete[-1].values[0] - budget
+        if not any(t.state == TrialState.RUNNING for t in dense):
+            raise RuntimeError("the dense (1, 0) trial failed, so this point's feasibility is unknown")
+        time.sleep(poll_seconds)
+
+
+def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
+    """The scalars Ray Tune records for a finished trial."""
+    accuracy, throughput = trial.values
+    return {
+        "trial_number": trial.number,
+        "N": int(trial.params["N"]),
+        "s": float(trial.params["s"]),
+        "accuracy": accuracy,
+        "throughput": throughput,
+        "speedup": float(trial.user_attrs.get("speedup", float("nan"))),
+        "feasible": all(value <= 0 for value in trial.constraints.values()),
+    }
+
+
+def _stored(study: optuna.Study, number: int) -> FrozenTrial:
+    return study._storage.get_trial(trial_id(study, number))
+
+
+def _is_dense(trial: FrozenTrial) -> bool:
+    return (trial.params.get("N"), trial.params.get("s")) == DENSE

@@ -11,6 +11,7 @@ from prumux.throughput import (
     encoder_flops,
     hardware_name,
     measure_throughput,
+    model_flops,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "encoder_flops",
     "hardware_name",
     "measure_throughput",
+    "model_flops",
     "prunable_parameters",
     "prune",
 ]

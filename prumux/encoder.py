@@ -36,6 +36,16 @@ def masked_layer_norm(x: Tensor, norm: nn.LayerNorm, hidden_z: Tensor | None) ->
     return (centred * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias) * hidden_z
 
 
+def add_residual(out: Tensor, x: Tensor) -> Tensor:
+    """out + x, written into `out`: a block's fresh output, which no backward pass needs."""
+    return out.add_(x)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU, in place when no gradient flows through `x` (saves a [tokens, d_ff] allocation)."""
+    return F.gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x)
+
+
 def skip_if_closed(gate: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
     """`new` where the block's gate is open, `old` (block skipped) where it is exactly zero."""
     if gate is None:
@@ -100,7 +110,7 @@ class Attention(nn.Module):
         out = self.out(context.transpose(1, 2).reshape(batch, length, -1))
         if head_layer_z is not None:
             out = out * head_layer_z
-        new = masked_layer_norm(x + self.dropout(out), self.norm, hidden_z)
+        new = masked_layer_norm(add_residual(self.dropout(out), x), self.norm, hidden_z)
         gate = _block_gate(head_z, head_layer_z)
         return skip_if_closed(gate, new, x)
 
@@ -122,13 +132,13 @@ class FeedForward(nn.Module):
         mlp_z: Tensor | None = None,
         hidden_z: Tensor | None = None,
     ) -> Tensor:
-        h = F.gelu(self.up(x))
+        h = gelu(self.up(x))
         if intermediate_z is not None:
             h = h * intermediate_z
         out = self.down(h)
         if mlp_z is not None:
             out = out * mlp_z
-        new = masked_layer_norm(x + self.dropout(out), self.norm, hidden_z)
+        new = masked_layer_norm(add_residual(self.dropout(out), x), self.norm, hidden_z)
         return skip_if_closed(_block_gate(intermediate_z, mlp_z), new, x)
 
 

@@ -17,6 +17,7 @@ from prumux.mux import Demultiplexer, Multiplexer
 
 CONFIG_FILE = "prumux_config.json"
 WEIGHTS_FILE = "model.safetensors"
+MIX_CHUNK_BYTES = 2 << 20  # CPU: per-instance embeddings mixed per chunk of about this size per thread (L2)
 
 
 @dataclass
@@ -129,17 +130,48 @@ class PruMUXModel(nn.Module):
             self.config.encoder.check_masks(masks)
         rows, length = input_ids.shape
         dummies = -rows % self.num_instances
-        hidden_z = (masks or {}).get("hidden_z")
-        x = self.encoder.embeddings(input_ids, token_type_ids, hidden_z)
+        x = self.embed_and_mix(input_ids, token_type_ids, (masks or {}).get("hidden_z"))
         token_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if dummies:
-            # Dummy rows add nothing to the mix (zero embeddings) and attend nowhere.
-            x = torch.cat([x, x.new_zeros(dummies, length, x.shape[-1])])
+            # Dummy rows (zero embeddings in the mix) attend nowhere.
             input_ids = torch.cat([input_ids, input_ids.new_full((dummies, length), self.config.encoder.pad_token_id)])
             token_mask = torch.cat([token_mask, token_mask.new_zeros(dummies, length)])
         mixed_mask = None if attention_mask is None else self.multiplexer.mix_attention_mask(token_mask)
-        last, hidden_states = self.encoder.encode(self.multiplexer(x), mixed_mask, masks, output_hidden_states)
+        last, hidden_states = self.encoder.encode(x, mixed_mask, masks, output_hidden_states)
         return MixedBatch(last, hidden_states, input_ids, token_mask, rows)
+
+    def embed_and_mix(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, hidden_z: Tensor | None = None
+    ) -> Tensor:
+        """[rows, L] instance ids -> [ceil(rows / N), L, H] mixed embeddings; zero dummy rows fill the last group.
+
+        The rows go through in chunks of whole groups (`mix_chunk_rows`), so the per-instance
+        embeddings, N times the size of the mixed stream, are never all materialised at once.
+        """
+        step = self.mix_chunk_rows(input_ids)
+        mixed = [
+            self.multiplexer(self._fill_group(self.encoder.embeddings(ids, types, hidden_z)))
+            for ids, types in _row_chunks(step, input_ids, token_type_ids)
+        ]
+        return mixed[0] if len(mixed) == 1 else torch.cat(mixed)
+
+    def mix_chunk_rows(self, input_ids: Tensor) -> int:
+        """Rows embedded and mixed at a time: whole groups of about MIX_CHUNK_BYTES per thread on CPU, else all rows.
+
+        On CPU a chunk stays in cache, and large fresh tensors would page-fault on every batch;
+        on accelerators one launch per op is cheaper.
+        """
+        rows, length = input_ids.shape
+        if input_ids.device.type != "cpu":
+            return rows
+        weight = self.encoder.embeddings.word.weight
+        group_bytes = self.num_instances * length * weight.shape[1] * weight.element_size()
+        return max(1, MIX_CHUNK_BYTES * torch.get_num_threads() // group_bytes) * self.num_instances
+
+    def _fill_group(self, x: Tensor) -> Tensor:
+        """Append zero rows up to a multiple of N."""
+        dummies = -x.shape[0] % self.num_instances
+        return torch.cat([x, x.new_zeros(dummies, *x.shape[1:])]) if dummies else x
 
     # ------------------------------------------------------------------ token-level losses
 
@@ -272,6 +304,13 @@ class PruMUXModel(nn.Module):
             if prefix + key in state:
                 parameter.copy_(state[prefix + key])
         head.decoder.weight.copy_(state.get(prefix + "decoder.weight", self.encoder.embeddings.word.weight))
+
+
+def _row_chunks(step: int, input_ids: Tensor, token_type_ids: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
+    """input_ids and token_type_ids (or None) cut into chunks of `step` rows."""
+    ids = input_ids.split(step)
+    types = [None] * len(ids) if token_type_ids is None else token_type_ids.split(step)
+    return list(zip(ids, types))
 
 
 def _is_any(ids: Tensor, token_ids: Iterable[int]) -> Tensor:

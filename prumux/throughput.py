@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prumux.config import EncoderConfig
+from prumux.config import EncoderConfig, PruMUXConfig
 
 
 @dataclass
@@ -53,6 +53,29 @@ def encoder_flops(encoder_config: EncoderConfig, seq_len: int) -> int:
         total += 2 * seq_len * (4 * hidden * inner + 2 * seq_len * inner)
         total += 2 * seq_len * 2 * hidden * ffn
     return total
+
+
+def model_flops(config: PruMUXConfig, seq_len: int) -> float:
+    """FLOPs per instance of a whole classification forward pass, counted as `encoder_flops` counts.
+
+    Per mixed sequence of N instances: the encoder, the multiplexer's multiply and add on every
+    instance element (2 N L H), and the demultiplexer's input projection of the mixed CLS state;
+    per instance: the demultiplexer's residual blocks, the pooler and the classifier. Embedding
+    lookups, LayerNorms, activations and softmax count 0 here as in the encoder, and so does the
+    demultiplexer's index projection (once per batch, not per instance).
+    """
+    n, hidden, width = config.num_instances, config.encoder.hidden_size, config.hidden_size
+    per_sequence = encoder_flops(config.encoder, seq_len)
+    per_instance = 0
+    if n > 1:
+        per_sequence += 2 * n * seq_len * hidden + 2 * hidden * width
+        per_instance += 2 * width * width * config.demux_layers
+    head = config.head_input_size
+    if config.pooler:
+        per_instance += 2 * head * width
+        head = width
+    per_instance += 2 * head * config.num_labels
+    return per_sequence / n + per_instance
 
 
 def synchronize(device: torch.device) -> None:

@@ -51,6 +51,18 @@ def test_rows_depend_only_on_their_group():
         assert not torch.allclose(model(ids[swapped], mask[swapped]).logits[:2], logits[:2].flip(0), atol=1e-4)
 
 
+@pytest.mark.parametrize("num_instances", [1, 3])
+def test_chunked_mixing_equals_one_piece(monkeypatch, num_instances):
+    model = tiny_model(num_instances)
+    ids, mask = batch(7)
+    types = torch.randint(0, 2, ids.shape)
+    with torch.no_grad():
+        whole = model(ids, mask, types).logits
+        monkeypatch.setattr("prumux.model.MIX_CHUNK_BYTES", 1)  # one group per chunk
+        assert model.mix_chunk_rows(ids) == num_instances
+        assert torch.allclose(model(ids, mask, types).logits, whole, atol=1e-6)
+
+
 def test_dummy_rows_are_dropped():
     model = tiny_model(4)
     ids, mask = batch(6)

@@ -12,6 +12,7 @@ from prumux import (
     encoder_flops,
     hardware_name,
     measure_throughput,
+    model_flops,
 )
 
 torch.set_num_threads(1)
@@ -51,5 +52,26 @@ def test_encoder_flops():
     assert encoder_flops(pruned, 10) == 2 * 10 * (4 * 8 * 4 + 2 * 10 * 4)
 
 
+def test_model_flops_adds_mux_demux_and_heads():
+    dense = tiny_model(1)
+    head = 2 * 8 * 8 + 2 * 8 * 2  # pooler + classifier per instance
+    assert model_flops(dense.config, 4) == encoder_flops(dense.config.encoder, 4) + head
+    mux = tiny_model(2).config
+    per_sequence = encoder_flops(mux.encoder, 4) + 2 * 2 * 4 * 8 + 2 * 8 * 8  # mux multiply-add, demux input
+    assert model_flops(mux, 4) == per_sequence / 2 + 2 * 8 * 8 + head  # + demux block
+
+
 def test_hardware_name_mentions_threads():
     assert "threads" in hardware_name("cpu")
+
+
+def test_benchmark_prints_both_ideals_and_the_mux_share(monkeypatch, capsys):
+    from benchmarks import throughput as benchmark
+
+    tiny = EncoderConfig.dense(2, 16, 2, 32, vocab_size=1100, max_position_embeddings=8)
+    monkeypatch.setattr(benchmark, "SHAPES", {"tiny": tiny})
+    benchmark.main(["--shape", "tiny", "--seq-len", "4", "--rounds", "2", "--points", "10,0", "2,0.6", "--threads", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| dense", "| DataMUX", "| PruMUX"))]
+    assert len(rows) == 3 and "ideal (encoder) | ideal (model)" in out
+    assert "best of 2 round(s)" in out and "mux + demux share" in out

@@ -26,6 +26,10 @@ smaller of
 * the monotone cap: the lowest accuracy measured at any (N', s') with N' <= N and s' <= s,
   plus ``margin`` (more multiplexing or pruning does not gain accuracy, up to run noise).
 
+Where the prediction lies more than ``cliff`` below the cap, the point sits on a drop the
+models cannot place (the paper's non-linear collapses: a cell whose far corner fell to chance
+interpolates a gentle slope through what may be a cliff further out), so only the cap counts.
+
 Optimistic throughput is the measured throughput of the shape, or the estimate times
 ``1 + throughput_margin``. The search is done when no candidate is left and no trial is pending
 (``is_done``). ``sample_relative`` raises ``SearchDone`` when it has nothing to propose, so
@@ -71,6 +75,9 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         Relative error allowed on an estimated (not measured) throughput.
     tie_tolerance:
         Relative throughput within which a point with a cheap N is preferred.
+    cliff:
+        Predicted accuracy drop below the monotone cap beyond which the models are not trusted
+        (a cell spanning a collapse says nothing about where the collapse starts).
     is_cheap:
         Whether a phase 1-2 model already exists for N (beyond the Ns seen in the study).
     throughput:
@@ -88,6 +95,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         extrapolation_margin: float = 0.02,
         throughput_margin: float = 0.2,
         tie_tolerance: float = 0.05,
+        cliff: float = 0.05,
         is_cheap: Callable[[int], bool] | None = None,
         throughput: pd.DataFrame | None = None,
         seed: int = 0,
@@ -98,6 +106,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         self.extrapolation_margin = extrapolation_margin
         self.throughput_margin = throughput_margin
         self.tie_tolerance = tie_tolerance
+        self.cliff = cliff
         self.is_cheap = is_cheap
         self.throughput = throughput
         self.seed = seed
@@ -173,8 +182,9 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         )
         additive = model.additive_accuracy(frame["N"].to_numpy(), frame["s"].to_numpy())
         loose = np.maximum(frame["accuracy"], additive) + self.extrapolation_margin
-        optimistic = np.where(reliable, frame["accuracy"] + self.margin, loose)
         cap = _monotone_cap(measured, frame) + self.margin
+        steep = cap - frame["accuracy"].to_numpy() > self.cliff
+        optimistic = np.where(steep, cap, np.where(reliable, frame["accuracy"] + self.margin, loose))
         frame["optimistic_accuracy"] = np.minimum(optimistic, cap)
         estimated = ~frame["throughput_measured"].to_numpy()
         frame["optimistic_throughput"] = frame["throughput"] * (1 + self.throughput_margin * estimated)

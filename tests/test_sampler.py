@@ -114,3 +114,19 @@ def test_rejects_bad_settings():
         AutoPruMUXSampler([1, 2], [0.0, 0.5], 1.5)
     with pytest.raises(ValueError, match="dense"):
         AutoPruMUXSampler([2, 5], [0.0, 0.5], 0.03)
+
+
+def test_a_collapsed_edge_does_not_rule_out_the_points_before_it() -> None:
+    """Dense, then both far edges at chance (as a short recipe gives): a linear chord through
+    the collapse says nothing about the points before it, so the search must go on there."""
+    grid_N, grid_s = [1, 2, 5], [0.0, 0.5, 0.7, 0.9]
+    sampler = AutoPruMUXSampler(grid_N, grid_s, budget=0.03)
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "maximize"])
+    for (N, s), values in {(1, 0.0): [0.81, 100.0], (1, 0.9): [0.55, 400.0], (5, 0.0): [0.55, 450.0]}.items():
+        study.enqueue_trial({"N": N, "s": s})
+        trial = study.ask()
+        suggest_point(trial, grid_N, grid_s)
+        study.tell(trial, values)
+    assert not sampler.is_done(study)
+    before_the_collapse = {(n, s) for n in (1, 2) for s in (0.0, 0.5, 0.7)} - {(1, 0.0)}
+    assert sampler.next_point(study) in before_the_collapse

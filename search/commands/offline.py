@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import click
+import optuna
 import pandas as pd
 
 from search.grid import THROUGHPUT_COLUMNS, is_feasible, parse_budgets, read_points
@@ -74,6 +75,7 @@ def predict(points_path, budget, budgets_text, throughput_path, top, output) -> 
 @click.option("--format", "output", type=FORMATS, default="table", show_default=True)
 def replay(table_path, budget, budgets_text, sampler, seeds, trainings, output) -> None:
     """Replay searches against a fully measured grid and compare the samplers."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per replayed trial drowns the table
     budgets = _budgets(budget, budgets_text)
     samplers = SAMPLERS if sampler == "all" else ("autoprumux", sampler) if sampler != "autoprumux" else ("autoprumux",)
     results = replay_many(read_points(table_path), budgets, samplers, seeds, trainings)

@@ -39,11 +39,20 @@ from trainers.tasks import load_task
 
 PHASES = ("retrieval", "multiplexed", "pruning", "measure")
 RESULT_FILE = "result.json"
+# Interleaved throughput measurements of the point and the dense model (best of each).
+MEASURE_ROUNDS = 2
 
 
 @dataclass
 class PointResult:
-    """What one trained (N, s) point scored and how fast it runs (accuracies are fractions)."""
+    """What one trained (N, s) point scored and how fast it runs (accuracies are fractions).
+
+    `speedup` is measured side by side: the point's model and the dense (1, 0) model are
+    timed interleaved in the same process (best of each), so the ratio holds whatever the
+    machine's load. `dense_throughput` is the per-hardware dense reference cached in the
+    work dir (its first measurement) and `throughput` = speedup * dense_throughput, so
+    absolute throughputs in a study are normalised to one load condition.
+    """
 
     task: str
     base_model: str
@@ -52,9 +61,9 @@ class PointResult:
     s: float
     val_accuracy: float
     test_accuracy: float
-    throughput: float  # instances per second
-    dense_throughput: float  # the dense (1, 0) model's, same hardware and protocol
-    speedup: float
+    throughput: float  # instances per second, normalised: speedup * dense_throughput
+    dense_throughput: float  # the dense (1, 0) reference: first measured on this hardware (work dir's cache)
+    speedup: float  # over the dense model measured side by side in this process (exactly 1 for the dense point)
     sparsity: float  # realised fraction of prunable encoder parameters removed
     prunable_parameters: int  # kept in this model
     total_parameters: int
@@ -163,24 +172,27 @@ def _phase12(
 def _measure(
     job: _Job, encoded: EncodedTask, model_dir: Path, base_encoder: EncoderConfig, seconds: dict[str, float], log
 ) -> PointResult:
-    """Evaluate the saved model (reloaded from disk) and measure its and the dense model's throughput."""
+    """Evaluate the saved model (reloaded from disk) and measure its speed-up over the dense model side by side."""
     started = time.monotonic()
     recipe, kind = job.recipe, family(job.N, job.s)
     model = PruMUXModel.from_pretrained(model_dir).to(job.runtime.device)
     val = accuracy(model, encoded.validation, recipe.eval_batch_size)
     test = accuracy(model, encoded.test, recipe.eval_batch_size)
-    speed = _throughput(model, recipe, job.runtime)
     if kind == "dense":  # the dense point is its own baseline
-        dense = speed
-        ThroughputCache(job.workdir).put(_throughput_key(job.base_model, recipe, job.runtime), speed)
+        speedup, dense = 1.0, max(_throughput(model, recipe, job.runtime) for _ in range(MEASURE_ROUNDS))
     else:
-        dense = _dense_throughput(job.base_model, recipe, job.runtime, job.workdir, log)
+        speedup, dense = _side_by_side(model, _dense_model(job, model.config.num_labels), recipe, job.runtime)
+    cache, key = ThroughputCache(job.workdir), _throughput_key(job.base_model, recipe, job.runtime)
+    if (reference := cache.get(key)) is None:
+        log.info("dense reference throughput for %s: %.1f instances/s", key, dense)
+        cache.put(key, dense)
+        reference = dense
     seconds["measure"] = time.monotonic() - started
     kept = prunable_parameters(model.config.encoder)
     return PointResult(
         task=job.task, base_model=job.base_model, recipe=recipe.name, N=job.N, s=job.s,
-        val_accuracy=val, test_accuracy=test, throughput=speed, dense_throughput=dense, speedup=speed / dense,
-        sparsity=1 - kept / prunable_parameters(base_encoder), prunable_parameters=kept,
+        val_accuracy=val, test_accuracy=test, throughput=speedup * reference, dense_throughput=reference,
+        speedup=speedup, sparsity=1 - kept / prunable_parameters(base_encoder), prunable_parameters=kept,
         total_parameters=sum(p.numel() for p in model.parameters()),
         phase_seconds={phase: round(value, 2) for phase, value in seconds.items()}, model_dir=str(model_dir),
         hardware=hardware_name(job.runtime.device), family=kind, recipe_values=recipe.to_dict(),
@@ -196,15 +208,27 @@ def _throughput(model: PruMUXModel, recipe: Recipe, runtime: Runtime) -> float:
     return result.examples_per_second
 
 
-def _dense_throughput(base_model: str, recipe: Recipe, runtime: Runtime, workdir: Path, log) -> float:
-    """The dense (1, 0) model's throughput on this hardware: from the work dir's cache, else measured now."""
-    cache, key = ThroughputCache(workdir), _throughput_key(base_model, recipe, runtime)
-    if (cached := cache.get(key)) is not None:
-        return cached
-    log.info("measuring the dense throughput for %s", key)
-    speed = _throughput(PruMUXModel.from_pretrained(resolve_model(base_model)), recipe, runtime)
-    cache.put(key, speed)
-    return speed
+def _side_by_side(model: PruMUXModel, dense: PruMUXModel, recipe: Recipe, runtime: Runtime) -> tuple[float, float]:
+    """(speed-up of `model` over `dense`, dense throughput), measured interleaved in this process, best of each.
+
+    Interleaving puts both under the same load, so their ratio holds even when the machine's
+    load changes between jobs (absolute throughputs do not).
+    """
+    point = dense_speed = 0.0
+    for _ in range(MEASURE_ROUNDS):
+        point = max(point, _throughput(model, recipe, runtime))
+        dense_speed = max(dense_speed, _throughput(dense, recipe, runtime))
+    return point / dense_speed, dense_speed
+
+
+def _dense_model(job: _Job, num_labels: int) -> PruMUXModel:
+    """The dense (1, 0) model: the cached phase-2 model if trained, else the base checkpoint (same shape, same speed)."""
+    entry = cache_entry(job.workdir, job.task, job.base_model, 1, job.recipe)
+    if entry.exists():
+        model = PruMUXModel.from_pretrained(entry.model_dir)
+    else:
+        model = PruMUXModel.from_pretrained(resolve_model(job.base_model), num_labels=num_labels)
+    return model.to(job.runtime.device).eval()
 
 
 def _throughput_key(base_model: str, recipe: Recipe, runtime: Runtime) -> str:

@@ -3,9 +3,11 @@
 The student starts as the phase-2 model; the teacher is the same model, frozen in eval
 mode. Stage `prune` trains the student's weights (with a layer-distillation projection),
 the L0 log_alphas (descent) and the Lagrangian lambdas (ascent), each with its own
-optimiser, while the target sparsity ramps linearly from 0 to s over the Lagrangian
-warm-up. The best evaluation whose realised sparsity is within `sparsity_epsilon` of s
-(by validation accuracy) is kept and materialised with `prumux.prune`. Stage
+optimiser, while the target sparsity ramps linearly over the Lagrangian warm-up from the
+initial masks' expected sparsity (about 0.4 with droprate_init 0.5) to s. Evaluations
+after the warm-up use `masks_at_sparsity`: the top-scoring units that fill exactly the
+budget of s, so the realised sparsity meets s even while the gates are not saturated.
+The best of them (by validation accuracy) is kept and materialised with `prumux.prune`. Stage
 `pruned_finetune` distils into that smaller model (no Lagrangian); it is the saved model.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from prumux import L0Module, PruMUXModel, prunable_parameters, prune
+from prumux.l0 import DETERMINISTIC_SHARPNESS
 from prumux.pruning import pruned_encoder_config
 from trainers.data import BatchStream, EncodedTask
 from trainers.distill import LayerDistiller, distillation_loss
@@ -36,7 +39,6 @@ from trainers.recipes import Recipe
 PRUNE, PRUNED_FINETUNE = "prune", "pruned_finetune"
 PRUNED_OUTPUT, FINAL_OUTPUT = "pruned", "model"
 DISTILLER_FILE = "distiller.pt"
-MAX_TARGET = 0.99
 
 
 def train_pruned(teacher_dir: Path, sparsity: float, task: EncodedTask, ctx: StageContext) -> tuple[PruMUXModel, float]:
@@ -47,11 +49,11 @@ def train_pruned(teacher_dir: Path, sparsity: float, task: EncodedTask, ctx: Sta
     return model, prune_seconds + finetune_seconds
 
 
-def target_sparsity(step: int, sparsity: float, warmup_steps: int) -> float:
-    """The Lagrangian's target at `step`: linear from 0 to `sparsity` over the warm-up, then `sparsity`."""
+def target_sparsity(step: int, sparsity: float, warmup_steps: int, start: float = 0.0) -> float:
+    """The Lagrangian's target at `step`: linear from `start` to `sparsity` over the warm-up, then `sparsity`."""
     if step >= warmup_steps:
         return sparsity
-    return sparsity * step / warmup_steps
+    return start + (sparsity - start) * step / warmup_steps
 
 
 def l0_optimizers(l0: L0Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -63,23 +65,52 @@ def l0_optimizers(l0: L0Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, 
     )
 
 
-def realised_sparsity(l0: L0Module) -> float:
-    """Fraction of the prunable parameters that the L0 module's deterministic masks remove."""
+def realised_sparsity(l0: L0Module, masks: dict[str, torch.Tensor] | None = None) -> float:
+    """Fraction of the prunable parameters that `masks` (default: the L0 module's deterministic masks) remove."""
     encoder = l0.encoder_config
-    return 1 - prunable_parameters(pruned_encoder_config(encoder, l0.deterministic_masks())) / prunable_parameters(encoder)
+    masks = l0.deterministic_masks() if masks is None else masks
+    return 1 - prunable_parameters(pruned_encoder_config(encoder, masks)) / prunable_parameters(encoder)
 
 
-def lagrangian_target(l0: L0Module, target: float) -> float:
-    """The expected-sparsity target at which the *realised* sparsity is `target`.
+@torch.no_grad()
+def masks_at_sparsity(l0: L0Module, sparsity: float) -> dict[str, torch.Tensor]:
+    """Deterministic masks keeping the top-scoring heads and FFN dims that fit in (1 - sparsity) of the parameters.
 
-    The Lagrangian controls the expected sparsity, but the model we keep is cut by the
-    deterministic masks, which round block gates and unit counts; while the gates are far
-    from saturated the two differ by up to ~0.15. Shifting the target by the current gap
-    makes the realised sparsity meet it.
+    `L0Module.deterministic_masks` rounds each group to its expected count, and a block
+    gate to 0 or 1: while the gates are far from saturated (always, in a short run) that
+    realises a sparsity up to ~0.15 away from the expected one. Here heads and FFN dims
+    are ranked across layers by P(kept) times their block's P(kept) and taken greedily
+    while they fit (opening a block costs its output bias), so the realised sparsity is
+    `sparsity` to within one unit. Hidden dims and kept values are the deterministic masks'.
     """
-    with torch.no_grad():
-        gap = l0.expected_sparsity().item() - realised_sparsity(l0)
-    return min(max(target + gap, 0.0), MAX_TARGET)
+    encoder, scores = l0.encoder_config, l0.scores()
+    deterministic = l0.deterministic_masks()
+    hidden, head_dim = int(deterministic["hidden_z"].sum()), encoder.head_dim
+    head_scores = scores["head_z"] * scores["head_layer_z"][:, None]
+    ffn_scores = scores["intermediate_z"] * scores["mlp_z"][:, None]
+    costs = (4 * hidden * head_dim + 3 * head_dim, 2 * hidden + 1)
+    units = [(score, 0, layer, index) for layer, row in enumerate(head_scores.tolist()) for index, score in enumerate(row)]
+    units += [(score, 1, layer, index) for layer, row in enumerate(ffn_scores.tolist()) for index, score in enumerate(row)]
+    units.sort(reverse=True)
+    kept = [torch.zeros_like(head_scores, dtype=torch.bool), torch.zeros_like(ffn_scores, dtype=torch.bool)]
+    budget, used, opened = (1 - sparsity) * l0.prunable_parameters, 0.0, set()
+    for _, kind, layer, index in units:
+        cost = costs[kind] + (0 if (kind, layer) in opened else hidden)
+        if used + cost > budget:
+            continue
+        kept[kind][layer, index] = True
+        opened.add((kind, layer))
+        used += cost
+    soft = {
+        name: torch.sigmoid(log_alpha / l0.temperature * DETERMINISTIC_SHARPNESS) for name, log_alpha in l0.log_alphas.items()
+    }
+    return {
+        "head_z": soft["head_z"] * kept[0],
+        "head_layer_z": soft["head_layer_z"] * kept[0].any(-1),
+        "intermediate_z": soft["intermediate_z"] * kept[1],
+        "mlp_z": soft["mlp_z"] * kept[1].any(-1),
+        "hidden_z": deterministic["hidden_z"],
+    }
 
 
 def _prune(
@@ -92,6 +123,8 @@ def _prune(
     seed_stage(ctx, PRUNE)
     student = PruMUXModel.from_pretrained(teacher_dir).to(device).train()
     l0 = L0Module(student.config.encoder, droprate_init=recipe.droprate_init).to(device)
+    with torch.no_grad():  # the initial masks' (seeded, so also on resume)
+        start = min(l0.expected_sparsity().item(), sparsity)
     hidden = student.config.encoder.hidden_size
     distiller = LayerDistiller(student.config.encoder.num_layers, hidden, hidden).to(device)
     rows = recipe.prune_batch_size * student.config.num_instances
@@ -107,7 +140,7 @@ def _prune(
 
     def step(index: int) -> dict[str, float]:
         batch = stream.batch(index).to(device)
-        target = lagrangian_target(l0, target_sparsity(index, sparsity, warmup))
+        target = target_sparsity(index, sparsity, warmup, start)
         with ctx.runtime.autocast():
             out = student(**batch.inputs(), masks=l0.sample(), output_hidden_states=True)
             with torch.no_grad():
@@ -116,18 +149,12 @@ def _prune(
         loss = distill + l0.lagrangian(target)
         backward_and_step(loss, [optimizer, alpha_optimizer, lambda_optimizer], weights)
         scheduler.step()
-        metrics = {"loss": distill.item(), "target": target, "expected_sparsity": l0.expected_sparsity().item()}
-        if best.weights is None and (index + 1) % recipe.eval_every:
-            # Until one is kept, catch every eligible state, not only those at evaluation steps.
-            metrics |= evaluate(index + 1, only_eligible=True)
-        return metrics
+        return {"loss": distill.item(), "target": target, "expected_sparsity": l0.expected_sparsity().item()}
 
-    def evaluate(done: int, only_eligible: bool = False) -> dict[str, float]:
-        masks = l0.deterministic_masks()
-        realised = realised_sparsity(l0)
-        eligible = abs(realised - sparsity) <= recipe.sparsity_epsilon
-        if only_eligible and not eligible:
-            return {"sparsity": realised}
+    def evaluate(done: int) -> dict[str, float]:
+        masks = masks_at_sparsity(l0, sparsity)
+        realised = realised_sparsity(l0, masks)
+        eligible = done >= warmup and abs(realised - sparsity) <= recipe.sparsity_epsilon
         score = accuracy(student, validation, recipe.eval_batch_size, masks)
         if eligible and best.offer(score, done):
             ctx.log.info("prune: best so far at step %d (accuracy %.4f, sparsity %.4f)", done, score, realised)
@@ -141,8 +168,8 @@ def _prune(
     if not best.restore():
         ctx.log.warning("prune: no evaluation reached sparsity %.3f within %.3f; using the last masks", sparsity,
                         recipe.sparsity_epsilon)  # fmt: skip
-    masks = l0.deterministic_masks()
-    record = {"seconds": seconds, "steps": steps, "best_step": best.step, "sparsity": realised_sparsity(l0)}
+    masks = masks_at_sparsity(l0, sparsity)
+    record = {"seconds": seconds, "steps": steps, "best_step": best.step, "sparsity": realised_sparsity(l0, masks)}
     pruned = prune(student, masks)
     distiller.keep_inputs(masks["hidden_z"].nonzero().flatten())
     save_output(ctx, PRUNE, output, pruned, record, {DISTILLER_FILE: distiller.state_dict()})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,12 +30,20 @@ from ray import tune
 from search.sampler import AutoPruMUXSampler
 from search.searcher import StudySearcher
 from search.trainable import PointJob, train_trial
-from storage import Heartbeat, StudySettings, fail_stale_trials, open_study
+from storage import (
+    Heartbeat,
+    StudySettings,
+    fail_stale_trials,
+    mask_url,
+    open_study,
+    parse_url,
+)
 from storage.trials import trial_id
 from trainers.cache import cache_entry
 from trainers.recipes import Recipe
 
 TrialHook = Callable[[FrozenTrial, optuna.Study], None]
+CACHE_LOCKS = ("auto", "file", "database")
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,11 @@ class SearchOptions:
     max_failures: int = 2
     ray_address: str | None = None
     ray_storage: str | None = None  # None: <run_dir>/ray
+    cache_lock: str = "auto"  # "file", "database" or "auto" (database unless the study is SQLite)
 
     def __post_init__(self) -> None:
+        if self.cache_lock not in CACHE_LOCKS:
+            raise ValueError(f"cache lock must be one of {', '.join(CACHE_LOCKS)}, got {self.cache_lock!r}")
         _check_positive("concurrency", self.concurrency)
         _check_positive("max trials", self.max_trials)
         _check_positive("time budget", self.time_budget_s)
@@ -67,6 +79,13 @@ class SearchOptions:
     def work_dir(self) -> Path:
         """Point checkpoints and the phase 1-2 cache."""
         return Path(self.run_dir).expanduser().resolve() / "work"
+
+    @property
+    def work_dir_lock(self) -> str:
+        """How the workers lock the shared work folder: "file" or "database"."""
+        if self.cache_lock != "auto":
+            return self.cache_lock
+        return "file" if parse_url(self.storage_url).get_backend_name() == "sqlite" else "database"
 
     @property
     def tune_storage(self) -> str:
@@ -107,8 +126,9 @@ def run_search(
     study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
     resumed_failed = fail_stale_trials(study)
     job = PointJob(
-        options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir), settings.budget
-    )
+        options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir),
+        settings.budget, options.work_dir_lock,
+    )  # fmt: skip
     with connect_ray(options.ray_address), Heartbeat(study) as heartbeat:
         searcher = StudySearcher(study, heartbeat, options.max_trials)
         try:
@@ -128,7 +148,10 @@ def run_search(
 
 @contextmanager
 def connect_ray(address: str | None = None) -> Iterator[None]:
-    """Connect to the Ray cluster at ``address``, or start a local one on loopback.
+    """Connect to the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or
+    start a local one without a dashboard. Ray's own ports listen on every interface (Ray
+    resolves a loopback node address to the routable one); Ray 2.60's token authentication,
+    on by default, guards them.
 
     An instance already initialised in this process is used as is and left running; one
     started here is shut down on exit. Workers get this checkout on their PYTHONPATH, so the
@@ -138,13 +161,14 @@ def connect_ray(address: str | None = None) -> Iterator[None]:
         yield
         return
     runtime_env = {"env_vars": {"PYTHONPATH": _python_path()}}
+    _mask_process_title()
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, logging_level="warning", log_to_driver=False)
         else:
             ray.init(
                 address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                logging_level="warning", log_to_driver=False, _node_ip_address="127.0.0.1",
+                logging_level="warning", log_to_driver=False,
             )  # fmt: skip
     except ConnectionError as error:
         raise ValueError(f"cannot connect to Ray at {address}: {str(error).splitlines()[0]}") from None
@@ -213,6 +237,18 @@ def _early_stop_reason(options: SearchOptions, seconds: float) -> str:
 
 def _has_phase12_model(workdir: str, task: str, base_model: str, recipe: Recipe, N: int) -> bool:
     return cache_entry(workdir, task, base_model, N, recipe).exists()
+
+
+def _mask_process_title() -> None:
+    """Hide database passwords in this process's command line (``ps``, /proc): Ray reads it
+    from /proc and shows it as the job's entrypoint to everyone who can list the cluster's jobs."""
+    try:
+        command = Path("/proc/self/cmdline").read_bytes().decode().rstrip("\0").split("\0")
+    except OSError:  # no /proc on this system
+        return
+    masked = mask_url(shlex.join(command))
+    if masked != shlex.join(command):
+        ray._raylet.setproctitle(masked)
 
 
 def _python_path() -> str:

@@ -14,6 +14,10 @@ Who writes what:
   A trial that errored after Ray's retries also ends the search (no new trials): a point
   that cannot be trained would otherwise be proposed again and again.
 
+Several drivers may share the study: each proposes while holding the study's ``propose``
+lease (``storage.leases``), so the trial one driver asks is in the study before another
+driver's sampler looks, and RUNNING trials count as taken points.
+
 Stopping: the sampler is done (it waits while trials are pending, since their results may
 revive candidates; the searcher then asks again when a trial completes),
 ``max_trials`` trained points are in the study, or a trial failed.
@@ -33,6 +37,7 @@ from ray.tune.search import Searcher
 from search.sampler import AutoPruMUXSampler, search_space
 from storage import Heartbeat
 from storage.heartbeat import FAIL_REASON_ATTR
+from storage.leases import study_lease
 from storage.trials import trial_id
 
 # how often a waiting searcher looks at the study again when no trial of its own completes
@@ -55,6 +60,8 @@ class StudySearcher(Searcher):
         self._sampler: AutoPruMUXSampler = study.sampler
         self._distributions = search_space(self._sampler.grid_N, self._sampler.grid_s)
         self._running: dict[str, int] = {}  # Ray Tune trial id -> Optuna trial number
+        # drivers sharing the study propose one at a time, so no point is asked twice
+        self._proposing = study_lease(study, "propose")
         self._recheck_at = 0.0
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -65,6 +72,15 @@ class StudySearcher(Searcher):
             return None
         if self.max_trials is not None and trained_count(self.study) >= self.max_trials:
             return self._finish(f"max trials ({self.max_trials}) reached")
+        if not self._proposing.try_acquire():  # another driver is proposing a point: ask again soon
+            return self._wait()
+        try:
+            return self._propose(trial_id)
+        finally:
+            self._proposing.release()
+
+    def _propose(self, trial_id: str) -> dict | str | None:
+        """Ask the sampler for a point and the study for its trial (holding the propose lease)."""
         point = self._sampler.next_point(self.study)
         if point is None:
             return self._finish("the search is done") if self._sampler.is_done(self.study) else self._wait()
@@ -93,7 +109,7 @@ class StudySearcher(Searcher):
     def __getstate__(self) -> dict:
         # Tune pickles its search algorithm for Tuner.restore, which the driver never uses
         # (the study in SQL is the state): leave out the live database and thread handles.
-        return {k: v for k, v in self.__dict__.items() if k not in ("study", "heartbeat", "_sampler")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("study", "heartbeat", "_sampler", "_proposing")}
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as file:

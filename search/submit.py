@@ -2,7 +2,9 @@
 
 The job's runtime environment carries our five packages (Ray uploads them to every node), so
 the cluster needs only the dependencies installed. The study must live in a database that
-every node can reach: a SQLite file on this machine is refused for a remote cluster.
+every node can reach: a SQLite file on this machine is refused for a remote cluster. A
+database password is not sent (Ray shows a job's command line to everyone who can list the
+cluster's jobs): the nodes get it from PGPASSWORD or ~/.pgpass, as libpq reads them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import click
@@ -49,12 +52,31 @@ def build_entrypoint(start_args: tuple[str, ...], storage_url: str | None, run_d
     return shlex.join(["python3", "-m", "search.cli", *arguments])
 
 
-def runtime_environment() -> dict:
-    """A runtime env that ships this checkout's packages to every node."""
-    import importlib
+def without_password(storage_url: str | None) -> str | None:
+    """The storage URL the job is given: without its password, which Ray would show to anyone
+    who can list the cluster's jobs (entrypoint, environment) and write into the job's logs."""
+    if storage_url is None:
+        return None
+    from sqlalchemy.engine import URL
 
-    modules = [importlib.import_module(name) for name in PACKAGES]
-    return {"py_modules": modules, "env_vars": {"PYTHONUNBUFFERED": "1"}}
+    from storage import parse_url
+
+    url = parse_url(storage_url)
+    bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+    return bare.render_as_string(hide_password=False)
+
+
+def runtime_environment() -> dict:
+    """A runtime env that ships this checkout's packages to every node.
+
+    The Jobs API takes package folders (module objects only work with ``ray.init``).
+    """
+    project = Path(__file__).resolve().parents[1]
+    return {
+        "py_modules": [str(project / name) for name in PACKAGES],
+        "excludes": ["__pycache__", "*.pyc"],
+        "env_vars": {"PYTHONUNBUFFERED": "1"},
+    }
 
 
 def _client(address: str):
@@ -92,9 +114,11 @@ def submit(address: str, storage_url: str | None, run_dir: str | None, logs_job:
         click.echo(f"{stop_job}: {'stop requested' if stopped else 'already finished'}")
         return
     check_storage_reachable_from_cluster(storage_url, address)
-    entrypoint = build_entrypoint(start_args, storage_url, run_dir)
+    entrypoint = build_entrypoint(start_args, without_password(storage_url), run_dir)
     job_id = _client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_environment())
     click.echo(f"submitted {job_id} to {address} (study in {_mask(storage_url)})")
+    if storage_url and storage_url != without_password(storage_url):
+        click.echo("the database password was not sent: give it to the nodes as PGPASSWORD or in ~/.pgpass")
     click.echo(f"follow it:  prumux-search submit --address {address} --logs {job_id}")
     click.echo(f"stop it:    prumux-search submit --address {address} --stop {job_id}")
 

@@ -5,6 +5,10 @@ folder, keyed by the point, not by the trial: a trial that Ray retries, or a poi
 again after a driver died, continues where the last attempt stopped, and a point whose
 training had finished returns its result at once. Tune's own checkpoints are therefore not used.
 
+With ``cache_lock="database"`` (a work folder shared by the nodes of a cluster) the phase 1-2
+cache entries and point folders are locked with leases in the study's database instead of
+lock files.
+
 A trial's constraint is ``threshold - accuracy`` with threshold = dense (1, 0) accuracy -
 budget, and Optuna cannot change it after ``tell``. Trials may train concurrently with the
 dense one, so a worker waits until the dense accuracy is in the study before it records
@@ -13,16 +17,22 @@ its result (the dense trial itself uses its own accuracy).
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
+from sqlalchemy.engine import Engine
 
-from storage import open_study, record_result
+from storage import Lease, database_engine, open_study, record_result
 from storage.trials import trial_id
+from trainers.cache import LockFactory, use_lock
 from trainers.point import train_point
 from trainers.recipes import Recipe
 
@@ -41,18 +51,51 @@ class PointJob:
     recipe: Recipe
     workdir: str
     budget: float
+    cache_lock: str = "file"  # "file" or "database"
 
 
 def train_trial(config: dict[str, Any], job: PointJob) -> None:
     """Train (or resume) the trial's point, record it in the study, report it to Tune."""
     N, s, number = int(config["N"]), float(config["s"]), int(config["trial_number"])
-    result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False).to_dict()
+    with work_dir_locks(job):
+        result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False).to_dict()
     study = open_study(job.storage_url, job.study_name)
     trial = _stored(study, number)
     if trial.state != TrialState.COMPLETE:  # a retry after the record was written is a no-op
         threshold = result["val_accuracy"] - job.budget if (N, s) == DENSE else wait_for_threshold(study, job.budget)
         trial = record_result(study, number, result, threshold)
     tune.report(trial_metrics(trial))
+
+
+@contextmanager
+def work_dir_locks(job: PointJob) -> Iterator[None]:
+    """Lock the work folder's entries as ``job.cache_lock`` says while the block runs."""
+    if job.cache_lock != "database":
+        yield
+        return
+    engine = database_engine(job.storage_url)
+    use_lock(lease_lock(engine, job.workdir))
+    try:
+        yield
+    finally:
+        use_lock(None)
+        engine.dispose()
+
+
+def lease_lock(engine: Engine, workdir: str) -> LockFactory:
+    """A cache lock factory: a lease in the database of ``engine`` per folder of the work dir.
+
+    The key is the folder relative to the work dir, so nodes mounting the shared folder at
+    different paths agree on it.
+    """
+    root = Path(workdir).resolve()
+
+    def lock(directory: Path, log: logging.Logger) -> Lease:
+        key = f"work:{Path(directory).resolve().relative_to(root)}"
+        log.info("locking with the database lease %s", key)
+        return Lease(engine, key)
+
+    return lock
 
 
 def wait_for_threshold(study: optuna.Study, budget: float, poll_seconds: float = WAIT_POLL_SECONDS) -> float:

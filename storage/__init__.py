@@ -4,6 +4,8 @@ from storage.artifacts import artifact_dir
 from storage.artifacts import open_artifact_store
 from storage.heartbeat import Heartbeat
 from storage.heartbeat import fail_stale_trials
+from storage.leases import Lease
+from storage.rdb import database_engine
 from storage.rdb import open_storage
 from storage.study import StudySettings
 from storage.study import open_study
@@ -19,9 +21,11 @@ from storage.urls import parse_url
 
 __all__ = [
     "Heartbeat",
+    "Lease",
     "StudySettings",
     "accuracy_threshold",
     "artifact_dir",
+    "database_engine",
     "default_url",
     "fail_stale_trials",
     "family",

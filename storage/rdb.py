@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,18 +30,23 @@ def _is_disconnect(error: BaseException) -> bool:
     return isinstance(cause, OperationalError) or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
 
 
+def call_with_retry(call: Callable[[], Any], before_retry: Callable[[], None] = lambda: None) -> Any:
+    """Run ``call``; on a lost database connection, call ``before_retry``, wait and try again."""
+    for delay in RETRY_DELAYS_S:
+        try:
+            return call()
+        except (DBAPIError, optuna.exceptions.StorageInternalError) as error:
+            if not _is_disconnect(error):
+                raise
+            before_retry()
+            time.sleep(delay)
+    return call()
+
+
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        for delay in RETRY_DELAYS_S:
-            try:
-                return method(self, *args, **kwargs)
-            except (DBAPIError, optuna.exceptions.StorageInternalError) as error:
-                if not _is_disconnect(error):
-                    raise
-                self.engine.dispose()
-                time.sleep(delay)
-        return method(self, *args, **kwargs)
+        return call_with_retry(lambda: method(self, *args, **kwargs), self.engine.dispose)
 
     return call
 
@@ -79,7 +85,9 @@ def open_storage(url: str, *, create: bool = True) -> RetryingRDBStorage:
     if not has_tables and not create:
         raise ValueError(f"no study at {mask_url(url)}")
     try:
-        return RetryingRDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs)
+        return call_with_retry(
+            lambda: RetryingRDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs)
+        )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         raise ValueError(f"cannot open storage {mask_url(url)}: {_first_line(error)}") from None
     except RuntimeError as error:  # optuna's schema version check
@@ -94,9 +102,24 @@ def _check_sqlite_file(path: Path, url: str, create: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def database_engine(url: str) -> sqlalchemy.engine.Engine:
+    """A SQLAlchemy engine on the database at ``url``, connecting as ``open_storage`` does."""
+    parsed = parse_url(url)
+    return sqlalchemy.create_engine(parsed, **_engine_kwargs(parsed))
+
+
+def application_name() -> str:
+    """How this process's PostgreSQL connections are named in ``pg_stat_activity``."""
+    return f"prumux-search pid={os.getpid()}"
+
+
 def _engine_kwargs(url: URL) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.get_backend_name() in ("postgresql", "mysql"):
+    if url.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        if "application_name" not in url.query:  # a name given in the URL wins
+            kwargs["connect_args"]["application_name"] = application_name()
+    elif url.get_backend_name() == "mysql":
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     return kwargs
 

@@ -1,5 +1,6 @@
 """Fixtures shared by the suite: a tiny random BERT with the real tokenizer, the packaged
-MiniLM, a PostgreSQL URL, and a local Ray instance.
+MiniLM, a PostgreSQL URL, a local Ray instance, a Ray head started on loopback, and runners
+of `prumux-search` commands (to completion, or in the background to inject faults).
 
 Servers are found or started for real. Under CI (CI=true) a missing server fails the
 test instead of skipping it.
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -99,6 +104,25 @@ def local_ray():
 
 
 CliRunner = Callable[..., tuple[subprocess.CompletedProcess, float]]
+MainRunner = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run_main(capsys: pytest.CaptureFixture[str]) -> MainRunner:
+    """Run `prumux-search ARGS` in this process (fast); return its exit status, stdout and stderr."""
+    from search.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as stop:
+            code = stop.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
 
 
 @pytest.fixture
@@ -120,3 +144,151 @@ def run_cli() -> CliRunner:
         return done, time.monotonic() - start
 
     return run
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A Ray head started by the tests (node address and dashboard on 127.0.0.1): its addresses."""
+
+    address: str  # 127.0.0.1:PORT, for `start --ray-address`
+    dashboard: str  # http://127.0.0.1:PORT, for `submit --address`
+    process: subprocess.Popen  # `ray start --head --block`, leader of the head's process group
+    env: dict[str, str]  # the environment of its clients: the project importable, token auth on
+    temp_dir: Path  # its sessions and logs
+
+    def processes(self) -> dict[int, str]:
+        """The head's processes (raylet, GCS, workers, ...) alive now: pid -> command line."""
+        return descendants(self.process.pid)
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every live descendant of process ``root``: pid -> command line (from /proc)."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (ValueError, OSError):
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.update((pid, commands[pid]) for pid in children)
+        frontier += children
+    return found
+
+
+RAY_PORT_OPTIONS = (
+    "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port",
+    "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
+)  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayHead]:
+    """`ray start --head` on 127.0.0.1 with 2 CPUs, its own ports and temp dir, for the session.
+
+    Torn down by killing its own process group only: `ray stop` would stop every Ray
+    instance on the machine.
+    """
+    if shutil.which("ray") is None:
+        _missing("the ray command is not installed")
+    ports = {option: free_port() for option in RAY_PORT_OPTIONS}
+    temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths are limited
+    command = [
+        "ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+        "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats",
+        *[str(word) for option, port in ports.items() for word in (option, port)],
+    ]  # fmt: skip
+    env = client_env(RAY_AUTH_MODE="token")  # Ray 2.60's default; clients must opt in to send the token
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                               start_new_session=True)  # fmt: skip
+    head = RayHead(f"127.0.0.1:{ports['--port']}", f"http://127.0.0.1:{ports['--dashboard-port']}", process, env, Path(temp_dir))
+    try:
+        _wait_for_jobs_api(head)
+        yield head
+    finally:
+        _kill_group(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def client_env(**extra: str) -> dict[str, str]:
+    """This environment with the checkout on PYTHONPATH, HF_* variables dropped, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **extra}
+
+
+def _wait_for_jobs_api(head: RayHead, timeout: float = 120) -> None:
+    """Wait until the head answers on its Jobs API (it is then up as a whole)."""
+    probe = "from ray.job_submission import JobSubmissionClient as C; import sys; C(sys.argv[1]).list_jobs()"
+    deadline = time.monotonic() + timeout
+    while subprocess.run([sys.executable, "-c", probe, head.dashboard], env=head.env, capture_output=True, check=False).returncode:
+        if head.process.poll() is not None:
+            pytest.fail(f"ray start --head exited with status {head.process.returncode}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the Ray head's Jobs API at {head.dashboard} did not come up")
+        time.sleep(1)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process started with ``start_new_session`` and everything in its group."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+# a 2 x 2 search on the tiny model that trains the dense point and the two edge anchors
+SEARCH = [
+    "--recipe", "smoke", "--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.05",
+    "--set", "max_train_examples=64", "--set", "max_eval_examples=64", "--set", "eval_examples=32",
+    "--set", "finetune_steps=8", "--set", "mlm_steps=2", "--set", "retrieval_steps=6",
+    "--set", "prune_steps=8", "--set", "lagrangian_warmup_steps=4", "--set", "pruned_finetune_steps=2",
+]  # fmt: skip
+# phase 3 long enough for a fault to land in it, after a checkpoint
+LONG_PRUNE = ["--set", "prune_steps=40", "--set", "lagrangian_warmup_steps=10"]
+Launcher = Callable[..., subprocess.Popen]
+
+
+@pytest.fixture
+def launch(ray_head: RayHead) -> Iterator[Launcher]:
+    """Start `prumux-search ARGS` in the background as its own process group, output to ``log``;
+    every process group started is killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def run(*args: str, log: Path) -> subprocess.Popen:
+        with log.open("w") as output:
+            process = subprocess.Popen([sys.executable, "-m", "search.cli", *args], stdout=output,
+                                       stderr=subprocess.STDOUT, env=ray_head.env, cwd=REPO, start_new_session=True)  # fmt: skip
+        started.append(process)
+        return process
+
+    yield run
+    for process in started:
+        _kill_group(process)
+
+
+def wait_for(condition: Callable[[], object], process: subprocess.Popen, timeout: float = 300) -> object:
+    """Poll ``condition`` every second until it is truthy (returned); fail if ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert process.poll() is None, "the driver ended before the awaited moment"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(1)
+    return value
+
+
+def train_log(run_dir: Path) -> list[str]:
+    """The lines of a search's training log (``work/train.log``)."""
+    path = run_dir / "work" / "train.log"
+    return path.read_text().splitlines() if path.exists() else []

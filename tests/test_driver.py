@@ -129,6 +129,7 @@ def test_resources_follow_the_cluster(local_ray, run_dir: Path) -> None:
         ({"time_budget_s": 0}, "time budget must be positive"),
         ({"gpus_per_trial": -1}, "GPUs per trial must be >= 0"),
         ({"max_failures": -1}, "max failures must be >= 0"),
+        ({"cache_lock": "nfs"}, "cache lock must be one of auto, file, database"),
     ],
 )
 def test_bad_options_raise_value_error(options: dict, message: str, tmp_path: Path) -> None:

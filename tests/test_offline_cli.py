@@ -93,32 +93,3 @@ def test_replay_reports_samplers(capsys):
     assert code == 0
     summary = {row["sampler"]: row for row in json.loads(out)["summary"]}
     assert summary["autoprumux"]["hit_pct"] == 100.0 and summary["random"]["searches"] == 2
-
-
-@pytest.mark.parametrize(
-    "content, args, message",
-    [
-        (POINTS, ["--budget", "-0.1"], "budget must be"),
-        (POINTS, ["--budget", "1.5"], "budget must be"),
-        (POINTS, ["--budgets", "0:0.1:0"], "budget range"),
-        ("", ["--budget", "0.03"], "empty CSV"),
-        ("N,s,accuracy\n1,0,0.9\n", ["--budget", "0.03"], "missing column(s) throughput"),
-        (POINTS + "2,0.7,,5.0\n", ["--budget", "0.03"], "NaN"),
-        (POINTS + "2,0.5,0.87,4.0\n", ["--budget", "0.03"], "duplicate point (N=2, s=0.5)"),
-        (POINTS + "2.5,0.5,0.87,4.0\n", ["--budget", "0.03"], "N must be a positive integer"),
-        (POINTS.replace("1,0,0.90,1.0\n", ""), ["--budget", "0.03"], "dense point"),
-    ],
-)
-def test_predict_bad_input_exits_2_with_one_line(capsys, tmp_path, content, args, message):
-    path = tmp_path / "bad.csv"
-    path.write_text(content)
-    code, _, err = cli(capsys, "predict", "--points", str(path), *args)
-    assert code == 2
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
-
-
-def test_replay_rejects_non_grid_table(capsys, tmp_path, points):
-    path = tmp_path / "partial.csv"
-    path.write_text(POINTS + "5,0,0.86,4.9\n")
-    code, _, err = cli(capsys, "replay", "--table", str(path), "--budget", "0.03")
-    assert code == 2 and "not a full grid" in err and err.count("\n") == 1

@@ -12,6 +12,10 @@ On a shared NFSv4 filesystem the lock is held under the client's lease: if the h
 machine dies, the server frees it when the lease expires (90 s by default). A job that
 finds an entry locked waits, logging who holds it, then uses the entry the holder wrote.
 An entry counts as present only once its `entry.json` exists; it is written last.
+
+Nodes that share the work dir over a filesystem without reliable locks use another lock
+instead: `use_lock(factory)` makes `locked` (entries and point folders alike) take
+`factory(directory, log)`, e.g. a lease row in the study's database (`storage.leases`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,9 @@ from filelock import FileLock, Timeout
 from trainers.recipes import PHASE12_FIELDS, Recipe
 
 LOCK_POLL_SECONDS = 30.0
+
+LockFactory = Callable[[Path, logging.Logger], AbstractContextManager[object]]
+_lock_factory: LockFactory | None = None  # None: the file lock
 
 
 @dataclass(frozen=True)
@@ -101,9 +108,27 @@ class ThroughputCache:
             raise ValueError(f"{self.path} is not valid JSON; delete it to measure the dense throughput again") from None
 
 
+def use_lock(factory: LockFactory | None) -> None:
+    """Make `locked` take `factory(directory, log)` in this process; None restores the file lock."""
+    global _lock_factory
+    _lock_factory = factory
+
+
 @contextmanager
 def locked(directory: Path, log: logging.Logger) -> Iterator[None]:
-    """Hold the lock of `directory` (the file beside it), waiting and logging the holder while another job has it."""
+    """Hold the lock of `directory`: the file lock, or the one set with `use_lock`."""
+    if _lock_factory is None:
+        with file_locked(directory, log):
+            yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with _lock_factory(directory, log):
+        yield
+
+
+@contextmanager
+def file_locked(directory: Path, log: logging.Logger) -> Iterator[None]:
+    """Hold the lock file beside `directory`, waiting and logging the holder while another job has it."""
     directory.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(directory) + ".lock")
     holder = directory / "holder.json"

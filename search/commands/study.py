@@ -101,11 +101,15 @@ def _command_line() -> str:
 @click.option("--cpus-per-trial", type=float, default=None, help="CPUs per trial [default: all, shared].")
 @click.option("--gpus-per-trial", type=float, default=None, help="GPUs per trial [default: 1 if any].")
 @click.option("--max-failures", type=int, default=2, show_default=True, help="Ray retries of a failed trial.")
-@click.option("--ray-address", default=None, help="Ray cluster to use [default: a local instance].")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 [default: a local instance].")
+@click.option("--cache-lock", type=click.Choice(["auto", "file", "database"]), default="auto", show_default=True,
+              help="Lock of the shared phase 1-2 cache: lock files, or leases in the study's database for a run "
+                   "dir shared by cluster nodes (auto: database unless the study is SQLite).")
 def start(run_dir: Path, storage: str, study: str, task: str, model: str, recipe: str, overrides: tuple[str, ...],
           grid_n: str, grid_s: str, budget: float, max_trials: int | None, time_budget: float | None,
           concurrency: int | None, cpus_per_trial: float | None, gpus_per_trial: float | None,
-          max_failures: int, ray_address: str | None) -> None:  # fmt: skip
+          max_failures: int, ray_address: str | None, cache_lock: str) -> None:  # fmt: skip
     """Run (or resume) an Auto-PruMUX search: one Ray Tune trial per (N, s) point."""
     from search.driver import SearchOptions, run_search
 
@@ -114,7 +118,7 @@ def start(run_dir: Path, storage: str, study: str, task: str, model: str, recipe
     options = SearchOptions(
         run_dir=str(run_dir), storage_url=storage, study_name=study, concurrency=concurrency,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_trials=max_trials,
-        time_budget_s=time_budget, max_failures=max_failures, ray_address=ray_address,
+        time_budget_s=time_budget, max_failures=max_failures, ray_address=ray_address, cache_lock=cache_lock,
     )  # fmt: skip
     click.echo(f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "
                f"recipe {settings.recipe}, budget {settings.budget:g}")  # fmt: skip

@@ -1,0 +1,166 @@
+"""Leases: cross-node mutual exclusion through a row in the study's database.
+
+A lease is a row of ``prumux_leases(key, holder, expires_at)``. It is taken with one atomic
+statement, an ``INSERT`` of a new key or an ``UPDATE ... WHERE expires_at < now`` of an
+expired one, so of several processes on any hosts exactly one holds it. Its holder renews it
+from a background thread every ``ttl / 3`` seconds and deletes the row when done; a holder
+that crashed stops renewing, and its lease is free for the next process ``ttl`` seconds
+later. Times are the hosts' clocks, which are assumed to agree within the ttl.
+
+Used where a filesystem lock is not enough: a run directory shared by the nodes of a
+cluster (the phase 1-2 cache), and several drivers proposing trials to one study.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Self, TypeVar
+
+import optuna
+import sqlalchemy
+from sqlalchemy import Column, Float, MetaData, String, Table
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from storage.rdb import call_with_retry
+from storage.urls import mask_url
+
+DEFAULT_TTL_S = 30.0
+POLL_S = 0.5
+
+_metadata = MetaData()
+LEASES = Table(
+    "prumux_leases",
+    _metadata,
+    Column("key", String(512), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+_logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LeaseLost(RuntimeError):
+    """The lease expired or was taken over before its holder released it."""
+
+
+class Lease:
+    """The lease ``key`` in the database of ``engine``; a context manager that waits for it."""
+
+    def __init__(self, engine: Engine, key: str, ttl: float = DEFAULT_TTL_S) -> None:
+        if ttl <= 0:
+            raise ValueError(f"lease ttl must be positive, got {ttl}")
+        self.engine = engine
+        self.key = key
+        self.ttl = ttl
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._stopped = threading.Event()
+        self._renewer: threading.Thread | None = None
+        _create_table(engine)
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free or expired; return whether this holder has it now."""
+        return self._retrying(self._try_acquire)
+
+    def _try_acquire(self) -> bool:
+        now = time.time()
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(LEASES.insert().values(key=self.key, holder=self.holder, expires_at=now + self.ttl))
+            return True
+        except IntegrityError:
+            pass
+        with self.engine.begin() as connection:
+            taken = connection.execute(
+                LEASES.update()
+                .where(LEASES.c.key == self.key)
+                .where((LEASES.c.expires_at < now) | (LEASES.c.holder == self.holder))
+                .values(holder=self.holder, expires_at=now + self.ttl)
+            )
+        return taken.rowcount == 1
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Wait until the lease is taken (``TimeoutError`` after ``timeout`` s), then keep it renewed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.try_acquire():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"lease {self.key!r} is held by {self.current_holder()}")
+            time.sleep(POLL_S)
+        self._stopped.clear()
+        self._renewer = threading.Thread(target=self._renew_until_stopped, name="prumux-lease", daemon=True)
+        self._renewer.start()
+
+    def renew(self) -> None:
+        """Push the expiry ``ttl`` seconds ahead; ``LeaseLost`` if another holder has the lease."""
+        if not self._retrying(self._renew):
+            raise LeaseLost(f"lease {self.key!r} was lost by {self.holder}")
+
+    def release(self) -> None:
+        """Stop renewing (if ``acquire`` started it) and free the lease; a no-op if it was lost."""
+        self._stopped.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._renewer = None
+        self._retrying(self._delete)
+
+    def current_holder(self) -> str:
+        """Who holds the lease now, for messages."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sqlalchemy.select(LEASES.c.holder).where(LEASES.c.key == self.key)).first()
+        return row[0] if row else "nobody"
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def _renew(self) -> bool:
+        with self.engine.begin() as connection:
+            renewed = connection.execute(
+                LEASES.update()
+                .where((LEASES.c.key == self.key) & (LEASES.c.holder == self.holder))
+                .values(expires_at=time.time() + self.ttl)
+            )
+        return renewed.rowcount == 1
+
+    def _delete(self) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(LEASES.delete().where((LEASES.c.key == self.key) & (LEASES.c.holder == self.holder)))
+
+    def _retrying(self, statement: Callable[[], T]) -> T:
+        """Run ``statement``, again on a fresh connection if the database connection was lost."""
+        return call_with_retry(statement, self.engine.dispose)
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stopped.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except LeaseLost:
+                _logger.error("lease %s was lost (this process stalled over %.0f s)", self.key, self.ttl)
+                return
+            except sqlalchemy.exc.SQLAlchemyError as error:  # a missed renewal is retried next round
+                _logger.warning("renewing lease %s failed: %s", self.key, mask_url(str(error).splitlines()[0]))
+
+
+def study_lease(study: optuna.Study, name: str, ttl: float = DEFAULT_TTL_S) -> Lease:
+    """The lease ``name:<study name>`` in the database of ``study``."""
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
+    return Lease(backend.engine, f"{name}:{study.study_name}", ttl)
+
+
+def _create_table(engine: Engine) -> None:
+    """Create ``prumux_leases`` unless it exists (another process may be creating it now)."""
+    try:
+        _metadata.create_all(engine, checkfirst=True)
+    except DBAPIError:
+        if not sqlalchemy.inspect(engine).has_table(LEASES.name):
+            raise

@@ -1,0 +1,151 @@
+"""Bad input to every command: one line `error: ...` on stderr, exit status 2, no traceback,
+and the study database byte-identical before and after (nothing created where none was).
+
+The commands run in this process through the real entry point (`search.cli.main`), which is
+what the installed `prumux-search` calls; `test_bad_input_in_a_fresh_process` runs a few
+cases as a user would, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from search.cli import main
+
+GRID = ["--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.03"]
+POINTS = "N,s,accuracy,throughput\n1,0,0.90,100\n1,0.5,0.88,180\n2,0,0.86,190\n2,0.5,0.85,300\n"
+CSV_FILES = {
+    "points.csv": POINTS,
+    "missing.csv": "N,s,accuracy\n1,0,0.9\n",
+    "nan.csv": POINTS + "2,0.7,,5.0\n",
+    "duplicate.csv": POINTS + "2,0.5,0.87,4.0\n",
+    "fractional.csv": POINTS + "2.5,0.5,0.87,4.0\n",
+    "outside.csv": "N,s,accuracy,throughput\n3,0,0.8,100\n",
+    "empty.csv": "",
+    "no-dense.csv": POINTS.replace("1,0,0.90,100\n", ""),
+    "partial.csv": POINTS + "5,0,0.86,4.9\n",
+}
+UNREACHABLE = "postgresql+psycopg2://postgres:s3cret@127.0.0.1:9/test"
+STUDY = ["--run-dir", "{run}"]
+TRAIN = ["train", "--model", "{model}", "--recipe", "smoke", "--task", "rt-polarity", "--workdir", "{run}/work"]
+
+CASES = {
+    # start: the search definition, options and storage
+    "budget below 0": (["start", *STUDY, *GRID[:4], "--budget", "-0.1"], "budget must be an accuracy loss in [0, 1]"),
+    "budget above 1": (["start", *STUDY, *GRID[:4], "--budget", "1.5"], "budget must be an accuracy loss in [0, 1]"),
+    "grid N not a number": (["start", *STUDY, "--grid-n", "1,x", "--grid-s", "0,0.5"], "grid N: not a number"),
+    "grid N zero": (["start", *STUDY, "--grid-n", "0,1", "--grid-s", "0,0.5"], "grid N values must be positive integers"),
+    "grid N fractional": (["start", *STUDY, "--grid-n", "1,2.5", "--grid-s", "0"], "grid N values must be positive integers"),
+    "grid s out of range": (["start", *STUDY, "--grid-n", "1,2", "--grid-s", "0,1.5"], "grid s values must lie in [0, 1)"),
+    "grid s negative": (["start", *STUDY, "--grid-n", "1,2", "--grid-s", "-0.1,0"], "grid s values must lie in [0, 1)"),
+    "grid repeated": (["start", *STUDY, "--grid-n", "1,1", "--grid-s", "0"], "repeated values"),
+    "grid empty": (["start", *STUDY, "--grid-n", "", "--grid-s", "0"], "grid"),
+    "grid without dense": (["start", *STUDY, "--grid-n", "2,5", "--grid-s", "0,0.5"], "grid must contain the dense point"),
+    "unknown task": (["start", *STUDY, *GRID, "--task", "no-such-task"], "unknown task 'no-such-task'"),
+    "unknown model": (["start", *STUDY, *GRID, "--model", "no-such-model"], "base model 'no-such-model' is not available"),
+    "unknown recipe": (["start", *STUDY, *GRID, "--recipe", "no-such-recipe"], "recipe"),
+    "unknown recipe field": (["start", *STUDY, *GRID, "--recipe", "smoke", "--set", "bogus=1"], "unknown recipe field"),
+    "max trials 0": (["start", *STUDY, *GRID, "--model", "{model}", "--max-trials", "0"], "max trials must be positive"),
+    "concurrency 0": (["start", *STUDY, *GRID, "--model", "{model}", "--concurrency", "0"], "concurrency must be positive"),
+    "other settings": (["start", *STUDY, *GRID[:4], "--budget", "0.05"], "was created with other settings"),
+    "malformed storage": (["start", *STUDY, *GRID, "--storage", "not a url"], "malformed storage URL"),
+    "unsupported storage": (["start", *STUDY, *GRID, "--storage", "nodb+x://a/b"], "storage URL"),
+    "unreachable storage": (["start", *STUDY, *GRID, "--model", "{model}", "--storage", UNREACHABLE], "cannot open storage"),
+    "run dir under a file": (["start", "--run-dir", "{blocker}/run", *GRID, "--model", "{model}"], "{blocker}"),
+    # the read commands
+    "status unknown study": (["status", *STUDY, "--study", "missing"], "no study named 'missing'"),
+    "status no study": (["status", "--run-dir", "{run}/none"], "no study at"),
+    "status unreachable storage": (["status", "--storage", UNREACHABLE], "cannot open storage"),
+    "best unknown study": (["best", *STUDY, "--study", "missing"], "no study named 'missing'"),
+    "best malformed storage": (["best", "--storage", "not a url"], "malformed storage URL"),
+    "export unknown trial": (["export", *STUDY, "--trial", "99", "--out", "{run}/out"], "has no trial 99"),
+    "export imported point": (["export", *STUDY, "--trial", "0", "--out", "{run}/out"], "no saved model folder"),
+    "export into a full folder": (["export", *STUDY, "--trial", "0", "--out", "{run}"], "is not an empty folder"),
+    "report unknown study": (["report", *STUDY, "--study", "nope", "--out", "{run}/r.html"], "no study named 'nope'"),
+    "report unreachable storage": (["report", "--storage", UNREACHABLE, "--out", "{run}/r.html"], "cannot open storage"),
+    "dashboard remote host": (["dashboard", *STUDY, "--host", "0.0.0.0"], "--allow-remote"),
+    "dashboard unknown study": (["dashboard", *STUDY, "--study", "nope"], "no study named 'nope'"),
+    # import: the points CSV
+    "import missing file": (["import", *STUDY, *GRID, "--points", "{run}/none.csv"], "no such points file"),
+    "import missing columns": (["import", *STUDY, *GRID, "--points", "{csv}/missing.csv"], "missing column(s) throughput"),
+    "import NaN": (["import", *STUDY, *GRID, "--points", "{csv}/nan.csv"], "NaN"),
+    "import duplicate point": (["import", *STUDY, *GRID, "--points", "{csv}/duplicate.csv"], "duplicate point (N=2, s=0.5)"),
+    "import empty": (["import", *STUDY, *GRID, "--points", "{csv}/empty.csv"], "empty CSV"),
+    "import outside the grid": (["import", *STUDY, *GRID, "--points", "{csv}/outside.csv"], "outside the grid"),
+    "import again": (["import", *STUDY, *GRID, "--points", "{csv}/points.csv"], "already"),
+    # predict and replay: measured tables
+    "predict budget": (["predict", "--points", "{csv}/points.csv", "--budget", "1.5"], "budget must be"),
+    "predict budget range": (["predict", "--points", "{csv}/points.csv", "--budgets", "0:0.1:0"], "budget range"),
+    "predict missing columns": (["predict", "--points", "{csv}/missing.csv", "--budget", "0.03"], "missing column(s) throughput"),
+    "predict NaN": (["predict", "--points", "{csv}/nan.csv", "--budget", "0.03"], "NaN"),
+    "predict duplicate point": (["predict", "--points", "{csv}/duplicate.csv", "--budget", "0.03"], "duplicate point (N=2, s=0.5)"),
+    "predict fractional N": (["predict", "--points", "{csv}/fractional.csv", "--budget", "0.03"], "N must be a positive integer"),
+    "predict empty": (["predict", "--points", "{csv}/empty.csv", "--budget", "0.03"], "empty CSV"),
+    "predict without dense": (["predict", "--points", "{csv}/no-dense.csv", "--budget", "0.03"], "dense point"),
+    "replay partial grid": (["replay", "--table", "{csv}/partial.csv", "--budget", "0.03"], "not a full grid"),
+    "replay NaN": (["replay", "--table", "{csv}/nan.csv", "--budget", "0.03"], "NaN"),
+    # train: one point
+    "train unknown task": (["train", "--model", "{model}", "--task", "no-such-task", "--n", "2"], "unknown task"),
+    "train N 0": ([*TRAIN, "--n", "0"], "N must be"),
+    "train sparsity 1": ([*TRAIN, "--n", "2", "--sparsity", "1"], "sparsity"),
+    "train unknown recipe field": ([*TRAIN, "--n", "2", "--set", "bogus=1"], "unknown recipe field"),
+    "train work dir under a file": ([*TRAIN[:7], "--workdir", "{blocker}/work", "--n", "2"], "cannot create work dir"),
+    # tasks, models, submit
+    "tasks unknown": (["tasks", "no-such-task"], "no-such-task"),
+    "models unknown": (["models", "no-such-model"], "no-such-model"),
+    "submit without start": (["submit", "--address", "http://127.0.0.1:9", "--", "status"], "submit runs a search"),
+    "submit SQLite to a remote cluster": (["submit", "--address", "http://10.1.2.3:8265", "--", "start"], "SQLite"),
+    "submit unreachable cluster": (["submit", "--address", "http://127.0.0.1:9", "--", "start"], "cannot reach the Ray Jobs API"),
+}
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A run directory whose study holds ``POINTS``, the CSV files, and a file to put folders under."""
+    root = tmp_path_factory.mktemp("bad-input")
+    csv = root / "csv"
+    csv.mkdir()
+    for name, content in CSV_FILES.items():
+        (csv / name).write_text(content)
+    (root / "blocker").write_text("a file, not a folder")
+    main(["import", "--run-dir", str(root / "run"), "--points", str(csv / "points.csv"), *GRID])
+    return {"run": root / "run", "csv": csv, "blocker": root / "blocker"}
+
+
+@pytest.mark.parametrize("args, message", list(CASES.values()), ids=list(CASES))
+def test_bad_input(args: list[str], message: str, files: dict[str, Path], tiny_bert_dir: Path, run_main) -> None:
+    values = {**{key: str(path) for key, path in files.items()}, "model": str(tiny_bert_dir)}
+    args = [arg.format(**values) for arg in args]
+    database = files["run"] / "study.db"
+    before = {path: path.stat().st_mtime_ns for path in files["run"].parent.rglob("*")}
+    digest = file_hash(database)
+
+    code, _, err = run_main(*args)
+
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(**values) in lines[0], err
+    assert "Traceback" not in err and "s3cret" not in err
+    assert file_hash(database) == digest
+    assert {path: path.stat().st_mtime_ns for path in files["run"].parent.rglob("*")} == before  # nothing written
+
+
+@pytest.mark.parametrize("case", ["grid without dense", "unreachable storage", "import NaN"])
+def test_bad_input_in_a_fresh_process(case: str, files: dict[str, Path], tiny_bert_dir: Path, run_cli) -> None:
+    args, message = CASES[case]
+    values = {**{key: str(path) for key, path in files.items()}, "model": str(tiny_bert_dir)}
+    digest = file_hash(files["run"] / "study.db")
+
+    done, _ = run_cli(*[arg.format(**values) for arg in args])
+
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line and "s3cret" not in line
+    assert file_hash(files["run"] / "study.db") == digest

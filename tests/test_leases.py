@@ -1,0 +1,80 @@
+"""Leases in the study's database: two processes contending for the phase 1-2 cache lock on
+PostgreSQL take turns, and the lease of a SIGKILLed holder is free once it expires."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import client_env
+
+from storage import Lease, database_engine
+from storage.leases import LEASES
+
+# hold the work dir's cache lock (as a worker of a search with --cache-lock database) for 2 s
+HOLD = """
+import json, logging, sys, time
+from pathlib import Path
+from search.trainable import lease_lock
+from storage import database_engine
+from trainers.cache import locked, use_lock
+url, workdir, out = sys.argv[1:]
+use_lock(lease_lock(database_engine(url), workdir))
+with locked(Path(workdir) / "cache" / "entry", logging.getLogger("hold")):
+    began = time.time()
+    time.sleep(2)
+Path(out).write_text(json.dumps([began, time.time()]))
+"""
+
+
+@pytest.fixture
+def lease_key(postgres_url: str) -> str:
+    """The key of the cache entry the processes contend for, its lease row deleted afterwards."""
+    key = "work:cache/entry"
+    yield key
+    engine = database_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(LEASES.delete().where(LEASES.c.key == key))
+    engine.dispose()
+
+
+def hold(postgres_url: str, workdir: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", HOLD, postgres_url, str(workdir), str(out)], env=client_env(),
+                            )  # fmt: skip
+
+
+def test_two_processes_take_turns(postgres_url: str, lease_key: str, tmp_path: Path) -> None:
+    holders = [hold(postgres_url, tmp_path / "work", tmp_path / f"{i}.json") for i in range(2)]
+    assert [holder.wait(timeout=120) for holder in holders] == [0, 0]
+    first, second = sorted(json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2))
+    assert first[1] <= second[0]  # never held by both at once
+    assert Lease(database_engine(postgres_url), lease_key).current_holder() == "nobody"  # released
+
+
+def test_lease_of_a_killed_holder_expires(postgres_url: str, lease_key: str) -> None:
+    engine = database_engine(postgres_url)
+    script = (
+        "import sys, time; from storage import Lease, database_engine; "
+        "Lease(database_engine(sys.argv[1]), sys.argv[2], ttl=3).acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script, postgres_url, lease_key], env=client_env(),
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    time.sleep(4)  # the holder renews every second: alive, it keeps the lease past its ttl
+    waiting = Lease(engine, lease_key, ttl=3)
+    assert not waiting.try_acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    killed = time.monotonic()
+
+    waiting.acquire(timeout=30)
+    waited = time.monotonic() - killed
+    assert waiting.current_holder() == waiting.holder
+    waiting.release()
+    assert 1.5 < waited <= 3 + 2  # free once the last renewal (at most 1 s before the kill) expired
+    engine.dispose()

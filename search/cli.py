@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as error:
-        error.show()
+        click.echo(f"error: {_one_line(error.format_message())}", err=True)
         sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
     except (ValueError, OSError) as error:
         click.echo(f"error: {_one_line(error)}", err=True)

@@ -99,6 +99,10 @@ CASES = {
     "submit without start": (["submit", "--address", "http://127.0.0.1:9", "--", "status"], "submit runs a search"),
     "submit SQLite to a remote cluster": (["submit", "--address", "http://10.1.2.3:8265", "--", "start"], "SQLite"),
     "submit unreachable cluster": (["submit", "--address", "http://127.0.0.1:9", "--", "start"], "cannot reach the Ray Jobs API"),
+    # the command line itself
+    "option of the wrong type": (["start", *STUDY, "--budget", "abc"], "'abc' is not a valid float"),
+    "missing option": (["train", "--task", "rt-polarity"], "Missing option '--model'"),
+    "unknown command": (["no-such-command"], "No such command 'no-such-command'"),
 }
 
 

@@ -256,7 +256,7 @@ SEARCH = [
     "--set", "prune_steps=8", "--set", "lagrangian_warmup_steps=4", "--set", "pruned_finetune_steps=2",
 ]  # fmt: skip
 # phase 3 long enough for a fault to land in it, after a checkpoint
-LONG_PRUNE = ["--set", "prune_steps=40", "--set", "lagrangian_warmup_steps=10"]
+LONG_PRUNE = ["--set", "prune_steps=80", "--set", "lagrangian_warmup_steps=10"]
 Launcher = Callable[..., subprocess.Popen]
 
 

@@ -16,6 +16,12 @@ from search.surrogate import AutoPruMUX
 FORMATS = click.Choice(["table", "json"])
 
 
+def budget_options(command):
+    """``--budget`` (one) and ``--budgets`` (a range or list); ``_budgets`` turns them into a list."""
+    command = click.option("--budgets", "budgets_text", help="Several budgets: start:stop:step or a comma list.")(command)
+    return click.option("--budget", type=float, help="Accuracy loss budget, e.g. 0.03.")(command)
+
+
 @click.command()
 @click.option(
     "--points",
@@ -24,8 +30,7 @@ FORMATS = click.Choice(["table", "json"])
     type=click.Path(dir_okay=False),
     help="CSV of measured points: N, s, accuracy, throughput.",
 )
-@click.option("--budget", type=float, help="Accuracy loss budget, e.g. 0.03.")
-@click.option("--budgets", "budgets_text", help="Several budgets: start:stop:step or a comma list.")
+@budget_options
 @click.option(
     "--throughput-from",
     "throughput_path",
@@ -63,8 +68,7 @@ def predict(points_path, budget, budgets_text, throughput_path, top, output) -> 
     type=click.Path(dir_okay=False),
     help="CSV measuring every (N, s) of a grid.",
 )
-@click.option("--budget", type=float, help="Accuracy loss budget, e.g. 0.03.")
-@click.option("--budgets", "budgets_text", help="Several budgets: start:stop:step or a comma list.")
+@budget_options
 @click.option("--sampler", type=click.Choice([*SAMPLERS, "all"]), default="all", show_default=True)
 @click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1), help="Seeds per baseline sampler.")
 @click.option(

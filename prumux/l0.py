@@ -63,6 +63,13 @@ class L0Module(nn.Module):
         """lambda_1, lambda_2 (maximise the loss over them, e.g. an optimiser with maximize=True)."""
         return [self.lambda_1, self.lambda_2]
 
+    def keep_all(self, name: str) -> None:
+        """Fix every gate of mask `name` at 1: saturated log_alphas that no longer train."""
+        log_alpha = self.log_alphas[name]
+        with torch.no_grad():
+            log_alpha.fill_(SATURATED_LOG_ALPHA)
+        log_alpha.requires_grad_(False)
+
     def scores(self) -> dict[str, Tensor]:
         """P(z > 0) per unit, i.e. 1 - CDF of the stretched concrete at 0."""
         zero = (0 - LIMIT_LEFT) / (LIMIT_RIGHT - LIMIT_LEFT)

@@ -10,9 +10,12 @@ Proposal order:
    (max N, 0), which give the additive model both loss curves and the throughput model its
    range. While the dense accuracy is still unknown (its trial is running), the remaining edge
    points, then any untried points, are proposed instead.
-2. Then the untried point the surrogate ranks best: predicted feasible first, then the
-   highest predicted throughput; a point whose N already has a phase 1-2 model (N appears in a
-   running or finished trial, or ``is_cheap(N)``) wins ties within ``tie_tolerance``.
+2. Then the candidate (below) with the highest expected gain: the probability that it meets
+   the budget times the throughput it would add over the incumbent. The probability takes the
+   predicted accuracy as the centre of a normal of width ``margin`` where the prediction is
+   reliable and ``extrapolation_margin`` elsewhere, so a near-certain modest gain beats a
+   long shot at a large one. A point whose N already has a phase 1-2 model (N appears in a
+   running or finished trial, or ``is_cheap(N)``) counts ``tie_tolerance`` more.
 
 Only *candidates* are proposed: untried points that could still beat the incumbent (the
 best measured feasible point). A point is a candidate when its optimistic accuracy reaches the
@@ -39,6 +42,7 @@ pending); ``study.optimize`` loops pass the ``stop_when_done`` callback.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,7 +52,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.grid import check_budget, check_grid, is_feasible
+from search.grid import FEASIBILITY_TOLERANCE, check_budget, check_grid, is_feasible
 from search.surrogate import AutoPruMUX
 
 TAKEN_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
@@ -188,13 +192,17 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         frame["optimistic_accuracy"] = np.minimum(optimistic, cap)
         estimated = ~frame["throughput_measured"].to_numpy()
         frame["optimistic_throughput"] = frame["throughput"] * (1 + self.throughput_margin * estimated)
-        frame["predicted_feasible"] = is_feasible(frame["accuracy"].to_numpy(), threshold)
         frame["candidate"] = is_feasible(frame["optimistic_accuracy"].to_numpy(), threshold) & (
             frame["optimistic_throughput"] > incumbent
         )
+        centre = np.where(reliable, frame["accuracy"], np.maximum(frame["accuracy"], additive))
+        spread = np.where(reliable, self.margin, self.extrapolation_margin)
+        frame["p_feasible"] = _normal_cdf((centre - threshold + FEASIBILITY_TOLERANCE) / spread)
         cheap = frame["N"].isin(cheap_Ns).to_numpy()
         frame["score"] = frame["throughput"] * (1 + self.tie_tolerance * cheap)
-        order = frame.sort_values(["candidate", "predicted_feasible", "score"], ascending=False, kind="stable")
+        gain = frame["optimistic_throughput"] - (incumbent if np.isfinite(incumbent) else 0.0)
+        frame["expected_gain"] = frame["p_feasible"] * gain.clip(lower=0) * (1 + self.tie_tolerance * cheap)
+        order = frame.sort_values(["candidate", "expected_gain", "score"], ascending=False, kind="stable")
         return order.reset_index(drop=True)
 
     def _anchors(self) -> list[tuple[int, float]]:
@@ -259,6 +267,10 @@ def _tight(measured_axis: np.ndarray, grid_axis: Sequence[float], values: pd.Ser
     upper = np.array([measured_axis[measured_axis >= v - 1e-12].min(initial=np.inf) for v in x])
     gap = np.searchsorted(grid, upper - 1e-12) - np.searchsorted(grid, lower - 1e-12)
     return np.isfinite(lower) & np.isfinite(upper) & (gap <= 2)
+
+
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * np.array([math.erfc(-value / math.sqrt(2)) for value in np.asarray(x, float)])
 
 
 def _monotone_cap(measured: pd.DataFrame, points: pd.DataFrame) -> np.ndarray:

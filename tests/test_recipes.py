@@ -83,3 +83,10 @@ def test_phase12_digest_ignores_phase3_values() -> None:
     assert load_recipe("smoke", {"prune_steps": 3}).digest(PHASE12_FIELDS) == base.digest(PHASE12_FIELDS)
     assert load_recipe("smoke", {"prune_steps": 3}).digest() != base.digest()
     assert load_recipe("smoke", {"finetune_lr": 0.5}).digest(PHASE12_FIELDS) != base.digest(PHASE12_FIELDS)
+
+
+def test_boolean_fields_parse_cli_words() -> None:
+    assert load_recipe("smoke", {"prune_hidden": "false"}).prune_hidden is False
+    assert load_recipe("smoke", {"prune_hidden": "Yes"}).prune_hidden is True
+    with pytest.raises(ValueError, match="prune_hidden must be true or false"):
+        load_recipe("smoke", {"prune_hidden": "maybe"})

@@ -130,3 +130,18 @@ def test_a_collapsed_edge_does_not_rule_out_the_points_before_it() -> None:
     assert not sampler.is_done(study)
     before_the_collapse = {(n, s) for n in (1, 2) for s in (0.0, 0.5, 0.7)} - {(1, 0.0)}
     assert sampler.next_point(study) in before_the_collapse
+
+
+def test_a_likely_modest_gain_goes_before_a_long_shot() -> None:
+    """After the anchors of a cpu-demo-like search (pruning degrades gently, N = 5 collapses),
+    the next points are the likely feasible pruned ones, not the faster multiplexed long shots."""
+    measured = pd.DataFrame(
+        {"N": [1, 1, 5], "s": [0.0, 0.9, 0.0], "accuracy": [0.81, 0.73, 0.55], "throughput": [100.0, 930.0, 510.0]}
+    )
+    sampler = AutoPruMUXSampler([1, 2, 5], [0.0, 0.5, 0.7, 0.9], budget=0.03)
+    plan = sampler.plan(measured, {(1, 0.0), (1, 0.9), (5, 0.0)}, {1, 5})
+    candidates = plan[plan["candidate"]]
+    assert [tuple(point) for point in candidates[["N", "s"]].head(2).itertuples(index=False)] == [(1, 0.5), (1, 0.7)]
+    assert candidates["expected_gain"].is_monotonic_decreasing
+    faster_long_shot = candidates[candidates["N"] == 2]
+    assert (faster_long_shot["throughput"] > candidates["throughput"].iloc[0]).any()

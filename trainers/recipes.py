@@ -72,6 +72,9 @@ class Recipe:
     reg_beta1: float  # Adam betas of both; a short memory lets the gates follow the target within few steps
     reg_beta2: float
     droprate_init: float
+    mask_init_batches: int  # batches of Fisher importance that rank the initial gates; 0 = CoFi's uniform start
+    mask_init_spread: float  # log_alpha shift between the least and the most important unit, halved
+    prune_hidden: bool  # also prune hidden (residual) dims; short runs keep them, as they need long training
     sparsity_epsilon: float  # a pruning checkpoint is eligible when |sparsity - s| <= this
     pruned_finetune_steps: int
     pruned_finetune_epochs: float | None
@@ -176,6 +179,8 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
             return None
         raise ValueError(f"recipe field {name} cannot be null")
     kind = next(option for option in options if option is not type(None))
+    if kind is bool:
+        return _convert_bool(name, value)
     try:
         if kind is int:
             converted = float(value)
@@ -185,3 +190,11 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"recipe field {name} must be {kind.__name__}, got {value!r}") from None
+
+
+def _convert_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ValueError(f"recipe field {name} must be true or false, got {value!r}")

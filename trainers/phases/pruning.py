@@ -23,6 +23,7 @@ from prumux.pruning import pruned_encoder_config
 from trainers.data import BatchStream, EncodedTask
 from trainers.distill import LayerDistiller, distillation_loss
 from trainers.evaluate import accuracy
+from trainers.importance import mask_fisher, rank_log_alphas, unit_costs
 from trainers.phases.loop import (
     BestState,
     StageContext,
@@ -123,14 +124,15 @@ def _prune(
     seed_stage(ctx, PRUNE)
     student = PruMUXModel.from_pretrained(teacher_dir).to(device).train()
     l0 = L0Module(student.config.encoder, droprate_init=recipe.droprate_init).to(device)
+    rows = recipe.prune_batch_size * student.config.num_instances
+    stream = BatchStream(task.train, rows, recipe.seed)
+    _start_masks(l0, teacher, stream, ctx)
     with torch.no_grad():  # the initial masks' (seeded, so also on resume)
         start = min(l0.expected_sparsity().item(), sparsity)
     hidden = student.config.encoder.hidden_size
     distiller = LayerDistiller(student.config.encoder.num_layers, hidden, hidden).to(device)
-    rows = recipe.prune_batch_size * student.config.num_instances
     steps = recipe.steps(PRUNE, len(task.train), rows)
     warmup = recipe.steps("lagrangian_warmup", len(task.train), rows)
-    stream = BatchStream(task.train, rows, recipe.seed)
     weights = list(student.parameters()) + list(distiller.parameters())
     optimizer = adamw(weights, recipe.prune_lr, recipe)
     scheduler = linear_schedule(optimizer, steps, recipe.warmup_ratio)
@@ -174,6 +176,16 @@ def _prune(
     distiller.keep_inputs(masks["hidden_z"].nonzero().flatten())
     save_output(ctx, PRUNE, output, pruned, record, {DISTILLER_FILE: distiller.state_dict()})
     return pruned, distiller, seconds
+
+
+def _start_masks(l0: L0Module, teacher: PruMUXModel, stream: BatchStream, ctx: StageContext) -> None:
+    """Rank the initial gates by Fisher importance and freeze the hidden dims, as the recipe says."""
+    recipe = ctx.recipe
+    if not recipe.prune_hidden:
+        l0.keep_all("hidden_z")
+    if recipe.mask_init_batches and not ctx.checkpoint(PRUNE).exists():
+        fisher = mask_fisher(teacher, stream, recipe.mask_init_batches, ctx.runtime.device)
+        rank_log_alphas(l0, fisher, unit_costs(teacher), recipe.mask_init_spread)
 
 
 def _load_pruned(output: Path, teacher: PruMUXModel, device: torch.device) -> tuple[PruMUXModel, LayerDistiller]:

@@ -67,6 +67,10 @@ def report_figures(summary: StudySummary) -> dict[str, go.Figure]:
 
 def write_pngs(figures: dict[str, go.Figure], png_dir: str | Path) -> list[Path]:
     """Write each figure as ``<png_dir>/<name>.png`` (kaleido, headless Chromium)."""
+    try:
+        import kaleido  # noqa: F401  (plotly's image export engine)
+    except ImportError:
+        raise ValueError("PNG export needs kaleido: pip install 'prumux-search[png]'") from None
     png_dir = Path(png_dir)
     png_dir.mkdir(parents=True, exist_ok=True)
     paths = []

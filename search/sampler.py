@@ -99,7 +99,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         extrapolation_margin: float = 0.02,
         throughput_margin: float = 0.2,
         tie_tolerance: float = 0.05,
-        cliff: float = 0.05,
+        cliff: float = 0.03,
         is_cheap: Callable[[int], bool] | None = None,
         throughput: pd.DataFrame | None = None,
         seed: int = 0,

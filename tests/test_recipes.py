@@ -90,3 +90,14 @@ def test_boolean_fields_parse_cli_words() -> None:
     assert load_recipe("smoke", {"prune_hidden": "Yes"}).prune_hidden is True
     with pytest.raises(ValueError, match="prune_hidden must be true or false"):
         load_recipe("smoke", {"prune_hidden": "maybe"})
+
+
+def test_search_time_budget_is_the_default_of_start_and_no_training_value() -> None:
+    from search.commands.study import _time_budget
+
+    demo = load_recipe("cpu-demo")
+    assert demo.search_time_budget == 1200 and load_recipe("paper").search_time_budget is None
+    assert _time_budget(None, demo) == 1200
+    assert _time_budget(300.0, demo) == 300 and _time_budget(0.0, demo) is None
+    longer = load_recipe("cpu-demo", {"search_time_budget": 3600})
+    assert longer.digest() == demo.digest()  # the same trained points

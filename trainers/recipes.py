@@ -85,6 +85,8 @@ class Recipe:
     # Throughput (prumux's protocol: batch 128*N instances, padded to seq_len).
     throughput_batches: int
     throughput_warmup: int
+    # Search: how long `prumux-search start` runs by default (seconds; null = until the sampler is done).
+    search_time_budget: float | None
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -117,9 +119,12 @@ class Recipe:
     def digest(self, names: tuple[str, ...] | None = None) -> str:
         """A short stable hash of the values of `names` (all fields when None)."""
         values = self.to_dict()
-        chosen = {name: values[name] for name in (names or tuple(values)) if name not in ("name", "description")}
+        chosen = {name: values[name] for name in (names or tuple(values)) if name not in NOT_TRAINING}
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
+
+# Fields that do not change what a job trains: left out of every digest.
+NOT_TRAINING = ("name", "description", "search_time_budget")
 
 # The fields that determine the phase 1-2 model: its cache key hashes exactly these.
 PHASE12_FIELDS = (

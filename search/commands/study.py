@@ -80,6 +80,13 @@ def search_definition(
     return StudySettings(task, model, label, budget, tuple(grid_N), tuple(grid_S), _command_line()), loaded
 
 
+def _time_budget(given: float | None, recipe: Recipe) -> float | None:
+    """The run's time budget: the option's (0 = none), else the recipe's."""
+    if given is None:
+        return recipe.search_time_budget
+    return None if given == 0 else given
+
+
 def _command_line() -> str:
     """The running command with the options it was given (passwords are masked by the settings)."""
     context = click.get_current_context()
@@ -96,7 +103,9 @@ def _command_line() -> str:
 @study_options
 @definition_options
 @click.option("--max-trials", type=int, default=None, help="Stop once the study holds this many trained points.")
-@click.option("--time-budget", type=float, default=None, help="Stop this run after this many seconds.")
+@click.option("--time-budget", type=float, default=None,
+              help="Stop this run after this many seconds; 0 = when the search is done [default: the recipe's "
+                   "search_time_budget: 1200 for cpu-demo, none for paper].")
 @click.option("--concurrency", type=int, default=None, help="Concurrent trials [default: one per GPU, else 1].")
 @click.option("--cpus-per-trial", type=float, default=None, help="CPUs per trial [default: all, shared].")
 @click.option("--gpus-per-trial", type=float, default=None, help="GPUs per trial [default: 1 if any].")
@@ -118,7 +127,7 @@ def start(run_dir: Path, storage: str, study: str, task: str, model: str, recipe
     options = SearchOptions(
         run_dir=str(run_dir), storage_url=storage, study_name=study, concurrency=concurrency,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_trials=max_trials,
-        time_budget_s=time_budget, max_failures=max_failures, ray_address=ray_address, cache_lock=cache_lock,
+        time_budget_s=_time_budget(time_budget, loaded), max_failures=max_failures, ray_address=ray_address, cache_lock=cache_lock,
     )  # fmt: skip
     click.echo(f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "
                f"recipe {settings.recipe}, budget {settings.budget:g}")  # fmt: skip

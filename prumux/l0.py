@@ -154,35 +154,45 @@ def _top_k_mask(scores: Tensor) -> Tensor:
     return (ranks < keep[:, None]).to(scores.dtype)
 
 
+def unit_costs(hidden: int, head_dim: int) -> tuple[int, int]:
+    """Prunable parameters of one attention head and of one FFN dimension at residual width `hidden`."""
+    return 4 * hidden * head_dim + 3 * head_dim, 2 * hidden + 1
+
+
+def fill_budget(head_scores: Tensor, ffn_scores: Tensor, hidden: int, head_dim: int, budget: float) -> tuple[Tensor, Tensor]:
+    """Boolean keep-masks of heads [layers, heads] and FFN dims [layers, d_ff], taken by score while they fit in
+    `budget` prunable parameters; the first unit of a layer's block also pays for the block's output bias."""
+    costs = unit_costs(hidden, head_dim)
+    units = [(score, 0, layer, index) for layer, row in enumerate(head_scores.tolist()) for index, score in enumerate(row)]
+    units += [(score, 1, layer, index) for layer, row in enumerate(ffn_scores.tolist()) for index, score in enumerate(row)]
+    units.sort(reverse=True)
+    kept = [torch.zeros(head_scores.shape, dtype=torch.bool), torch.zeros(ffn_scores.shape, dtype=torch.bool)]
+    opened: set[tuple[int, int]] = set()
+    used = 0.0
+    for _, kind, layer, index in units:
+        cost = costs[kind] + (0 if (kind, layer) in opened else hidden)
+        if used + cost > budget:
+            continue
+        kept[kind][layer, index] = True
+        opened.add((kind, layer))
+        used += cost
+    return kept[0].to(head_scores.device), kept[1].to(ffn_scores.device)
+
+
 def _random_structure(config: EncoderConfig, budget: float, seed: int) -> dict[str, Tensor]:
     """Boolean keep-masks of heads and FFN dims filling `budget` parameters, greedily by random score."""
     generator = torch.Generator().manual_seed(seed)
     shapes = config.mask_shapes()
     layers, heads = shapes["head_z"]
     ffn = shapes["intermediate_z"][1]
-    hidden, head_dim = config.hidden_size, config.head_dim
     preference = torch.rand(layers, 1, generator=generator)
     head_scores = torch.rand(layers, heads, generator=generator) + preference
     ffn_scores = torch.rand(layers, ffn, generator=generator) + preference
-    # Each unit: (score, kind, layer, index, cost); opening a block also costs its output bias.
-    head_cost, ffn_cost = 4 * hidden * head_dim + 3 * head_dim, 2 * hidden + 1
-    units = [(score, 0, l, h, head_cost) for l, row in enumerate(head_scores.tolist()) for h, score in enumerate(row)]
-    units += [(score, 1, l, d, ffn_cost) for l, row in enumerate(ffn_scores.tolist()) for d, score in enumerate(row)]
-    units.sort(reverse=True)
-    kept = [torch.zeros(layers, heads, dtype=torch.bool), torch.zeros(layers, ffn, dtype=torch.bool)]
-    opened: set[tuple[int, int]] = set()
-    used = 0.0
-    for _, kind, layer, index, cost in units:
-        cost += 0 if (kind, layer) in opened else hidden
-        if used + cost > budget:
-            continue
-        kept[kind][layer, index] = True
-        opened.add((kind, layer))
-        used += cost
+    kept_heads, kept_ffn = fill_budget(head_scores, ffn_scores, config.hidden_size, config.head_dim, budget)
     return {
-        "head_z": kept[0],
-        "head_layer_z": kept[0].any(-1),
-        "intermediate_z": kept[1],
-        "mlp_z": kept[1].any(-1),
-        "hidden_z": torch.ones(hidden, dtype=torch.bool),
+        "head_z": kept_heads,
+        "head_layer_z": kept_heads.any(-1),
+        "intermediate_z": kept_ffn,
+        "mlp_z": kept_ffn.any(-1),
+        "hidden_z": torch.ones(config.hidden_size, dtype=torch.bool),
     }

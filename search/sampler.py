@@ -198,10 +198,10 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         centre = np.where(reliable, frame["accuracy"], np.maximum(frame["accuracy"], additive))
         spread = np.where(reliable, self.margin, self.extrapolation_margin)
         frame["p_feasible"] = _normal_cdf((centre - threshold + FEASIBILITY_TOLERANCE) / spread)
-        cheap = frame["N"].isin(cheap_Ns).to_numpy()
-        frame["score"] = frame["throughput"] * (1 + self.tie_tolerance * cheap)
+        cheap_bonus = 1 + self.tie_tolerance * frame["N"].isin(cheap_Ns).to_numpy()
+        frame["score"] = frame["throughput"] * cheap_bonus
         gain = frame["optimistic_throughput"] - (incumbent if np.isfinite(incumbent) else 0.0)
-        frame["expected_gain"] = frame["p_feasible"] * gain.clip(lower=0) * (1 + self.tie_tolerance * cheap)
+        frame["expected_gain"] = frame["p_feasible"] * gain.clip(lower=0) * cheap_bonus
         order = frame.sort_values(["candidate", "expected_gain", "score"], ascending=False, kind="stable")
         return order.reset_index(drop=True)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from prumux import L0Module, PruMUXModel
+from prumux.l0 import unit_costs as l0_unit_costs
 from trainers.data import BatchStream
 
 RANKED_MASKS = ("head_z", "intermediate_z")
@@ -38,8 +39,7 @@ def mask_fisher(model: PruMUXModel, stream: BatchStream, batches: int, device: t
 def unit_costs(model: PruMUXModel) -> dict[str, float]:
     """Prunable parameters one head and one FFN dimension hold."""
     encoder = model.config.encoder
-    hidden, head_dim = encoder.hidden_size, encoder.head_dim
-    return {"head_z": 4 * hidden * head_dim + 3 * head_dim, "intermediate_z": 2 * hidden + 1}
+    return dict(zip(RANKED_MASKS, l0_unit_costs(encoder.hidden_size, encoder.head_dim)))
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from prumux import L0Module, PruMUXModel, prunable_parameters, prune
-from prumux.l0 import DETERMINISTIC_SHARPNESS
+from prumux.l0 import DETERMINISTIC_SHARPNESS, fill_budget
 from prumux.pruning import pruned_encoder_config
 from trainers.data import BatchStream, EncodedTask
 from trainers.distill import LayerDistiller, distillation_loss
@@ -84,24 +84,12 @@ def masks_at_sparsity(l0: L0Module, sparsity: float) -> dict[str, torch.Tensor]:
     while they fit (opening a block costs its output bias), so the realised sparsity is
     `sparsity` to within one unit. Hidden dims and kept values are the deterministic masks'.
     """
-    encoder, scores = l0.encoder_config, l0.scores()
-    deterministic = l0.deterministic_masks()
-    hidden, head_dim = int(deterministic["hidden_z"].sum()), encoder.head_dim
+    scores, deterministic = l0.scores(), l0.deterministic_masks()
+    hidden = int(deterministic["hidden_z"].sum())
     head_scores = scores["head_z"] * scores["head_layer_z"][:, None]
     ffn_scores = scores["intermediate_z"] * scores["mlp_z"][:, None]
-    costs = (4 * hidden * head_dim + 3 * head_dim, 2 * hidden + 1)
-    units = [(score, 0, layer, index) for layer, row in enumerate(head_scores.tolist()) for index, score in enumerate(row)]
-    units += [(score, 1, layer, index) for layer, row in enumerate(ffn_scores.tolist()) for index, score in enumerate(row)]
-    units.sort(reverse=True)
-    kept = [torch.zeros_like(head_scores, dtype=torch.bool), torch.zeros_like(ffn_scores, dtype=torch.bool)]
-    budget, used, opened = (1 - sparsity) * l0.prunable_parameters, 0.0, set()
-    for _, kind, layer, index in units:
-        cost = costs[kind] + (0 if (kind, layer) in opened else hidden)
-        if used + cost > budget:
-            continue
-        kept[kind][layer, index] = True
-        opened.add((kind, layer))
-        used += cost
+    budget = (1 - sparsity) * l0.prunable_parameters
+    kept = fill_budget(head_scores, ffn_scores, hidden, l0.encoder_config.head_dim, budget)
     soft = {
         name: torch.sigmoid(log_alpha / l0.temperature * DETERMINISTIC_SHARPNESS) for name, log_alpha in l0.log_alphas.items()
     }

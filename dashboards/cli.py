@@ -24,7 +24,7 @@ from storage.cli_options import study_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (the dashboard has no authentication).")
-def dashboard(run_dir: Path, storage: str, study: str, host: str, port: int, allow_remote: bool) -> None:
+def dashboard(run_dir: Path | str, storage: str, study: str, host: str, port: int, allow_remote: bool) -> None:
     """Serve optuna-dashboard on the study's storage until interrupted."""
     check_host(host, allow_remote)
     rdb = open_storage(storage, create=False)
@@ -50,7 +50,7 @@ def dashboard(run_dir: Path, storage: str, study: str, host: str, port: int, all
 @click.option(
     "--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), help="Also write the figures as PNG here."
 )
-def report(run_dir: Path, storage: str, study: str, out_path: Path, png_dir: Path | None) -> None:
+def report(run_dir: Path | str, storage: str, study: str, out_path: Path, png_dir: Path | None) -> None:
     """Write a self-contained HTML report of the study."""
     loaded = open_study(open_storage(storage, create=False), study)
     click.echo(f"wrote {write_report(loaded, out_path, png_dir)}")

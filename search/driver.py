@@ -8,7 +8,9 @@ models and checkpoints in the run's work folder.
 
 Run directory layout: ``work/`` (point checkpoints and the phase 1-2 cache, shared by every
 trial and restart) and ``ray/`` (Ray Tune's experiment folders; ``ray_storage`` may put
-them on a shared path or a URI instead).
+them elsewhere). The run directory is a local path, a path every node mounts, or a pyarrow
+URI (``s3://bucket/run``), whose ``work/`` each process uses through a local mirror
+(``storage.remote``).
 """
 
 from __future__ import annotations
@@ -38,26 +40,30 @@ from storage import (
     open_study,
     parse_url,
 )
+from storage.remote import RemoteFolder, check_uri, child_uri, is_uri, mirror_dir
 from storage.trials import trial_id
 from trainers.cache import cache_entry
 from trainers.recipes import Recipe
 
 TrialHook = Callable[[FrozenTrial, optuna.Study], None]
 CACHE_LOCKS = ("auto", "file", "database")
+# Seconds a time-budgeted run keeps to stop the running trial, record it and shut Ray down
+# (about 20 s measured on 2 CPU cores), at most a tenth of the budget.
+STOP_RESERVE_S = 30.0
 
 
 @dataclass(frozen=True)
 class SearchOptions:
     """Where a search keeps its state and how it uses the Ray cluster."""
 
-    run_dir: str
+    run_dir: str  # a local or shared path, or a pyarrow URI
     storage_url: str
     study_name: str
     concurrency: int | None = None  # None: one trial per GPU, else 1
     cpus_per_trial: float | None = None  # None: the cluster's CPUs shared by the concurrent trials
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
     max_trials: int | None = None
-    time_budget_s: float | None = None
+    time_budget_s: float | None = None  # the whole run's, from the call of run_search
     max_failures: int = 2
     ray_address: str | None = None
     ray_storage: str | None = None  # None: <run_dir>/ray
@@ -74,24 +80,43 @@ class SearchOptions:
             raise ValueError(f"GPUs per trial must be >= 0, got {self.gpus_per_trial}")
         if self.max_failures < 0:
             raise ValueError(f"max failures must be >= 0, got {self.max_failures}")
+        if self.ray_address and self.ray_address.startswith("ray://"):
+            raise ValueError(
+                "Ray Client addresses (ray://) are not supported: the search's driver must run on the cluster; "
+                "submit it as a Ray Job (prumux-search submit) or pass --ray-address HOST:6379 from a cluster node"
+            )
+        if is_uri(self.run_dir):
+            check_uri(self.run_dir)
+            if self.cache_lock == "file":
+                raise ValueError("a run directory at a URI is locked with database leases: use --cache-lock database")
 
     @property
     def work_dir(self) -> Path:
-        """Point checkpoints and the phase 1-2 cache."""
+        """Point checkpoints and the phase 1-2 cache (the local mirror of ``work_uri``, if any)."""
+        if is_uri(self.run_dir):
+            return mirror_dir(self.run_dir) / "work"
         return Path(self.run_dir).expanduser().resolve() / "work"
+
+    @property
+    def work_uri(self) -> str | None:
+        """The work folder's URI when the run directory is a URI."""
+        return child_uri(self.run_dir, "work") if is_uri(self.run_dir) else None
 
     @property
     def work_dir_lock(self) -> str:
         """How the workers lock the shared work folder: "file" or "database"."""
         if self.cache_lock != "auto":
             return self.cache_lock
-        return "file" if parse_url(self.storage_url).get_backend_name() == "sqlite" else "database"
+        shared = is_uri(self.run_dir) or parse_url(self.storage_url).get_backend_name() != "sqlite"
+        return "database" if shared else "file"
 
     @property
     def tune_storage(self) -> str:
         """Ray Tune's storage path: an absolute path or a URI."""
-        if self.ray_storage and "://" in self.ray_storage:
+        if self.ray_storage and is_uri(self.ray_storage):
             return self.ray_storage
+        if not self.ray_storage and is_uri(self.run_dir):
+            return child_uri(self.run_dir, "ray")
         return str(Path(self.ray_storage or Path(self.run_dir) / "ray").expanduser().resolve())
 
 
@@ -121,18 +146,18 @@ def run_search(
     workdir = options.work_dir
     sampler = AutoPruMUXSampler(
         settings.grid_N, settings.grid_s, settings.budget,
-        is_cheap=functools.partial(_has_phase12_model, str(workdir), settings.task, settings.base_model, recipe),
+        is_cheap=functools.partial(_has_phase12_model, options, settings.task, settings.base_model, recipe),
     )  # fmt: skip
     study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
     resumed_failed = fail_stale_trials(study)
     job = PointJob(
         options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir),
-        settings.budget, options.work_dir_lock,
+        settings.budget, options.work_dir_lock, options.work_uri,
     )  # fmt: skip
     with connect_ray(options.ray_address), Heartbeat(study) as heartbeat:
         searcher = StudySearcher(study, heartbeat, options.max_trials)
         try:
-            _tuner(job, searcher, options, on_trial).fit()
+            _tuner(job, searcher, options, on_trial, trials_time_budget(options, started)).fit()
         finally:
             interrupted = searcher.abandon_running("the search run ended before it finished")
     seconds = time.monotonic() - started
@@ -148,7 +173,7 @@ def run_search(
 
 @contextmanager
 def connect_ray(address: str | None = None) -> Iterator[None]:
-    """Connect to the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or
+    """Connect to the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``), or
     start a local one without a dashboard. Ray's own ports listen on every interface (Ray
     resolves a loopback node address to the routable one); Ray 2.60's token authentication,
     on by default, guards them.
@@ -205,7 +230,16 @@ class _TrialReporter(tune.Callback):
         self.hook(study._storage.get_trial(trial_id(study, trial.config["trial_number"])), study)
 
 
-def _tuner(job: PointJob, searcher: StudySearcher, options: SearchOptions, on_trial: TrialHook | None) -> tune.Tuner:
+def trials_time_budget(options: SearchOptions, started: float) -> float | None:
+    """Seconds from now that Tune may run trials so the run ends within its time budget."""
+    if options.time_budget_s is None:
+        return None
+    return max(options.time_budget_s - _stop_reserve(options.time_budget_s) - (time.monotonic() - started), 0.001)
+
+
+def _tuner(
+    job: PointJob, searcher: StudySearcher, options: SearchOptions, on_trial: TrialHook | None, time_budget_s: float | None
+) -> tune.Tuner:
     resources, concurrency = trial_resources(options)
     # Tune's newer console output prints its own tables even at verbose=0; the progress
     # users see is the per-trial hook, so use the older engine, which is silent at 0.
@@ -217,7 +251,8 @@ def _tuner(job: PointJob, searcher: StudySearcher, options: SearchOptions, on_tr
             search_alg=searcher,
             num_samples=-1,  # the searcher decides when to stop
             max_concurrent_trials=concurrency,
-            time_budget_s=options.time_budget_s,
+            reuse_actors=True,  # a worker keeps torch and the tokenizer loaded from one trial to the next
+            time_budget_s=time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=f"{options.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -230,13 +265,21 @@ def _tuner(job: PointJob, searcher: StudySearcher, options: SearchOptions, on_tr
 
 
 def _early_stop_reason(options: SearchOptions, seconds: float) -> str:
-    if options.time_budget_s is not None and seconds >= options.time_budget_s:
+    budget = options.time_budget_s
+    if budget is not None and seconds >= budget - _stop_reserve(budget):
         return f"time budget ({options.time_budget_s:g} s) reached"
     return "the run was interrupted"
 
 
-def _has_phase12_model(workdir: str, task: str, base_model: str, recipe: Recipe, N: int) -> bool:
-    return cache_entry(workdir, task, base_model, N, recipe).exists()
+def _stop_reserve(time_budget_s: float) -> float:
+    return min(STOP_RESERVE_S, time_budget_s / 10)
+
+
+def _has_phase12_model(options: SearchOptions, task: str, base_model: str, recipe: Recipe, N: int) -> bool:
+    entry = cache_entry(options.work_dir, task, base_model, N, recipe)
+    if options.work_uri is None:
+        return entry.exists()
+    return RemoteFolder(options.work_uri, options.work_dir).exists(entry.record_path.relative_to(options.work_dir))
 
 
 def _mask_process_title() -> None:

@@ -47,6 +47,7 @@ class ReplayResult:
     best_s: float
     hit: bool
     regret: float
+    trainings_to_best: float  # trainings until the true best was measured (NaN: never)
 
 
 def true_best(table: pd.DataFrame, budget: float) -> pd.Series:
@@ -141,13 +142,15 @@ def replay_many(
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Per sampler: mean trainings as % of the grid, % of searches recommending the true best,
-    and mean throughput regret (1 - recommended / best)."""
+    mean throughput regret (1 - recommended / best), and mean trainings until the true best was
+    measured (over the searches that measured it: what a search stopped early has found)."""
     frame = results.assign(trainings_pct=100 * results["trainings"] / results["grid_size"])
     summary = frame.groupby("sampler", sort=False).agg(
         trainings=("trainings", "mean"),
         trainings_pct=("trainings_pct", "mean"),
         hit_pct=("hit", lambda hit: 100 * hit.mean()),
         regret_pct=("regret", lambda regret: 100 * regret.mean()),
+        to_best=("trainings_to_best", "mean"),
         searches=("hit", "size"),
     )
     return summary.reset_index()
@@ -181,4 +184,10 @@ def _result(sampler, budget, seed, grid_size, measured, threshold, best) -> Repl
         best_s=float(best["s"]),
         hit=throughput >= float(best["throughput"]),
         regret=1.0 - throughput / float(best["throughput"]),
+        trainings_to_best=_position(measured, (int(best["N"]), float(best["s"]))),
     )
+
+
+def _position(measured: dict[tuple[int, float], pd.Series], point: tuple[int, float]) -> float:
+    """1-based order in which ``point`` was measured, NaN if it never was."""
+    return float(list(measured).index(point) + 1) if point in measured else float("nan")

@@ -7,7 +7,9 @@ training had finished returns its result at once. Tune's own checkpoints are the
 
 With ``cache_lock="database"`` (a work folder shared by the nodes of a cluster) the phase 1-2
 cache entries and point folders are locked with leases in the study's database instead of
-lock files.
+lock files. A work folder at a URI (``work_uri``) is trained in a local mirror: a folder is
+pulled when its lease is taken and pushed while and after it is held (``storage.remote``), and
+the trial records the model's URI.
 
 A trial's constraint is ``threshold - accuracy`` with threshold = dense (1, 0) accuracy -
 budget, and Optuna cannot change it after ``tell``. Trials may train concurrently with the
@@ -31,13 +33,15 @@ from ray import tune
 from sqlalchemy.engine import Engine
 
 from storage import Lease, database_engine, open_study, record_result
+from storage.remote import RemoteFolder
 from storage.trials import trial_id
-from trainers.cache import LockFactory, use_lock
-from trainers.point import train_point
+from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory, use_lock
+from trainers.point import RESULT_FILE, train_point
 from trainers.recipes import Recipe
 
 DENSE = (1, 0.0)
 WAIT_POLL_SECONDS = 5.0
+COMPLETION_FILES = (ENTRY_FILE, RESULT_FILE)  # written last: a folder is complete once they exist
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,16 @@ class PointJob:
     workdir: str
     budget: float
     cache_lock: str = "file"  # "file" or "database"
+    work_uri: str | None = None  # the work folder's URI when ``workdir`` is its local mirror
 
 
 def train_trial(config: dict[str, Any], job: PointJob) -> None:
     """Train (or resume) the trial's point, record it in the study, report it to Tune."""
     N, s, number = int(config["N"]), float(config["s"]), int(config["trial_number"])
-    with work_dir_locks(job):
+    with work_dir_locks(job) as remote:
         result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False).to_dict()
+    if remote is not None:
+        result["model_dir"] = remote.uri_of(result["model_dir"])
     study = open_study(job.storage_url, job.study_name)
     trial = _stored(study, number)
     if trial.state != TrialState.COMPLETE:  # a retry after the record was written is a no-op
@@ -68,18 +75,40 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
 
 
 @contextmanager
-def work_dir_locks(job: PointJob) -> Iterator[None]:
-    """Lock the work folder's entries as ``job.cache_lock`` says while the block runs."""
+def work_dir_locks(job: PointJob) -> Iterator[RemoteFolder | None]:
+    """Lock the work folder's entries as ``job.cache_lock`` says while the block runs; with a
+    ``work_uri``, also mirror them and yield the remote folder."""
     if job.cache_lock != "database":
-        yield
+        yield None
         return
     engine = database_engine(job.storage_url)
-    use_lock(lease_lock(engine, job.workdir))
+    remote = RemoteFolder(job.work_uri, job.workdir) if job.work_uri else None
+    lock = lease_lock(engine, job.workdir)
+    use_lock(mirrored_lock(lock, remote, job.recipe.checkpoint_every_seconds) if remote else lock)
     try:
-        yield
+        if remote is not None:
+            remote.pull(THROUGHPUT_FILE)
+        yield remote
+        if remote is not None:
+            remote.push(THROUGHPUT_FILE)
     finally:
         use_lock(None)
         engine.dispose()
+
+
+def mirrored_lock(lock: LockFactory, remote: RemoteFolder, push_every_s: float) -> LockFactory:
+    """A lock factory that takes ``lock`` and keeps the locked folder in sync with ``remote``:
+    pulled once the lock is held, pushed every ``push_every_s`` seconds and before it is freed."""
+
+    @contextmanager
+    def locked_and_mirrored(directory: Path, log: logging.Logger) -> Iterator[None]:
+        relative = Path(directory).resolve().relative_to(remote.local.resolve())
+        with lock(directory, log):
+            log.info("pulled %d files of %s", remote.pull(relative), remote.uri_of(directory))
+            with remote.pushing(relative, push_every_s, last=COMPLETION_FILES):
+                yield
+
+    return locked_and_mirrored
 
 
 def lease_lock(engine: Engine, workdir: str) -> LockFactory:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from optuna.artifacts import FileSystemArtifactStore
 
+from storage.remote import is_uri
+
 
 def artifact_dir(run_dir: str | Path) -> Path:
     """Return the artifact folder of a run directory."""
@@ -13,7 +15,10 @@ def artifact_dir(run_dir: str | Path) -> Path:
 
 
 def open_artifact_store(run_dir: str | Path, create: bool = True) -> FileSystemArtifactStore | None:
-    """Return the run directory's artifact store; without ``create``, None if it has none."""
+    """Return the run directory's artifact store; without ``create``, None if it has none
+    (always None for a run directory at a URI)."""
+    if is_uri(run_dir):
+        return None
     folder = artifact_dir(run_dir)
     if create:
         folder.mkdir(parents=True, exist_ok=True)

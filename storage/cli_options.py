@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from storage.remote import is_uri
 from storage.urls import default_url
 from storage.urls import parse_url
 
@@ -16,15 +17,28 @@ DEFAULT_RUN_DIR = "./prumux-runs"
 DEFAULT_STUDY = "prumux"
 
 
+class RunDirectory(click.ParamType):
+    """A run directory: a local path (``Path``) or a pyarrow URI (``str``, kept as given)."""
+
+    name = "path or URI"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, Path) or not is_uri(value):
+            return Path(value)
+        return str(value)
+
+
 def study_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--run-dir``, ``--storage`` and ``--study`` to a click command.
 
-    The command receives ``run_dir`` (Path), ``storage`` (a validated URL; default: the run
+    The command receives ``run_dir`` (a Path, or a URI string), ``storage`` (a validated URL; default: the run
     directory's SQLite file) and ``study`` (the study name).
     """
 
     @functools.wraps(command)
-    def resolved(*args: Any, run_dir: Path, storage: str | None, study: str, **kwargs: Any) -> Any:
+    def resolved(*args: Any, run_dir: Path | str, storage: str | None, study: str, **kwargs: Any) -> Any:
+        if storage is None and is_uri(run_dir):
+            raise ValueError("a run directory at a URI cannot hold the SQLite study: give --storage URL")
         storage = storage or default_url(run_dir)
         parse_url(storage)
         return command(*args, run_dir=run_dir, storage=storage, study=study, **kwargs)
@@ -32,10 +46,11 @@ def study_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--run-dir",
-            type=click.Path(file_okay=False, path_type=Path),
+            type=RunDirectory(),
             default=DEFAULT_RUN_DIR,
             show_default=True,
-            help="Run directory: study database (by default), checkpoints, artifacts.",
+            help="Run directory: study database (by default), checkpoints, artifacts; a path, or a pyarrow URI "
+            "(s3://BUCKET/PATH, gs://..., file://...) with --storage.",
         ),
         click.option(
             "--storage",

@@ -6,13 +6,14 @@ The two searches share one work folder, so the second reuses the first one's tra
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.driver import SearchOptions, run_search, trial_resources
+from search.driver import STOP_RESERVE_S, SearchOptions, trials_time_budget, run_search, trial_resources
 from storage import StudySettings, default_url, open_study
 from trainers.recipes import load_recipe
 
@@ -112,6 +113,17 @@ def test_time_budget_fails_the_trials_it_interrupts(local_ray, tiny_bert_dir: Pa
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert outcome.interrupted == [t.number for t in failed] and failed
     assert all(t.user_attrs["failed_because"] == "the search run ended before it finished" for t in failed)
+
+
+def test_trials_stop_in_time_for_the_run_to_end_within_its_budget(tmp_path: Path) -> None:
+    def options(budget: float | None) -> SearchOptions:
+        return SearchOptions(run_dir=str(tmp_path), storage_url=default_url(tmp_path), study_name="x", time_budget_s=budget)
+
+    started_100_s_ago = time.monotonic() - 100
+    assert trials_time_budget(options(1200), started_100_s_ago) == pytest.approx(1200 - STOP_RESERVE_S - 100, abs=1)
+    assert trials_time_budget(options(10), time.monotonic()) == pytest.approx(9, abs=0.5)  # a tenth kept
+    assert trials_time_budget(options(10), started_100_s_ago) > 0
+    assert trials_time_budget(options(None), started_100_s_ago) is None
 
 
 def test_resources_follow_the_cluster(local_ray, run_dir: Path) -> None:

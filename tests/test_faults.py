@@ -1,5 +1,6 @@
 """Fault injection on a Ray head started by the tests (`ray start --head` on loopback): a SIGKILLed
-trial worker, a SIGKILLed driver, dropped PostgreSQL connections, and a search run as a Ray Job.
+trial worker, a SIGKILLed driver, dropped PostgreSQL connections, a search run as a Ray Job, and
+a Ray Job stopped mid-search.
 
 Each search is the 2 x 2 smoke search on the tiny model; the test asserts that the study ends
 complete, every point trained and recorded once, and nothing left RUNNING.
@@ -199,3 +200,42 @@ def test_search_submitted_as_a_ray_job_completes_its_study(
     # the password is in neither output nor the job's records and logs on the head
     assert PASSWORD not in submitted.stdout + submitted.stderr + followed.stdout + followed.stderr + ray_jobs(ray_head)
     assert not [path for path in ray_head.temp_dir.rglob("*") if contains(path, PASSWORD)]
+
+
+def test_stopped_ray_job_is_finished_by_the_next_start(
+    ray_head: RayHead, launch, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    submit = [sys.executable, "-m", "search.cli", "submit", "--address", ray_head.dashboard]
+    submitted = subprocess.run(
+        [*submit, "--run-dir", str(run_dir), "--", "start", "--model", str(tiny_bert_dir), *SEARCH, *LONG_PRUNE],
+        capture_output=True, text=True, env=ray_head.env, timeout=120, check=False,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = re.search(r"submitted (\S+) to", submitted.stdout).group(1)
+    deadline = time.monotonic() + 300
+    while not any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work" / "points").rglob("*.pt")):
+        assert time.monotonic() < deadline, f"the job never reached phase 3: {job_logs(ray_head, job)}"
+        time.sleep(1)
+
+    stopped = subprocess.run([*submit, "--stop", job], capture_output=True, text=True, env=ray_head.env, timeout=60)
+    followed = subprocess.run([*submit, "--logs", job], capture_output=True, text=True, env=ray_head.env, timeout=120)
+
+    assert stopped.returncode == 0 and f"{job}: stop requested" in stopped.stdout, stopped.stderr
+    assert followed.stdout.rstrip().endswith(f"{job}: STOPPED"), followed.stdout[-2000:]
+    restart = launch(*start_args(run_dir, tiny_bert_dir, ray_head, *LONG_PRUNE), log=tmp_path / "restart.log")
+    output = (tmp_path / "restart.log").read_text() if restart.wait(timeout=300) == 0 else ""
+    assert "stopped: the search is done" in output, (tmp_path / "restart.log").read_text()
+    study = open_study(default_url(run_dir), "prumux")
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    done = points(study)
+    assert done[0] == (1, 0.0) and (1, 0.5) in done and len(set(done)) == len(done)
+    trained_once(run_dir)
+    assert any(f"{PRUNED}: resumed prune from step" in line for line in train_log(run_dir))
+
+
+def job_logs(head: RayHead, job: str) -> str:
+    """A Ray Job's status and the end of its logs, for failure messages."""
+    said = [subprocess.run(["ray", "job", command, job, "--address", head.dashboard], capture_output=True, text=True,
+                           env=head.env, check=False) for command in ("status", "logs")]  # fmt: skip
+    return " | ".join((done.stdout + done.stderr)[-3000:] for done in said)

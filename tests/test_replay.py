@@ -24,6 +24,7 @@ def test_autoprumux_finds_true_best_with_few_trainings(table):
     assert result.hit and result.regret == 0.0
     assert (result.recommended_N, result.recommended_s) == (2, 0.9)  # the paper's Table 2 QQP best
     assert result.trainings <= 0.4 * result.grid_size
+    assert 1 <= result.trainings_to_best <= result.trainings  # the true best was measured, at that training
 
 
 def test_grid_trains_everything_and_baselines_respect_the_cap(table):
@@ -50,6 +51,7 @@ def test_replay_many_matches_baseline_trainings(table):
     summary = summarize(results).set_index("sampler")
     assert summary.loc["autoprumux", "hit_pct"] == 100.0
     assert summary.loc["random", "searches"] == 4
+    assert 1 <= summary.loc["autoprumux", "to_best"] <= summary.loc["autoprumux", "trainings"]
 
 
 def test_rejects_partial_table(table):

@@ -38,6 +38,8 @@ from filelock import FileLock, Timeout
 from trainers.recipes import PHASE12_FIELDS, Recipe
 
 LOCK_POLL_SECONDS = 30.0
+ENTRY_FILE = "entry.json"
+THROUGHPUT_FILE = "throughput-cache.json"
 
 LockFactory = Callable[[Path, logging.Logger], AbstractContextManager[object]]
 _lock_factory: LockFactory | None = None  # None: the file lock
@@ -60,7 +62,7 @@ class CacheEntry:
 
     @property
     def record_path(self) -> Path:
-        return self.directory / "entry.json"
+        return self.directory / ENTRY_FILE
 
     def exists(self) -> bool:
         return self.record_path.is_file()
@@ -88,7 +90,7 @@ class ThroughputCache:
     """Dense (1, 0) throughput per (hardware, base model, length, precision), in `<workdir>/throughput-cache.json`."""
 
     def __init__(self, workdir: str | Path):
-        self.path = Path(workdir) / "throughput-cache.json"
+        self.path = Path(workdir) / THROUGHPUT_FILE
 
     def get(self, key: str) -> float | None:
         return self._read().get(key)

@@ -104,18 +104,19 @@ def _command_line() -> str:
 @definition_options
 @click.option("--max-trials", type=int, default=None, help="Stop once the study holds this many trained points.")
 @click.option("--time-budget", type=float, default=None,
-              help="Stop this run after this many seconds; 0 = when the search is done [default: the recipe's "
-                   "search_time_budget: 1200 for cpu-demo, none for paper].")
+              help="End this run within this many seconds (the running trial is stopped up to 30 s before, "
+                   "to record it); 0 = when the search is done [default: the recipe's search_time_budget: 1200 "
+                   "for cpu-demo, none for paper].")
 @click.option("--concurrency", type=int, default=None, help="Concurrent trials [default: one per GPU, else 1].")
 @click.option("--cpus-per-trial", type=float, default=None, help="CPUs per trial [default: all, shared].")
 @click.option("--gpus-per-trial", type=float, default=None, help="GPUs per trial [default: 1 if any].")
 @click.option("--max-failures", type=int, default=2, show_default=True, help="Ray retries of a failed trial.")
 @click.option("--ray-address", default=None,
-              help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 [default: a local instance].")
+              help="Ray cluster to use: auto or HOST:6379, from a node of the cluster [default: a local instance].")
 @click.option("--cache-lock", type=click.Choice(["auto", "file", "database"]), default="auto", show_default=True,
               help="Lock of the shared phase 1-2 cache: lock files, or leases in the study's database for a run "
                    "dir shared by cluster nodes (auto: database unless the study is SQLite).")
-def start(run_dir: Path, storage: str, study: str, task: str, model: str, recipe: str, overrides: tuple[str, ...],
+def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, recipe: str, overrides: tuple[str, ...],
           grid_n: str, grid_s: str, budget: float, max_trials: int | None, time_budget: float | None,
           concurrency: int | None, cpus_per_trial: float | None, gpus_per_trial: float | None,
           max_failures: int, ray_address: str | None, cache_lock: str) -> None:  # fmt: skip
@@ -145,7 +146,7 @@ def start(run_dir: Path, storage: str, study: str, task: str, model: str, recipe
 @click.command("status")
 @study_options
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def status(run_dir: Path, storage: str, study: str, output: str) -> None:
+def status(run_dir: Path | str, storage: str, study: str, output: str) -> None:
     """Show the study's trials with feasibility and the surrogate's current top-3."""
     from dashboards.summary import summarize
 
@@ -169,7 +170,7 @@ def status(run_dir: Path, storage: str, study: str, output: str) -> None:
 @click.command("best")
 @study_options
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def best(run_dir: Path, storage: str, study: str, output: str) -> None:
+def best(run_dir: Path | str, storage: str, study: str, output: str) -> None:
     """Show the recommended model: the feasible trial with the highest measured throughput."""
     from dashboards.summary import summarize
 
@@ -193,18 +194,28 @@ def best(run_dir: Path, storage: str, study: str, output: str) -> None:
 @study_options
 @click.option("--trial", "number", type=int, required=True, help="Trial number to export.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (new or empty).")
-def export(run_dir: Path, storage: str, study: str, number: int, out: Path) -> None:
+def export(run_dir: Path | str, storage: str, study: str, number: int, out: Path) -> None:
     """Copy a trial's trained model to OUT with a README.md model card."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder")
     opened = open_study(storage, study)
     trial = _complete_trial(opened, number)
-    source = Path(str(trial.user_attrs.get("model_dir", "")))
-    if not trial.user_attrs.get("model_dir") or not source.is_dir():
-        raise ValueError(f"trial {number} has no saved model folder (imported points have none)")
-    shutil.copytree(source, out, dirs_exist_ok=True)
+    _copy_model(trial, out)
     (out / "README.md").write_text(model_card(trial, study_settings(opened)))
     click.echo(f"exported trial {number} (N={trial.params['N']}, s={trial.params['s']:g}) to {out}")
+
+
+def _copy_model(trial: FrozenTrial, out: Path) -> None:
+    """Copy the trial's model folder (a path, or a URI for a run directory at a URI) to ``out``."""
+    from storage.remote import download, is_uri
+
+    source = str(trial.user_attrs.get("model_dir", ""))
+    if source and is_uri(source):
+        download(source, out)
+    elif source and Path(source).is_dir():
+        shutil.copytree(source, out, dirs_exist_ok=True)
+    else:
+        raise ValueError(f"trial {trial.number} has no saved model folder (imported points have none)")
 
 
 @click.command("import")
@@ -212,7 +223,7 @@ def export(run_dir: Path, storage: str, study: str, number: int, out: Path) -> N
 @definition_options
 @click.option("--points", "points_csv", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV of measured points: N, s, accuracy, throughput.")  # fmt: skip
-def import_points(run_dir: Path, storage: str, study: str, task: str, model: str, recipe: str,
+def import_points(run_dir: Path | str, storage: str, study: str, task: str, model: str, recipe: str,
                   overrides: tuple[str, ...], grid_n: str, grid_s: str, budget: float, points_csv: Path) -> None:  # fmt: skip
     """Import measured (N, s) points into a study (created with the definition options if new)."""
     from search.grid import check_on_grid, read_points

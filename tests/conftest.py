@@ -255,8 +255,9 @@ SEARCH = [
     "--set", "finetune_steps=8", "--set", "mlm_steps=2", "--set", "retrieval_steps=6",
     "--set", "prune_steps=8", "--set", "lagrangian_warmup_steps=4", "--set", "pruned_finetune_steps=2",
 ]  # fmt: skip
-# phase 3 long enough for a fault to land in it, after a checkpoint
-LONG_PRUNE = ["--set", "prune_steps=80", "--set", "lagrangian_warmup_steps=10"]
+# phase 3 long enough for a fault to land in it, after a checkpoint (80 steps take about a
+# second on a warm worker; tests poll every second)
+LONG_PRUNE = ["--set", "prune_steps=800", "--set", "lagrangian_warmup_steps=10"]
 Launcher = Callable[..., subprocess.Popen]
 
 

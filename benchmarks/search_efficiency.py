@@ -4,7 +4,8 @@ For every table in benchmarks/tables/ and every budget 0, 0.005, ..., 0.10 it re
 searches (search.replay) and prints, per table and over all tables side by side: mean
 trainings as % of the grid, % of searches whose recommendation is the true best within the
 budget, and mean throughput regret. Baselines get as many trainings as AutoPruMUX used for the
-same budget, or ``--trainings``.
+same budget, or ``--trainings``. ``to_best``: mean trainings until the true best was measured
+(over the searches that measured it): what a search stopped early would have found.
 
     PYTHONPATH=. python3 benchmarks/search_efficiency.py [--seeds 3] [--samplers autoprumux,tpe]
 """
@@ -43,7 +44,7 @@ def main() -> None:
         print(f"== {path.stem} ({len(budgets)} budgets)")
         print(summarize(results).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     overall = summarize(pd.concat(per_table.values())).set_index("sampler")
-    columns = ["trainings_pct", "hit_pct", "regret_pct"]
+    columns = ["trainings_pct", "hit_pct", "regret_pct", "to_best"]
     print(f"== all tables: {', '.join(per_table)}")
     print(overall[columns].T.to_string(float_format=lambda v: f"{v:.1f}"))
 

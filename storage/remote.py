@@ -18,6 +18,7 @@ across nodes are leases in the study's database (``storage.leases``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from pyarrow import fs
 LOCAL_ONLY_SUFFIXES = (".lock",)
 LOCAL_ONLY_NAMES = ("holder.json",)
 SECRET_OPTIONS = {"access_key", "secret_key", "session_token"}
+_logger = logging.getLogger(__name__)
 
 
 def is_uri(location: str | os.PathLike) -> bool:
@@ -136,7 +138,10 @@ class RemoteFolder:
 
         def push_until_stopped() -> None:
             while not stop.wait(every_s):
-                self.push(relative, last)
+                try:
+                    self.push(relative, last)
+                except OSError as error:  # the store is unreachable for now: the next round retries
+                    _logger.warning("pushing %s failed: %s", relative, str(error).splitlines()[0])
 
         pusher = threading.Thread(target=push_until_stopped, name="prumux-push", daemon=True)
         pusher.start()
@@ -167,10 +172,10 @@ class RemoteFolder:
     def _local_files(self, relative: str | os.PathLike) -> list[Path]:
         folder = self.local / relative
         files = [folder] if folder.is_file() else folder.rglob("*") if folder.is_dir() else []
-        return [path for path in files if path.is_file() and _synced(path)]
+        return [path for path in files if path.is_file() and _mirrored(path)]
 
 
-def _synced(path: Path) -> bool:
+def _mirrored(path: Path) -> bool:
     return not path.name.startswith(".") and not path.name.endswith(LOCAL_ONLY_SUFFIXES) and path.name not in LOCAL_ONLY_NAMES
 
 

@@ -180,6 +180,7 @@ def descendants(root: int) -> dict[int, str]:
     return found
 
 
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 RAY_PORT_OPTIONS = (
     "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port",
     "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
@@ -209,7 +210,9 @@ def ray_head() -> Iterator[RayHead]:
         "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats",
         *[str(word) for option, port in ports.items() for word in (option, port)],
     ]  # fmt: skip
-    env = client_env(RAY_AUTH_MODE="token")  # Ray 2.60's default; clients must opt in to send the token
+    # RAY_AUTH_MODE: Ray 2.60's default; clients must opt in to send the token. The fake AWS keys
+    # let the head's workers reach the local S3 server of test_remote_run_dir.
+    env = client_env(RAY_AUTH_MODE="token", **S3_TEST_CREDENTIALS)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                start_new_session=True)  # fmt: skip
     head = RayHead(f"127.0.0.1:{ports['--port']}", f"http://127.0.0.1:{ports['--dashboard-port']}", process, env, Path(temp_dir))

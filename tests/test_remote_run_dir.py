@@ -1,8 +1,7 @@
-"""A run directory at a URI: the mirror against a real S3 server (moto's), and a whole
-search whose run directory is a ``file://`` URI (the same pyarrow code path as ``s3://``).
-
-The search runs on the local Ray instance; the local mirror is then deleted, so a second
-study on the same run directory can only find the trained points at the URI.
+"""A run directory at a URI: the mirror against a local S3 server (moto's), a whole search
+with its run directory on that S3 server through the CLI and a Ray head, and a search whose run
+directory is a ``file://`` URI, run twice: the local mirror is deleted in between, so the
+second study can only find the trained points at the URI.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 from pyarrow import fs
 
-from conftest import free_port
+from conftest import S3_TEST_CREDENTIALS, SEARCH, RayHead, free_port
 from test_driver import FAST
 from prumux import PruMUXModel
 from prumux.model import CONFIG_FILE
@@ -26,9 +25,6 @@ from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url, open_study
 from storage.remote import RemoteFolder, child_uri, mirror_dir
 from trainers.recipes import load_recipe
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-
 
 @pytest.fixture(scope="module")
 def s3_uri() -> Iterator[str]:
@@ -41,7 +37,7 @@ def s3_uri() -> Iterator[str]:
     uri = f"s3://runs/search?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     try:
         with pytest.MonkeyPatch.context() as patch:
-            for name, value in CREDENTIALS.items():
+            for name, value in S3_TEST_CREDENTIALS.items():
                 patch.setenv(name, value)
             create_bucket(uri, server)
             yield uri
@@ -126,3 +122,28 @@ def test_search_with_a_uri_run_dir(local_ray, tiny_bert_dir: Path, tmp_path: Pat
     assert model.config.num_instances == second[-1].params["N"]
     assert open_study(storage, "second").trials[-1].user_attrs["model_dir"].startswith(run_uri)
     shutil.rmtree(mirror_dir(run_uri))
+
+
+def test_search_on_s3_through_a_ray_head(
+    s3_uri: str, ray_head: RayHead, launch, tiny_bert_dir: Path, tmp_path: Path, run_main
+) -> None:
+    run_uri = child_uri(s3_uri, "cli-search")
+    storage = default_url(tmp_path)
+    args = ["--run-dir", run_uri, "--storage", storage]
+    driver = launch("start", *args, "--model", str(tiny_bert_dir), "--ray-address", ray_head.address, *SEARCH,
+                    log=tmp_path / "driver.log")  # fmt: skip
+    assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()
+    assert "stopped: the search is done" in (tmp_path / "driver.log").read_text()
+
+    trials = open_study(storage, "prumux").get_trials()
+    bucket = RemoteFolder(run_uri, tmp_path / "listing")
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        model_location = trial.user_attrs["model_dir"].partition("?")[0]
+        assert model_location.startswith(f"{bucket.uri}/work/")
+        assert bucket.exists(f"{model_location.removeprefix(bucket.uri + '/')}/{CONFIG_FILE}")
+    assert bucket.pull("ray") > 0  # Ray Tune's experiment state lives there too
+    code, _, err = run_main("export", *args, "--trial", str(trials[-1].number), "--out", str(tmp_path / "model"))
+    assert code == 0, err
+    assert PruMUXModel.from_pretrained(tmp_path / "model").config.num_instances == trials[-1].params["N"]
+    shutil.rmtree(mirror_dir(run_uri), ignore_errors=True)

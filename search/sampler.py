@@ -42,7 +42,6 @@ pending); ``study.optimize`` loops pass the ``stop_when_done`` callback.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,6 +50,7 @@ import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+from scipy.special import ndtr
 
 from search.grid import FEASIBILITY_TOLERANCE, check_budget, check_grid, is_feasible
 from search.surrogate import AutoPruMUX
@@ -197,7 +197,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         )
         centre = np.where(reliable, frame["accuracy"], np.maximum(frame["accuracy"], additive))
         spread = np.where(reliable, self.margin, self.extrapolation_margin)
-        frame["p_feasible"] = _normal_cdf((centre - threshold + FEASIBILITY_TOLERANCE) / spread)
+        frame["p_feasible"] = ndtr((centre - threshold + FEASIBILITY_TOLERANCE) / spread)
         cheap_bonus = 1 + self.tie_tolerance * frame["N"].isin(cheap_Ns).to_numpy()
         frame["score"] = frame["throughput"] * cheap_bonus
         gain = frame["optimistic_throughput"] - (incumbent if np.isfinite(incumbent) else 0.0)
@@ -267,10 +267,6 @@ def _tight(measured_axis: np.ndarray, grid_axis: Sequence[float], values: pd.Ser
     upper = np.array([measured_axis[measured_axis >= v - 1e-12].min(initial=np.inf) for v in x])
     gap = np.searchsorted(grid, upper - 1e-12) - np.searchsorted(grid, lower - 1e-12)
     return np.isfinite(lower) & np.isfinite(upper) & (gap <= 2)
-
-
-def _normal_cdf(x: np.ndarray) -> np.ndarray:
-    return 0.5 * np.array([math.erfc(-value / math.sqrt(2)) for value in np.asarray(x, float)])
 
 
 def _monotone_cap(measured: pd.DataFrame, points: pd.DataFrame) -> np.ndarray:

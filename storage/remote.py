@@ -52,15 +52,6 @@ def child_uri(uri: str, name: str) -> str:
     return f"{location.rstrip('/')}/{name}{separator}{query}"
 
 
-def download(uri: str, local: str | os.PathLike) -> None:
-    """Copy the folder at ``uri`` to the local folder ``local``; ``ValueError`` if there is none."""
-    filesystem, path = fs.FileSystem.from_uri(uri)
-    if filesystem.get_file_info(path).type != fs.FileType.Directory:
-        raise ValueError(f"no folder at {uri.partition('?')[0]}")
-    Path(local).mkdir(parents=True, exist_ok=True)
-    fs.copy_files(path, str(local), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
-
-
 def check_uri(uri: str) -> None:
     """Raise ``ValueError`` with one line unless pyarrow can open ``uri``; credentials in it are
     refused (they would be recorded with every trial's model location)."""
@@ -124,11 +115,11 @@ class RemoteFolder:
             changed.sort(key=lambda path: path.name in last)
             for path in changed:
                 signature, name = _signature(path), self._name(path)
-                remote = str(self._remote(name))
-                self.filesystem.create_dir(str(self._remote(name).parent), recursive=True)
-                fs.copy_files(str(path), remote, source_filesystem=fs.LocalFileSystem(),
+                remote = self._remote(name)
+                self.filesystem.create_dir(str(remote.parent), recursive=True)
+                fs.copy_files(str(path), str(remote), source_filesystem=fs.LocalFileSystem(),
                               destination_filesystem=self.filesystem)  # fmt: skip
-                self._synced[name] = (signature, _remote_signature(self.filesystem.get_file_info(remote)))
+                self._synced[name] = (signature, _remote_signature(self.filesystem.get_file_info(str(remote))))
             return len(changed)
 
     @contextmanager

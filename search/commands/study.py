@@ -207,11 +207,12 @@ def export(run_dir: Path | str, storage: str, study: str, number: int, out: Path
 
 def _copy_model(trial: FrozenTrial, out: Path) -> None:
     """Copy the trial's model folder (a path, or a URI for a run directory at a URI) to ``out``."""
-    from storage.remote import download, is_uri
+    from storage.remote import RemoteFolder, is_uri
 
     source = str(trial.user_attrs.get("model_dir", ""))
     if source and is_uri(source):
-        download(source, out)
+        if not RemoteFolder(source, out).pull():
+            raise ValueError(f"trial {trial.number}'s model folder {source.partition('?')[0]} is missing or empty")
     elif source and Path(source).is_dir():
         shutil.copytree(source, out, dirs_exist_ok=True)
     else:

@@ -12,18 +12,13 @@ pruned layer with no heads (or no FFN) computes. Together these make the masked 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prumux.config import EncoderConfig
-
-SUPPORTED_MODEL_TYPES = ("bert",)
-
 
 def masked_layer_norm(x: Tensor, norm: nn.LayerNorm, hidden_z: Tensor | None) -> Tensor:
     """LayerNorm over the dims kept by hidden_z (weighted by it), output gated by hidden_z."""
@@ -54,28 +49,48 @@ def skip_if_closed(gate: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
 
 
 class Embeddings(nn.Module):
-    """Word + absolute position + token type embeddings, then LayerNorm and dropout."""
+    """Word + position + token type embeddings, then LayerNorm and dropout.
+
+    `add_positions` is the same module applied to already-embedded (mixed) states, as
+    MUX-PLMs' second embedding pass does.
+    """
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        width = config.embedding_width
+        self.config = config
+        self.word = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, width)
+        self.token_type = nn.Embedding(config.type_vocab_size, width)
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, hidden_z: Tensor | None = None
     ) -> Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word(input_ids)
         # In-place adds of small [L, H] tables: the [B*N, L, H] tensor is the multiplexer's main cost.
-        if token_type_ids is None:
-            x += self.position(positions) + self.token_type.weight[0]
+        if self.config.positions == "roberta":
+            x += self.position(self._roberta_positions(input_ids))
         else:
-            x += self.position(positions)
+            x += self.position(torch.arange(input_ids.shape[1], device=input_ids.device))
+        if token_type_ids is None:
+            x += self.token_type.weight[0]
+        else:
             x += self.token_type(token_type_ids)
         return self.dropout(masked_layer_norm(x, self.norm, hidden_z))
+
+    def add_positions(self, x: Tensor, hidden_z: Tensor | None = None) -> Tensor:
+        """Embedded states [B, L, H] + absolute positions + token type 0, LayerNorm, dropout."""
+        positions = torch.arange(x.shape[1], device=x.device)
+        x = x + self.position(positions) + self.token_type.weight[0]
+        return self.dropout(masked_layer_norm(x, self.norm, hidden_z))
+
+    def _roberta_positions(self, input_ids: Tensor) -> Tensor:
+        """RoBERTa's: real tokens count from pad_token_id + 1, padding sits at pad_token_id."""
+        pad = self.config.pad_token_id
+        real = input_ids.ne(pad).int()
+        return torch.cumsum(real, dim=1) * real + pad
 
 
 class Attention(nn.Module):
@@ -167,12 +182,13 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """BERT embeddings + layers, returning the last hidden state [B, L, H]."""
+    """BERT-family embeddings (+ ELECTRA's projection when narrower) and layers, returning [B, L, H]."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
+        self.project = nn.Linear(config.embedding_width, config.hidden_size) if config.projects_embeddings else None
         self.layers = nn.ModuleList(
             Layer(config, heads, ffn) for heads, ffn in zip(config.num_heads, config.intermediate_sizes)
         )
@@ -186,8 +202,16 @@ class Encoder(nn.Module):
     ) -> Tensor:
         if masks:
             self.config.check_masks(masks)
-        x = self.embeddings(input_ids, token_type_ids, (masks or {}).get("hidden_z"))
+        x = self.embed(input_ids, token_type_ids, (masks or {}).get("hidden_z"))
         return self.encode(x, attention_mask, masks)[0]
+
+    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None, hidden_z: Tensor | None = None) -> Tensor:
+        """Token embeddings [B, L, E] (E = the embedding width; hidden_z gates them when E is the hidden width)."""
+        return self.embeddings(input_ids, token_type_ids, self._embedding_z(hidden_z))
+
+    def embed_mixed(self, x: Tensor, hidden_z: Tensor | None = None) -> Tensor:
+        """MUX-PLMs' second embedding pass over mixed states [B, L, E]."""
+        return self.embeddings.add_positions(x, self._embedding_z(hidden_z))
 
     def encode(
         self,
@@ -196,10 +220,14 @@ class Encoder(nn.Module):
         masks: dict[str, Tensor] | None = None,
         output_hidden_states: bool = False,
     ) -> tuple[Tensor, list[Tensor] | None]:
-        """Run the layers on embedded states [B, L, H]; optionally return every layer's input/output."""
+        """Run the layers on embedded states [B, L, E]; optionally return every layer's input/output."""
         masks = masks or {}
         if masks:
             self.config.check_masks(masks)
+        if self.project is not None:
+            x = self.project(x)
+            if masks.get("hidden_z") is not None:
+                x = x * masks["hidden_z"]
         attn_bias = attention_bias(attention_mask, x.dtype)
         hidden_states = [x] if output_hidden_states else None
         for index, layer in enumerate(self.layers):
@@ -208,17 +236,22 @@ class Encoder(nn.Module):
                 hidden_states.append(x)
         return x, hidden_states
 
+    def _embedding_z(self, hidden_z: Tensor | None) -> Tensor | None:
+        return None if self.config.projects_embeddings else hidden_z
+
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> Encoder:
-        """Load a HF BERT-family checkpoint (hub name or folder) into our modules."""
-        config, state = load_hf_checkpoint(name_or_path)
-        encoder = cls(config)
-        encoder.load_hf_state_dict(state)
-        return encoder
+        """The encoder of a HF BERT-family checkpoint (BERT, RoBERTa, ELECTRA; hub name or folder)."""
+        from prumux.checkpoints import find_checkpoint
+        from prumux.checkpoints.hf import dense_encoder_config, encoder_config, encoder_state
 
-    def load_hf_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Copy weights from a HF BERT state dict (keys without the `bert.` prefix)."""
-        self.load_state_dict(map_hf_state_dict(state, self.config), strict=True)
+        files = find_checkpoint(name_or_path)
+        dense_encoder_config(files.hf_config, files.source)
+        config = encoder_config(files.hf_config, files.shapes(), files.source)
+        encoder = cls(config)
+        state = encoder_state(files.state(), config)
+        encoder.load_state_dict({key.removeprefix("encoder."): value for key, value in state.items()}, strict=True)
+        return encoder
 
 
 def layer_masks(masks: dict[str, Tensor], index: int) -> dict[str, Tensor | None]:
@@ -242,86 +275,3 @@ def attention_bias(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor 
         return None
     keep = attention_mask[:, None, None, :].to(torch.bool)
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
-
-
-def map_hf_state_dict(state: dict[str, Tensor], config: EncoderConfig) -> dict[str, Tensor]:
-    """Rename (and fuse QKV of) a HF BERT encoder state dict into this module's names."""
-    mapped = {
-        "embeddings.word.weight": state["embeddings.word_embeddings.weight"],
-        "embeddings.position.weight": state["embeddings.position_embeddings.weight"],
-        "embeddings.token_type.weight": state["embeddings.token_type_embeddings.weight"],
-        "embeddings.norm.weight": state["embeddings.LayerNorm.weight"],
-        "embeddings.norm.bias": state["embeddings.LayerNorm.bias"],
-    }
-    for i in range(config.num_layers):
-        src, dst = f"encoder.layer.{i}.", f"layers.{i}."
-        for part in ("weight", "bias"):
-            mapped[f"{dst}attention.qkv.{part}"] = torch.cat(
-                [state[f"{src}attention.self.{name}.{part}"] for name in ("query", "key", "value")]
-            )
-            mapped[f"{dst}attention.out.{part}"] = state[f"{src}attention.output.dense.{part}"]
-            mapped[f"{dst}attention.norm.{part}"] = state[f"{src}attention.output.LayerNorm.{part}"]
-            mapped[f"{dst}ffn.up.{part}"] = state[f"{src}intermediate.dense.{part}"]
-            mapped[f"{dst}ffn.down.{part}"] = state[f"{src}output.dense.{part}"]
-            mapped[f"{dst}ffn.norm.{part}"] = state[f"{src}output.LayerNorm.{part}"]
-    return mapped
-
-
-def encoder_config_from_hf(hf_config: dict[str, Any], source: str) -> EncoderConfig:
-    """Our EncoderConfig for a HF BERT config dict; ValueError for other architectures."""
-    model_type = hf_config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{source} is a {model_type!r} checkpoint; only BERT-family ({', '.join(SUPPORTED_MODEL_TYPES)}) is supported"
-        )
-    if (
-        hf_config.get("position_embedding_type", "absolute") != "absolute"
-        or hf_config.get("hidden_act", "gelu") != "gelu"
-    ):
-        raise ValueError(f"{source}: only absolute positions and GELU activations are supported")
-    return EncoderConfig.dense(
-        num_layers=hf_config["num_hidden_layers"],
-        hidden_size=hf_config["hidden_size"],
-        num_heads=hf_config["num_attention_heads"],
-        intermediate_size=hf_config["intermediate_size"],
-        vocab_size=hf_config["vocab_size"],
-        max_position_embeddings=hf_config["max_position_embeddings"],
-        type_vocab_size=hf_config["type_vocab_size"],
-        layer_norm_eps=hf_config["layer_norm_eps"],
-        hidden_dropout=hf_config["hidden_dropout_prob"],
-        attention_dropout=hf_config["attention_probs_dropout_prob"],
-        pad_token_id=hf_config.get("pad_token_id") or 0,
-    )
-
-
-def load_hf_checkpoint(name_or_path: str | Path) -> tuple[EncoderConfig, dict[str, Tensor]]:
-    """Config and full state dict (`bert.` prefix stripped) of a HF BERT checkpoint."""
-    source = str(name_or_path)
-    config = encoder_config_from_hf(json.loads(Path(_checkpoint_file(source, ("config.json",))).read_text()), source)
-    weights = _checkpoint_file(source, ("model.safetensors", "pytorch_model.bin"))
-    if weights.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(weights)
-    else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    return config, {key.removeprefix("bert."): value for key, value in state.items()}
-
-
-def _checkpoint_file(source: str, candidates: tuple[str, ...]) -> str:
-    """Path of the first existing candidate file in a folder, or downloaded from the hub."""
-    folder = Path(source)
-    if folder.is_dir():
-        for name in candidates:
-            if (folder / name).is_file():
-                return str(folder / name)
-        raise OSError(f"{source} has none of {', '.join(candidates)}")
-    from huggingface_hub import hf_hub_download
-
-    errors = []
-    for name in candidates:
-        try:
-            return hf_hub_download(source, name)
-        except Exception as error:  # noqa: BLE001 - try the next file name, report all at the end
-            errors.append(f"{name}: {type(error).__name__}")
-    raise OSError(f"cannot load {source} ({'; '.join(errors)})")

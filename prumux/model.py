@@ -1,4 +1,9 @@
-"""PruMUXModel: multiplexer -> compact BERT encoder -> demultiplexer -> classification / token heads."""
+"""PruMUXModel: multiplexer -> compact BERT encoder -> demultiplexer -> classification / token heads.
+
+One class, two layouts (`PruMUXConfig.layout`): ours, and the published MUX-PLM one, which
+embeds the mix a second time, attends padding, ignores token types and uses MUX-PLMs'
+demultiplexer and retrieval head (see `prumux.config`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prumux.config import PruMUXConfig
-from prumux.encoder import Encoder, load_hf_checkpoint
+from prumux.encoder import Encoder
+from prumux.heads import RetrievalHead, TokenHead
 from prumux.mux import Demultiplexer, Multiplexer
 
 CONFIG_FILE = "prumux_config.json"
@@ -37,19 +43,7 @@ class MixedBatch:
     input_ids: Tensor  # [groups * N, L], padded with dummy rows
     token_mask: Tensor  # [groups * N, L] bool: real tokens of real rows
     rows: int
-
-
-class TokenHead(nn.Module):
-    """BERT-style token prediction head: dense -> GELU -> LayerNorm -> vocabulary logits."""
-
-    def __init__(self, input_size: int, hidden_size: int, vocab_size: int, eps: float):
-        super().__init__()
-        self.dense = nn.Linear(input_size, hidden_size)
-        self.norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.norm(F.gelu(self.dense(x))))
+    hidden_z: Tensor | None = None  # the hidden-dim mask the batch was encoded under
 
 
 class PruMUXModel(nn.Module):
@@ -59,20 +53,32 @@ class PruMUXModel(nn.Module):
         super().__init__()
         self.config = config
         enc = config.encoder
+        reference = config.is_reference_layout
         self.encoder = Encoder(enc)
-        self.multiplexer = Multiplexer(config.num_instances, enc.hidden_size, config.mux_norm, seed)
+        self.multiplexer = Multiplexer(
+            config.num_instances, enc.embedding_width, config.muxing_variant, config.mux_norm, seed, scale_single=reference
+        )
         self.demultiplexer = (
             Demultiplexer(
-                config.num_instances, enc.hidden_size, config.hidden_size, config.demux_layers, enc.layer_norm_eps
+                config.num_instances, enc.hidden_size, config.hidden_size, config.demux_index_size, config.demux_layers,
+                reference=reference, dropout=enc.hidden_dropout if reference else 0.0, eps=enc.layer_norm_eps,
             )
-            if config.num_instances > 1
+            if config.has_demultiplexer
             else None
-        )
+        )  # fmt: skip
         head_input = config.head_input_size
-        self.pooler = nn.Linear(head_input, config.hidden_size) if config.pooler else None
+        kind = config.classifier_head
+        self.pooler = nn.Linear(head_input, config.hidden_size) if kind == "pooler" else None
+        self.classifier_dense = nn.Linear(head_input, config.hidden_size) if kind == "electra" else None
         self.dropout = nn.Dropout(enc.hidden_dropout)
-        self.classifier = nn.Linear(config.hidden_size if config.pooler else head_input, config.num_labels)
-        self.token_head = TokenHead(head_input, config.hidden_size, enc.vocab_size, enc.layer_norm_eps)
+        self.classifier = nn.Linear(config.hidden_size if kind != "linear" else head_input, config.num_labels)
+        if reference:
+            self.token_head = RetrievalHead(
+                config.demux_layers + 2, config.hidden_size, enc.vocab_size, enc.layer_norm_eps,
+                generic=config.token_head == "mux-plm-generic",
+            )  # fmt: skip
+        else:
+            self.token_head = TokenHead(head_input, config.hidden_size, enc.vocab_size, enc.layer_norm_eps)
         self._init_weights(seed)
 
     def _init_weights(self, seed: int) -> None:
@@ -87,7 +93,9 @@ class PruMUXModel(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         if self.demultiplexer is not None:
-            nn.init.normal_(self.demultiplexer.index, std=0.02, generator=generator)
+            # MUX-PLMs draw their index vectors with std 1; ours start small next to the encoder states.
+            std = 1.0 if self.config.is_reference_layout else 0.02
+            nn.init.normal_(self.demultiplexer.index, std=std, generator=generator)
 
     @property
     def num_instances(self) -> int:
@@ -106,14 +114,29 @@ class PruMUXModel(nn.Module):
         """Classify every input row; rows are grouped by N in order, the last group padded with dummies."""
         batch = self.encode(input_ids, attention_mask, token_type_ids, masks, output_hidden_states)
         cls = batch.last[:, 0]
-        states = cls if self.demultiplexer is None else self.demultiplexer(cls).flatten(0, 1)
-        return PruMUXOutput(self.classify(states[: batch.rows]), batch.hidden_states)
+        if self.demultiplexer is not None:
+            cls = self.demultiplexer(cls, batch.hidden_z).flatten(0, 1)
+        return PruMUXOutput(self.classify(cls[: batch.rows]), batch.hidden_states)
 
     def classify(self, states: Tensor) -> Tensor:
-        """Logits from per-instance CLS states (pooler when the checkpoint has one, then classifier)."""
+        """Logits from per-instance CLS states, through the configured classifier head."""
         if self.pooler is not None:
             states = torch.tanh(self.pooler(states))
+        elif self.classifier_dense is not None:
+            states = F.gelu(self.classifier_dense(self.dropout(states)))
         return self.classifier(self.dropout(states))
+
+    def token_logits(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """[rows, L, vocab]: the retrieval / MLM head's logits for every instance row at every position."""
+        batch = self.encode(input_ids, attention_mask, token_type_ids)
+        rows, length = input_ids.shape
+        row = torch.arange(rows, device=input_ids.device).repeat_interleave(length)
+        position = torch.arange(length, device=input_ids.device).repeat(rows)
+        n = self.num_instances
+        logits = self._token_logits_at(batch, row // n, position, row % n)
+        return logits.view(rows, length, -1)
 
     def encode(
         self,
@@ -128,17 +151,43 @@ class PruMUXModel(nn.Module):
             raise ValueError(f"input_ids must be [rows, length] with rows >= 1, got shape {tuple(input_ids.shape)}")
         if masks:
             self.config.encoder.check_masks(masks)
+        hidden_z = (masks or {}).get("hidden_z")
         rows, length = input_ids.shape
-        dummies = -rows % self.num_instances
-        x = self.embed_and_mix(input_ids, token_type_ids, (masks or {}).get("hidden_z"))
         token_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        if dummies:
-            # Dummy rows (zero embeddings in the mix) attend nowhere.
-            input_ids = torch.cat([input_ids, input_ids.new_full((dummies, length), self.config.encoder.pad_token_id)])
-            token_mask = torch.cat([token_mask, token_mask.new_zeros(dummies, length)])
-        mixed_mask = None if attention_mask is None else self.multiplexer.mix_attention_mask(token_mask)
+        if self.config.is_reference_layout:
+            input_ids = self._reference_rows(input_ids)
+            x = self.encoder.embed_mixed(self.embed_and_mix(input_ids, None, hidden_z), hidden_z)
+        else:
+            x = self.embed_and_mix(input_ids, token_type_ids, hidden_z)
+            input_ids = self._pad_rows(input_ids, self.config.encoder.pad_token_id)
+        token_mask = self._pad_rows(token_mask, False)  # dummy rows are never attended to nor predicted
+        # MUX-PLMs attend every position, padding included.
+        use_mask = attention_mask is not None and not self.config.is_reference_layout
+        mixed_mask = self.multiplexer.mix_attention_mask(token_mask) if use_mask else None
         last, hidden_states = self.encoder.encode(x, mixed_mask, masks, output_hidden_states)
-        return MixedBatch(last, hidden_states, input_ids, token_mask, rows)
+        return MixedBatch(last, hidden_states, input_ids, token_mask, rows, hidden_z)
+
+    def _reference_rows(self, input_ids: Tensor) -> Tensor:
+        """MUX-BERT's [CLS] overwrite (on a copy), and the last group filled with copies of its own real rows.
+
+        The reference fills it with randomly chosen rows of the batch; copies of the group's
+        rows keep the result deterministic and never mix rows of other groups into it.
+        """
+        if self.config.cls_token_id is not None:
+            input_ids = input_ids.clone()
+            input_ids[:, 0] = self.config.cls_token_id
+        rows, n = input_ids.shape[0], self.num_instances
+        dummies = -rows % n
+        if not dummies:
+            return input_ids
+        start = rows - (n - dummies)
+        copies = start + torch.arange(dummies, device=input_ids.device) % (rows - start)
+        return torch.cat([input_ids, input_ids[copies]])
+
+    def _pad_rows(self, rows: Tensor, value: int | bool) -> Tensor:
+        """`rows` with rows of `value` appended up to a multiple of N."""
+        dummies = -rows.shape[0] % self.num_instances
+        return torch.cat([rows, rows.new_full((dummies, *rows.shape[1:]), value)]) if dummies else rows
 
     def embed_and_mix(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, hidden_z: Tensor | None = None
@@ -194,7 +243,7 @@ class PruMUXModel(nn.Module):
         row = group * n + instance
         targets = batch.input_ids[row, position]
         keep = batch.token_mask[row, position] & ~_is_any(targets, ignore_token_ids)
-        return self._token_loss(batch.last, group[keep], position[keep], instance[keep], targets[keep])
+        return self._token_loss(batch, group[keep], position[keep], instance[keep], targets[keep])
 
     def mlm_loss(
         self,
@@ -222,20 +271,28 @@ class PruMUXModel(nn.Module):
         batch = self.encode(corrupted, attention_mask, token_type_ids, masks)
         row, position = chosen.nonzero(as_tuple=True)
         n = self.num_instances
-        return self._token_loss(batch.last, row // n, position, row % n, input_ids[row, position])
+        return self._token_loss(batch, row // n, position, row % n, input_ids[row, position])
 
-    def _token_loss(self, last: Tensor, group: Tensor, position: Tensor, instance: Tensor, targets: Tensor) -> Tensor:
-        states = last[group, position]
+    def _token_loss(self, batch: MixedBatch, group: Tensor, position: Tensor, instance: Tensor, targets: Tensor) -> Tensor:
+        if targets.numel() == 0:
+            return batch.last.sum() * 0.0
+        return F.cross_entropy(self._token_logits_at(batch, group, position, instance), targets)
+
+    def _token_logits_at(self, batch: MixedBatch, group: Tensor, position: Tensor, instance: Tensor) -> Tensor:
+        """[M, vocab] token-head logits of instance `instance[m]` at (`group[m]`, `position[m]`) of the mix."""
+        states = batch.last[group, position]
+        if self.config.is_reference_layout:
+            return self.token_head(self.demultiplexer.project_input(states, instance, batch.hidden_z), self.demultiplexer)
         if self.demultiplexer is not None:
             states = self.demultiplexer.select(states, instance)
-        if targets.numel() == 0:
-            return last.sum() * 0.0
-        return F.cross_entropy(self.token_head(states), targets)
+        return self.token_head(states)
 
     # ------------------------------------------------------------------ loading and saving
 
     def set_mux_norm(self, norm: float) -> None:
-        """Rescale the multiplexing vectors to L2 norm `norm` (kept in the config)."""
+        """Rescale the multiplexing vectors to L2 norm `norm` (kept in the config); ours only."""
+        if self.config.is_reference_layout:
+            raise ValueError("a published MUX-PLM model's mux vectors are used as stored; they cannot be rescaled")
         self.multiplexer.set_norm(norm)
         self.config.mux_norm = float(norm)
 
@@ -253,57 +310,53 @@ class PruMUXModel(nn.Module):
     def from_pretrained(
         cls,
         name_or_path: str | Path,
-        num_instances: int = 1,
-        num_labels: int = 2,
+        num_instances: int | None = None,
+        num_labels: int | None = None,
         mux_norm: float = 1.0,
         seed: int = 0,
     ) -> PruMUXModel:
-        """A model on a HF BERT checkpoint, or a folder saved by `save_pretrained` (stored N, labels, shapes win)."""
+        """A model from a folder saved by `save_pretrained`, or from a HF checkpoint (hub id or folder).
+
+        HF checkpoints: plain BERT / RoBERTa / ELECTRA bases (ours, N and labels as given, default
+        1 and 2), CoFi's pruned models, and the published MUX-BERT / MUX-ELECTRA / PruMUX ones,
+        whose N, labels and layout are read from the checkpoint (a contradicting argument is an
+        error). A CoFi / PruMUX `zs.pt` beside full-size weights is folded in and pruned.
+        """
+        from prumux.checkpoints import load_checkpoint
+
         folder = Path(name_or_path)
         if (folder / CONFIG_FILE).is_file():
-            return cls._load_saved(folder)
-        encoder_config, state = load_hf_checkpoint(name_or_path)
-        config = PruMUXConfig(
-            encoder=encoder_config,
-            num_instances=num_instances,
-            num_labels=num_labels,
-            mux_norm=mux_norm,
-            hidden_size=encoder_config.hidden_size,
-            pooler="pooler.dense.weight" in state,
-        )
-        model = cls(config, seed)
-        model.encoder.load_hf_state_dict(state)
-        model._load_hf_heads(state)
+            return cls._load_saved(folder, num_instances, num_labels)
+        loaded = load_checkpoint(name_or_path, num_instances, num_labels, mux_norm)
+        model = cls(loaded.config, seed)
+        try:
+            missing, unexpected = model.load_state_dict(loaded.fitting(model.state_dict()), strict=False)
+        except RuntimeError as error:
+            raise ValueError(f"{name_or_path}: weights do not fit config.json: {_first_mismatch(error)}") from None
+        loaded.check_keys(missing, unexpected)
+        if loaded.masks is not None:
+            from prumux.pruning import prune
+
+            model = prune(model, loaded.masks)
         return model
 
     @classmethod
-    def _load_saved(cls, folder: Path) -> PruMUXModel:
+    def _load_saved(cls, folder: Path, num_instances: int | None, num_labels: int | None) -> PruMUXModel:
         from safetensors.torch import load_file
 
         config = PruMUXConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        for name, given, stored in (("N", num_instances, config.num_instances), ("labels", num_labels, config.num_labels)):
+            if given is not None and given != stored:
+                raise ValueError(f"{folder} is a model with {name} = {stored}, not {given}")
         model = cls(config)
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
         return model
 
-    @torch.no_grad()
-    def _load_hf_heads(self, state: dict[str, Tensor]) -> None:
-        """Pooler and MLM head weights from the checkpoint where it has them; decoder tied-copy of embeddings."""
-        if self.pooler is not None:
-            self.pooler.weight.copy_(state["pooler.dense.weight"])
-            self.pooler.bias.copy_(state["pooler.dense.bias"])
-        prefix = "cls.predictions."
-        head = self.token_head
-        pairs = {
-            "transform.dense.weight": head.dense.weight,
-            "transform.dense.bias": head.dense.bias,
-            "transform.LayerNorm.weight": head.norm.weight,
-            "transform.LayerNorm.bias": head.norm.bias,
-            "bias": head.decoder.bias,
-        }
-        for key, parameter in pairs.items():
-            if prefix + key in state:
-                parameter.copy_(state[prefix + key])
-        head.decoder.weight.copy_(state.get(prefix + "decoder.weight", self.encoder.embeddings.word.weight))
+
+def _first_mismatch(error: RuntimeError) -> str:
+    """The first 'size mismatch for ...' line of a load_state_dict error."""
+    lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+    return (lines or [str(error).splitlines()[0]])[0]
 
 
 def _row_chunks(step: int, input_ids: Tensor, token_type_ids: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:

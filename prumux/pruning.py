@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from prumux.config import EncoderConfig
+from prumux.l0 import prunable_parameters
 from prumux.model import PruMUXModel
 
 
@@ -58,7 +59,11 @@ def prune(model: PruMUXModel, masks: dict[str, Tensor]) -> PruMUXModel:
         raise ValueError("hidden_z removes every hidden dim; nothing would remain")
     if not torch.all(kept.masks["hidden_z"][kept.hidden] == 1):
         raise ValueError("hidden_z must be 0 or 1 to be pruned exactly (use L0Module.deterministic_masks)")
-    config = replace(copy.deepcopy(model.config), encoder=pruned_encoder_config(encoder_config, masks))
+    config = replace(
+        copy.deepcopy(model.config),
+        encoder=pruned_encoder_config(encoder_config, masks),
+        dense_prunable_parameters=model.config.dense_prunable_parameters or prunable_parameters(encoder_config),
+    )
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     sliced = _slice_state(state, model, kept)
     pruned = PruMUXModel(config)
@@ -71,30 +76,46 @@ def prune(model: PruMUXModel, masks: dict[str, Tensor]) -> PruMUXModel:
 def _slice_state(state: dict[str, Tensor], model: PruMUXModel, kept: Kept) -> dict[str, Tensor]:
     hidden = kept.hidden
     out = {key: value for key, value in state.items() if not key.startswith(("encoder.", "multiplexer."))}
-    for name in ("word", "position", "token_type"):
-        out[f"encoder.embeddings.{name}.weight"] = state[f"encoder.embeddings.{name}.weight"][:, hidden]
-    out.update(_norm(state, "encoder.embeddings.norm", hidden))
+    if model.encoder.project is not None:  # embeddings stay at their own width; the projection's outputs are pruned
+        out |= {key: value for key, value in state.items() if key.startswith(("encoder.embeddings.", "multiplexer."))}
+        out["encoder.project.weight"] = state["encoder.project.weight"][hidden]
+        out["encoder.project.bias"] = state["encoder.project.bias"][hidden]
+    else:
+        for name in ("word", "position", "token_type"):
+            out[f"encoder.embeddings.{name}.weight"] = state[f"encoder.embeddings.{name}.weight"][:, hidden]
+        out.update(_norm(state, "encoder.embeddings.norm", hidden))
+        out["multiplexer.vectors"] = state["multiplexer.vectors"][:, hidden]
     for index, layer in enumerate(model.encoder.layers):
         if layer.attention is not None and len(kept.heads[index]):
             out.update(_attention(state, f"encoder.layers.{index}.attention", index, kept, layer.attention.head_dim))
         if layer.ffn is not None and len(kept.ffn[index]):
             out.update(_ffn(state, f"encoder.layers.{index}.ffn", index, kept))
-    out["multiplexer.vectors"] = state["multiplexer.vectors"][:, hidden]
     for key in _encoder_readers(model):
         out[key] = state[key][:, hidden]
     if model.demultiplexer is not None:
-        weight = state["demultiplexer.in_proj.weight"]
-        width = model.demultiplexer.input_size
-        out["demultiplexer.in_proj.weight"] = torch.cat([weight[:, :width][:, hidden], weight[:, width:]], dim=1)
+        out.update(_demultiplexer(state, model, hidden))
+    return out
+
+
+def _demultiplexer(state: dict[str, Tensor], model: PruMUXModel, hidden: Tensor) -> dict[str, Tensor]:
+    """The demux input columns that read encoder dims; MUX-PLMs' index vectors have the encoder's width too."""
+    weight = state["demultiplexer.in_proj.weight"]
+    width = model.demultiplexer.input_size
+    features, index = weight[:, :width][:, hidden], weight[:, width:]
+    out = {}
+    if model.config.is_reference_layout:
+        index = index[:, hidden]
+        out["demultiplexer.index"] = state["demultiplexer.index"][:, hidden]
+    out["demultiplexer.in_proj.weight"] = torch.cat([features, index], dim=1)
     return out
 
 
 def _encoder_readers(model: PruMUXModel) -> list[str]:
-    """Weights whose input columns are encoder hidden dims when no demux sits in between (N = 1)."""
+    """Weights whose input columns are encoder hidden dims when no demux sits in between (ours at N = 1)."""
     if model.demultiplexer is not None:
         return []
-    first = "pooler.weight" if model.pooler is not None else "classifier.weight"
-    return [first, "token_head.dense.weight"]
+    first = {"pooler": "pooler.weight", "electra": "classifier_dense.weight", "linear": "classifier.weight"}
+    return [first[model.config.classifier_head], "token_head.dense.weight"]
 
 
 def _norm(state: dict[str, Tensor], prefix: str, hidden: Tensor) -> dict[str, Tensor]:

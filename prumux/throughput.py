@@ -48,6 +48,8 @@ def hardware_name(device: str | torch.device = "cpu") -> str:
 def encoder_flops(encoder_config: EncoderConfig, seq_len: int) -> int:
     """Matmul FLOPs (2 per multiply-add) of one sequence through the encoder layers."""
     hidden, total = encoder_config.hidden_size, 0
+    if encoder_config.projects_embeddings:
+        total += 2 * seq_len * encoder_config.embedding_width * hidden
     for heads, ffn in zip(encoder_config.num_heads, encoder_config.intermediate_sizes):
         inner = heads * encoder_config.head_dim
         total += 2 * seq_len * (4 * hidden * inner + 2 * seq_len * inner)
@@ -60,18 +62,19 @@ def model_flops(config: PruMUXConfig, seq_len: int) -> float:
 
     Per mixed sequence of N instances: the encoder, the multiplexer's multiply and add on every
     instance element (2 N L H), and the demultiplexer's input projection of the mixed CLS state;
-    per instance: the demultiplexer's residual blocks, the pooler and the classifier. Embedding
+    per instance: the demultiplexer's residual blocks (and MUX-PLMs' pre_decoder), the pooler or
+    ELECTRA's dense head, and the classifier. Embedding
     lookups, LayerNorms, activations and softmax count 0 here as in the encoder, and so does the
     demultiplexer's index projection (once per batch, not per instance).
     """
     n, hidden, width = config.num_instances, config.encoder.hidden_size, config.hidden_size
     per_sequence = encoder_flops(config.encoder, seq_len)
     per_instance = 0
-    if n > 1:
-        per_sequence += 2 * n * seq_len * hidden + 2 * hidden * width
-        per_instance += 2 * width * width * config.demux_layers
+    if config.has_demultiplexer:
+        per_sequence += 2 * n * seq_len * config.encoder.embedding_width + 2 * hidden * width
+        per_instance += 2 * width * width * (config.demux_layers + config.is_reference_layout)
     head = config.head_input_size
-    if config.pooler:
+    if config.classifier_head != "linear":
         per_instance += 2 * head * width
         head = width
     per_instance += 2 * head * config.num_labels

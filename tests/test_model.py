@@ -117,7 +117,9 @@ def test_mux_norm_and_round_trip(tmp_path, tiny_bert_dir):
     with pytest.raises(ValueError):
         model.set_mux_norm(0.0)
     model.save_pretrained(tmp_path / "saved")
-    loaded = PruMUXModel.from_pretrained(tmp_path / "saved", num_instances=5).eval()
+    with pytest.raises(ValueError, match="N = 2, not 5"):
+        PruMUXModel.from_pretrained(tmp_path / "saved", num_instances=5)
+    loaded = PruMUXModel.from_pretrained(tmp_path / "saved").eval()
     assert loaded.config == model.config
     ids, mask = batch(4)
     with torch.no_grad():
@@ -127,4 +129,4 @@ def test_mux_norm_and_round_trip(tmp_path, tiny_bert_dir):
 def test_minilm_decoder_starts_as_the_embeddings(minilm_dir):
     model = PruMUXModel.from_pretrained(minilm_dir, num_instances=2)
     assert torch.equal(model.token_head.decoder.weight, model.encoder.embeddings.word.weight)
-    assert model.config.encoder.num_layers == 6 and model.config.pooler
+    assert model.config.encoder.num_layers == 6 and model.config.classifier_head == "pooler"

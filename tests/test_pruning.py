@@ -21,7 +21,7 @@ ENCODER = EncoderConfig.dense(4, 16, 4, 24, vocab_size=60, max_position_embeddin
 
 
 def random_model(num_instances: int, pooler: bool = True) -> PruMUXModel:
-    config = PruMUXConfig(encoder=ENCODER, num_instances=num_instances, num_labels=3, hidden_size=16, pooler=pooler)
+    config = PruMUXConfig(encoder=ENCODER, num_instances=num_instances, num_labels=3, hidden_size=16, classifier_head="pooler" if pooler else "linear")
     model = PruMUXModel(config, seed=num_instances)
     with torch.no_grad():  # LayerNorm affine terms away from (1, 0) so slicing mistakes show
         for name, parameter in model.named_parameters():

@@ -16,7 +16,7 @@ One model class holds two layouts, chosen by `PruMUXConfig.layout`:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 MASK_KINDS = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
@@ -98,6 +98,12 @@ class EncoderConfig:
         """True when all layers have the same head count and FFN size (needed for mask dicts)."""
         return len(set(self.num_heads)) <= 1 and len(set(self.intermediate_sizes)) <= 1
 
+    def uniform_shape(self) -> list[int]:
+        """[layers, hidden, heads, FFN] of an encoder whose layers all have the same shape."""
+        if not self.is_uniform() or not self.num_layers:
+            raise ValueError("only an encoder whose layers all have the same shape has one [layers, hidden, heads, FFN]")
+        return [self.num_layers, self.hidden_size, self.num_heads[0], self.intermediate_sizes[0]]
+
     def mask_shapes(self) -> dict[str, tuple[int, ...]]:
         """Expected shape of each mask kind for this encoder."""
         if not self.is_uniform():
@@ -147,7 +153,7 @@ class PruMUXConfig:
     token_head: str = "prumux"
     cls_token_id: int | None = None  # MUX-BERT overwrites every row's first token with [CLS]
     label_names: list[str] | None = None  # index = label id, when known
-    dense_prunable_parameters: int | None = None  # the unpruned encoder's, for a pruned model; None = dense
+    dense_shape: list[int] | None = None  # a pruned model's unpruned [layers, hidden, heads, FFN]; None = dense
 
     def __post_init__(self) -> None:
         if isinstance(self.num_instances, bool) or not isinstance(self.num_instances, int) or self.num_instances < 1:
@@ -191,6 +197,13 @@ class PruMUXConfig:
     def demux_index_size(self) -> int:
         """Width of the demux index vectors: the encoder's in MUX-PLMs (pruned with it), the demux's in ours."""
         return self.encoder.hidden_size if self.is_reference_layout else self.hidden_size
+
+    def dense_encoder(self) -> EncoderConfig:
+        """The unpruned encoder this model was pruned from (itself when dense)."""
+        if self.dense_shape is None:
+            return self.encoder
+        layers, hidden, heads, ffn = self.dense_shape
+        return replace(self.encoder, hidden_size=hidden, num_heads=[heads] * layers, intermediate_sizes=[ffn] * layers)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

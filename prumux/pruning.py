@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from prumux.config import EncoderConfig
-from prumux.l0 import prunable_parameters
 from prumux.model import PruMUXModel
 
 
@@ -62,7 +61,7 @@ def prune(model: PruMUXModel, masks: dict[str, Tensor]) -> PruMUXModel:
     config = replace(
         copy.deepcopy(model.config),
         encoder=pruned_encoder_config(encoder_config, masks),
-        dense_prunable_parameters=model.config.dense_prunable_parameters or prunable_parameters(encoder_config),
+        dense_shape=model.config.dense_shape or encoder_config.uniform_shape(),
     )
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     sliced = _slice_state(state, model, kept)

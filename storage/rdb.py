@@ -69,6 +69,10 @@ class RetryingRDBStorage(RDBStorage):
     """
 
 
+class NoStudyDatabase(ValueError):
+    """The URL names no study database: a missing SQLite file, or a database without Optuna's tables."""
+
+
 def open_storage(url: str, *, create: bool = True) -> RetryingRDBStorage:
     """Open the study database at ``url``.
 
@@ -83,7 +87,7 @@ def open_storage(url: str, *, create: bool = True) -> RetryingRDBStorage:
     engine_kwargs = _engine_kwargs(parsed)
     has_tables = _probe(parsed, url, engine_kwargs)
     if not has_tables and not create:
-        raise ValueError(f"no study at {mask_url(url)}")
+        raise NoStudyDatabase(f"no study at {mask_url(url)}")
     try:
         return call_with_retry(
             lambda: RetryingRDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs)
@@ -98,7 +102,7 @@ def _check_sqlite_file(path: Path, url: str, create: bool) -> None:
     if path.is_file():
         return
     if path.exists() or not create:
-        raise ValueError(f"no study at {mask_url(url)}")
+        raise NoStudyDatabase(f"no study at {mask_url(url)}")
     path.parent.mkdir(parents=True, exist_ok=True)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from storage.rdb import open_storage
+from storage.rdb import NoStudyDatabase, open_storage
 from storage.urls import mask_url
 
 SETTINGS_ATTR = "settings"
@@ -130,3 +130,12 @@ def _check_settings(study: optuna.Study, settings: StudySettings) -> None:
         raise ValueError(
             f"study {study.study_name!r} was created with other settings (stored != given): {'; '.join(differences)}"
         )
+
+
+def study_exists(url: str, name: str) -> bool:
+    """Whether the database at ``url`` holds study ``name``; creates nothing (an unreachable database raises)."""
+    try:
+        storage = open_storage(url, create=False)
+    except NoStudyDatabase:
+        return False
+    return name in _study_names(storage)

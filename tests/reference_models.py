@@ -351,3 +351,33 @@ def bert_classifier_logits(ids: Tensor, mask: Tensor, types: Tensor, state: dict
     x = bert_layers(bert_embeddings(ids, state, config, "bert.", types), state, config, "bert.", mask)
     pooled = torch.tanh(_lin(x[:, 0], state, "bert.pooler.dense"))
     return _lin(pooled, state, "classifier")
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def tiny_mux_family(cache: Path, tokenizer_dir: Path, template: str, widths: dict[int, str], labels=None) -> None:
+    """A model family in a hub cache: for each N, `widths[N]` is "plain" (a BERT), "pretrained" (a MUX-BERT
+    for masked LM) or "fine-tuned" (a MUX-BERT classifier with `labels` as its label names); real tokenizer."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    staging = cache.parent / f"staging-{cache.name}"
+    for n, kind in widths.items():
+        folder = staging / str(n)
+        if kind == "plain":
+            torch.manual_seed(n)
+            BertModel(BertConfig(**{k: v for k, v in bert_config(vocab=30522, positions=64).items()
+                                    if k not in ("model_type", "transformers_version")})).save_pretrained(folder)  # fmt: skip
+        else:
+            fine_tuned = kind == "fine-tuned"
+            config = mux_config(bert_config(vocab=30522, positions=64), n, num_labels=len(labels) if fine_tuned else None,
+                                architecture="MuxedBertForSequenceClassification" if fine_tuned else "MuxedBertForMaskedLM")  # fmt: skip
+            if fine_tuned:
+                config["id2label"] = dict(enumerate(labels))
+            save_checkpoint(folder, config, mux_plm_state(config, n, task_head=fine_tuned))
+        for name in TOKENIZER_FILES:
+            shutil.copy(tokenizer_dir / name, folder / name)
+        put_in_hub_cache(cache, template.replace("{N}", str(n)), folder)
+    shutil.rmtree(staging)

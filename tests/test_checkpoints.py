@@ -145,7 +145,7 @@ def test_prumux_format_b_reads_pruned_shapes(tmp_path):
     assert pruned["bert.encoder.layer.1.attention.output.LayerNorm.weight"].shape == (32,)  # head-less: full width
     folder = save_checkpoint(tmp_path / "format-b", config, pruned)
     model = PruMUXModel.from_pretrained(folder).eval()
-    assert model.config.dense_prunable_parameters is not None
+    assert model.config.dense_shape == [2, 32, 4, 48]
     ids, mask, _ = inputs(6)
     with torch.no_grad():
         assert max_diff(model(ids, mask).logits, mux_plm_logits(ids, pruned, config)) < TOLERANCE

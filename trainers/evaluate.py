@@ -1,4 +1,4 @@
-"""Task accuracy of a model on a tokenised split."""
+"""Task accuracy of a model on a tokenised split, and whether a fine-tuned checkpoint's labels are the task's."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from torch import Tensor
 
 from prumux import PruMUXModel
 from trainers.data import EncodedSplit, eval_batches
+
+# A permutation of the labels this much more accurate (a fraction of the rows) than the stored order means a mix-up.
+LABEL_ORDER_MARGIN = 0.1
 
 
 @torch.no_grad()
@@ -31,3 +34,37 @@ def accuracy(model: PruMUXModel, split: EncodedSplit, batch_size: int, masks: di
     if len(split) == 0:
         raise ValueError("cannot compute accuracy on an empty split")
     return float((predict(model, split, batch_size, masks) == split.labels).float().mean())
+
+
+def check_label_order(model: PruMUXModel, label_names: tuple[str, ...], validation: EncodedSplit, batch_size: int,
+                      source: str) -> None:  # fmt: skip
+    """Raise a one-line ValueError unless a fine-tuned checkpoint's labels are the task's, in the task's order.
+
+    Named labels are compared by name. Unnamed ones (transformers' LABEL_i) are checked on the
+    validation split: if relabelling the predictions by some other permutation is right much
+    more often than taking them as they are, the checkpoint was trained with another order
+    (as CoFi's MNLI models were).
+    """
+    task_names = [name.lower() for name in label_names]
+    names = model.config.label_names
+    if names is not None:
+        ours = [name.lower() for name in names]
+        if ours == task_names:
+            return
+        if sorted(ours) == sorted(task_names):
+            raise ValueError(f"{source} orders its labels {names}, the task {list(label_names)}; they must agree")
+        raise ValueError(f"{source} predicts labels {names}, not the task's {list(label_names)}")
+    from scipy.optimize import linear_sum_assignment
+
+    count = len(label_names)
+    predictions = predict(model, validation, batch_size)
+    confusion = torch.zeros(count, count)
+    confusion.index_put_((predictions, validation.labels), torch.ones(len(predictions)), accumulate=True)
+    rows, columns = linear_sum_assignment(confusion.numpy(), maximize=True)
+    as_is, best = confusion.trace().item(), confusion[rows, columns].sum().item()
+    if best - as_is > LABEL_ORDER_MARGIN * len(predictions):
+        mapping = ", ".join(f"{label_names[column]} at {row}" for row, column in zip(rows, columns))
+        raise ValueError(
+            f"{source} seems to order its labels differently from the task: its predictions score "
+            f"{as_is / len(predictions):.3f} as they are and {best / len(predictions):.3f} read as {mapping}"
+        )

@@ -5,6 +5,12 @@
     (1, s) CoFi     phase 2 with N = 1 (the dense model, also the teacher), then phase 3
     (N, s) PruMUX   phases 1-2-3
 
+A point starts from the base model's checkpoint for its N (`trainers.families`). What that
+checkpoint already learnt is not trained again: a MUX-PLM (pretrained with multiplexing)
+skips phase 1 and MLM; one fine-tuned on the task (its labels checked against the task's)
+is only evaluated in phase 2, and phase 3 prunes it with itself as the teacher, which is
+the PruMUX paper's pipeline. `PointResult.phases` says what ran and from which checkpoint.
+
 Phases 1-2 come from the work dir's cache (trained under its lock when missing); phase 3
 lives in the point's own folder under the point's lock. Every stage resumes from its
 checkpoint, so rerunning a killed job continues it; rerunning a finished job returns its
@@ -23,24 +29,26 @@ from typing import Any
 
 import torch
 
-from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, measure_throughput, prunable_parameters
+from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, prunable_parameters
+from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
 from trainers.cache import ThroughputCache, cache_entry, locked, slug, write_json_atomic
 from trainers.data import EncodedTask, encode_task
-from trainers.evaluate import accuracy
+from trainers.evaluate import accuracy, check_label_order
+from trainers.families import model_for, tokenizer_for
+from trainers.measure import MEASURE_ROUNDS, side_by_side, throughput
 from trainers.models import load_tokenizer, resolve_model
-from trainers.phases.loop import Runtime, StageContext
+from trainers.phases.loop import Runtime, StageContext, save_output
 from trainers.phases.multiplexed import train_multiplexed
 from trainers.phases.pruning import train_pruned
 from trainers.phases.retrieval import train_retrieval
 from trainers.progress import job_log
 from trainers.recipes import Recipe, load_recipe
-from trainers.tasks import load_task
+from trainers.tasks import TaskSpec, load_task
 
 PHASES = ("retrieval", "multiplexed", "pruning", "measure")
 RESULT_FILE = "result.json"
-# Interleaved throughput measurements of the point and the dense model (best of each).
-MEASURE_ROUNDS = 2
+TRAINED, SKIPPED, EVALUATED = "trained", "skipped", "evaluated"
 
 
 @dataclass
@@ -73,6 +81,8 @@ class PointResult:
     family: str  # dense, cofi, datamux or prumux
     cache_hit: bool = False  # phases 1-2 were reused from the work dir's cache
     recipe_values: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""  # the checkpoint phases 1-2 started from
+    phases: dict[str, str] = field(default_factory=dict)  # retrieval, mlm, finetune, pruning: trained/skipped/evaluated
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +133,7 @@ def train_point(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     job = _Job(task, base_model, N, s, recipe, _writable_workdir(workdir), Runtime.create(device, bf16))
     data = load_task(task, seed=recipe.seed)
-    tokenizer = load_tokenizer(base_model)
+    tokenizer = load_tokenizer(tokenizer_for(base_model, N))
     encoded = encode_task(data, tokenizer, recipe)
     label = f"{task}/{base_model}/N={N}/s={s:g}"
     point_dir = point_directory(job.workdir, task, base_model, N, s, recipe)
@@ -133,40 +143,87 @@ def train_point(
             return PointResult.from_dict(json.loads((point_dir / RESULT_FILE).read_text()))
         ctx = StageContext(recipe, job.runtime, point_dir, label, log, progress)
         seconds = dict.fromkeys(PHASES, 0.0)
-        phase2_dir, cache_hit = _phase12(job, data.spec.num_labels, encoded, tokenizer, ctx, seconds)
+        phase2_dir, cache_hit, record = _phase12(job, data.spec, encoded, tokenizer, ctx, seconds)
         model_dir = phase2_dir
         if s > 0:
             _, seconds["pruning"] = train_pruned(phase2_dir, s, encoded, ctx)
             model_dir = ctx.output("model")
-        result = _measure(job, encoded, model_dir, _saved_config(phase2_dir).encoder, seconds, log)
-        result.cache_hit = cache_hit
+        result = _measure(job, encoded, model_dir, _saved_config(phase2_dir).dense_encoder(), seconds, log)
+        result.cache_hit, result.checkpoint = cache_hit, record["checkpoint"]
+        result.phases = record["phases"] | {"pruning": TRAINED if s > 0 else SKIPPED}
         write_json_atomic(point_dir / RESULT_FILE, result.to_dict())
         log.info("result: %s", json.dumps(result.to_dict()))
         return result
 
 
 def _phase12(
-    job: _Job, num_labels: int, encoded: EncodedTask, tokenizer, ctx: StageContext, seconds: dict[str, float]
-) -> tuple[Path, bool]:
-    """The cached phase 1-2 model folder (training it under the entry's lock if missing) and whether it was a hit."""
+    job: _Job, spec: TaskSpec, encoded: EncodedTask, tokenizer, ctx: StageContext, seconds: dict[str, float]
+) -> tuple[Path, bool, dict[str, Any]]:
+    """The cached phase 1-2 model folder (training it under the entry's lock if missing), whether it was a hit,
+    and the entry's record (phase seconds, the phases that ran, the starting checkpoint)."""
     entry = cache_entry(job.workdir, job.task, job.base_model, job.N, job.recipe)
     with entry.locked(ctx.log):
         if entry.exists():
             ctx.log.info("phases 1-2 cache hit: %s", entry.directory)
-            seconds.update(entry.record()["phase_seconds"])
-            return entry.model_dir, True
+            record = entry.record()
+            seconds.update(record["phase_seconds"])
+            return entry.model_dir, True, {"checkpoint": "", "phases": {}} | record
         ctx.log.info("phases 1-2 cache miss: training %s", entry.directory)
         entry_ctx = StageContext(job.recipe, job.runtime, entry.directory, f"{ctx.job} phase1-2", ctx.log, ctx.progress)
         special = list(tokenizer.all_special_ids)
-        model = PruMUXModel.from_pretrained(
-            resolve_model(job.base_model), num_instances=job.N, num_labels=num_labels,
-            mux_norm=job.recipe.task_mux_norm, seed=job.recipe.seed,
-        )  # fmt: skip
-        if job.N > 1:
+        start = _starting_point(job, spec, encoded, ctx.log)
+        model, phases = start.model, start.phases(job.N)
+        if phases["retrieval"] == TRAINED:
             model, seconds["retrieval"] = train_retrieval(model, encoded.train, special, entry_ctx)
-        _, seconds["multiplexed"] = train_multiplexed(model, encoded, special, tokenizer.mask_token_id, entry_ctx)
-        entry.commit({"phase_seconds": {phase: seconds[phase] for phase in ("retrieval", "multiplexed")}})
-        return entry.model_dir, False
+        if phases["finetune"] == EVALUATED:
+            save_output(entry_ctx, "finetune", entry.model_dir, model, {"seconds": 0.0, "steps": 0})
+        else:
+            _, seconds["multiplexed"] = train_multiplexed(
+                model, encoded, special, tokenizer.mask_token_id, entry_ctx, mlm=phases["mlm"] == TRAINED
+            )  # fmt: skip
+        record = {
+            "phase_seconds": {phase: seconds[phase] for phase in ("retrieval", "multiplexed")},
+            "checkpoint": start.checkpoint, "phases": phases,
+        }  # fmt: skip
+        entry.commit(record)
+        return entry.model_dir, False, record
+
+
+@dataclass
+class _StartingPoint:
+    """The model phases 1-2 start from, and what its checkpoint already learnt."""
+
+    model: PruMUXModel
+    checkpoint: str
+    multiplexed: bool  # pretrained with multiplexing at this N: no retrieval warm-up or MLM
+    fine_tuned: bool  # fine-tuned on this task: phase 2 only evaluates it
+
+    def phases(self, N: int) -> dict[str, str]:
+        return {
+            "retrieval": TRAINED if N > 1 and not self.multiplexed else SKIPPED,
+            "mlm": SKIPPED if self.multiplexed else TRAINED,
+            "finetune": EVALUATED if self.fine_tuned else TRAINED,
+        }
+
+
+def _starting_point(job: _Job, spec: TaskSpec, encoded: EncodedTask, log) -> _StartingPoint:
+    """The checkpoint of the base model for the job's N, loaded, with a fine-tuned one's labels checked."""
+    source = resolve_model(model_for(job.base_model, job.N))
+    recipe = job.recipe
+    model = PruMUXModel.from_pretrained(
+        source, num_instances=job.N, num_labels=spec.num_labels, mux_norm=recipe.task_mux_norm, seed=recipe.seed
+    )
+    if (Path(source) / CONFIG_FILE).is_file():  # one of ours: a trained classifier
+        multiplexed, fine_tuned = job.N > 1, True
+    else:
+        info = inspect_checkpoint(source, job.N, spec.num_labels)
+        multiplexed, fine_tuned = info.multiplexed, info.has_task_head
+    if fine_tuned:
+        check_label_order(model, spec.label_names, encoded.validation, recipe.eval_batch_size, source)
+    elif model.config.label_names is None:
+        model.config.label_names = list(spec.label_names)
+    log.info("phases 1-2 start from %s (multiplexed: %s, fine-tuned on the task: %s)", source, multiplexed, fine_tuned)
+    return _StartingPoint(model.to(job.runtime.device), source, multiplexed, fine_tuned)
 
 
 def _measure(
@@ -181,7 +238,9 @@ def _measure(
     if kind == "dense":  # the dense point is its own baseline
         speedup, dense = 1.0, max(_throughput(model, recipe, job.runtime) for _ in range(MEASURE_ROUNDS))
     else:
-        speedup, dense = _side_by_side(model, _dense_model(job, model.config.num_labels), recipe, job.runtime)
+        dense_model = _dense_model(job, model.config.num_labels)
+        shape = (recipe.seq_len, recipe.throughput_batches, recipe.throughput_warmup, job.runtime)
+        speedup, dense = side_by_side(model, dense_model, *shape)
     cache, key = ThroughputCache(job.workdir), _throughput_key(job.base_model, recipe, job.runtime)
     if (reference := cache.get(key)) is None:
         log.info("dense reference throughput for %s: %.1f instances/s", key, dense)
@@ -200,25 +259,7 @@ def _measure(
 
 
 def _throughput(model: PruMUXModel, recipe: Recipe, runtime: Runtime) -> float:
-    """Instances per second with prumux's protocol (128*N instances per batch) at the recipe's length."""
-    result = measure_throughput(
-        model, seq_len=recipe.seq_len, num_batches=recipe.throughput_batches, warmup=recipe.throughput_warmup,
-        device=runtime.device, dtype=torch.bfloat16 if runtime.bf16 else None,
-    )  # fmt: skip
-    return result.examples_per_second
-
-
-def _side_by_side(model: PruMUXModel, dense: PruMUXModel, recipe: Recipe, runtime: Runtime) -> tuple[float, float]:
-    """(speed-up of `model` over `dense`, dense throughput), measured interleaved in this process, best of each.
-
-    Interleaving puts both under the same load, so their ratio holds even when the machine's
-    load changes between jobs (absolute throughputs do not).
-    """
-    point = dense_speed = 0.0
-    for _ in range(MEASURE_ROUNDS):
-        point = max(point, _throughput(model, recipe, runtime))
-        dense_speed = max(dense_speed, _throughput(dense, recipe, runtime))
-    return point / dense_speed, dense_speed
+    return throughput(model, recipe.seq_len, recipe.throughput_batches, recipe.throughput_warmup, runtime)
 
 
 def _dense_model(job: _Job, num_labels: int) -> PruMUXModel:
@@ -227,13 +268,13 @@ def _dense_model(job: _Job, num_labels: int) -> PruMUXModel:
     if entry.exists():
         model = PruMUXModel.from_pretrained(entry.model_dir)
     else:
-        model = PruMUXModel.from_pretrained(resolve_model(job.base_model), num_labels=num_labels)
+        model = PruMUXModel.from_pretrained(resolve_model(model_for(job.base_model, 1)), num_labels=num_labels)
     return model.to(job.runtime.device).eval()
 
 
 def _throughput_key(base_model: str, recipe: Recipe, runtime: Runtime) -> str:
     precision = "bf16" if runtime.bf16 else "fp32"
-    return f"{hardware_name(runtime.device)}|{resolve_model(base_model)}|len{recipe.seq_len}|{precision}"
+    return f"{hardware_name(runtime.device)}|{resolve_model(model_for(base_model, 1))}|len{recipe.seq_len}|{precision}"
 
 
 def _saved_config(model_dir: Path) -> PruMUXConfig:

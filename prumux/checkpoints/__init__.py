@@ -54,7 +54,7 @@ class CheckpointInfo:
 
     @property
     def pruned(self) -> bool:
-        return self.has_masks or self.config.dense_prunable_parameters is not None
+        return self.has_masks or self.config.dense_shape is not None
 
 
 @dataclass

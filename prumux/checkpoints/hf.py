@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from prumux.config import EncoderConfig, PruMUXConfig
-from prumux.l0 import prunable_parameters
 
 MODEL_TYPES = ("bert", "roberta", "electra")
 Shapes = dict[str, tuple[int, ...]]
@@ -132,7 +131,7 @@ def base_model_config(
         hidden_size=width,
         classifier_head="pooler" if pooler else "linear",
         label_names=label_names(hf, labels) if labels else None,
-        dense_prunable_parameters=prunable_parameters(dense) if is_pruned(encoder, dense) else None,
+        dense_shape=dense.uniform_shape() if is_pruned(encoder, dense) else None,
     )
 
 

@@ -25,7 +25,6 @@ from torch import Tensor
 
 from prumux.checkpoints.hf import Shapes, copy_pairs, dense_encoder_config, is_pruned, label_names
 from prumux.config import DEMUXING_VARIANTS, MUXING_VARIANTS, EncoderConfig, PruMUXConfig
-from prumux.l0 import prunable_parameters
 
 MUX_MODEL_TYPES = ("bert", "electra")
 BERT_CLS_TOKEN_ID = 101  # MUX-BERT overwrites every row's first token with this id
@@ -76,7 +75,7 @@ def mux_plm_config(
         token_head="mux-plm-bert" if model_type == "bert" else "mux-plm-generic",
         cls_token_id=BERT_CLS_TOKEN_ID if model_type == "bert" else None,
         label_names=label_names(hf, labels) if labels else None,
-        dense_prunable_parameters=prunable_parameters(dense) if is_pruned(encoder, dense) else None,
+        dense_shape=dense.uniform_shape() if is_pruned(encoder, dense) else None,
     )
 
 

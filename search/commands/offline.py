@@ -12,6 +12,8 @@ import pandas as pd
 from search.grid import THROUGHPUT_COLUMNS, is_feasible, parse_budgets, read_points
 from search.replay import SAMPLERS, replay_many, summarize
 from search.surrogate import AutoPruMUX
+from storage import open_study, points_frame, study_settings
+from storage.cli_options import study_options
 
 FORMATS = click.Choice(["table", "json"])
 
@@ -26,10 +28,10 @@ def budget_options(command):
 @click.option(
     "--points",
     "points_path",
-    required=True,
     type=click.Path(dir_okay=False),
-    help="CSV of measured points: N, s, accuracy, throughput.",
+    help="CSV of measured points: N, s, accuracy, throughput [default: the study's measured points].",
 )
+@study_options
 @budget_options
 @click.option(
     "--throughput-from",
@@ -39,10 +41,13 @@ def budget_options(command):
 )
 @click.option("--top", default=3, show_default=True, type=click.IntRange(min=1), help="Predictions per budget.")
 @click.option("--format", "output", type=FORMATS, default="table", show_default=True)
-def predict(points_path, budget, budgets_text, throughput_path, top, output) -> None:
-    """Fit the surrogate on measured points and print the top-k (N, s) per budget."""
+def predict(points_path, run_dir, storage, study, budget, budgets_text, throughput_path, top, output) -> None:
+    """Fit the surrogate on measured points (a CSV, or a study's trials) and print the top-k (N, s) per budget."""
+    if points_path is None:
+        points, budget = _study_points(storage, study, budget, budgets_text)
+    else:
+        points = read_points(points_path)
     budgets = _budgets(budget, budgets_text)
-    points = read_points(points_path)
     throughput = read_points(throughput_path, THROUGHPUT_COLUMNS) if throughput_path else None
     model = AutoPruMUX().fit(points, throughput)
     candidates = throughput if throughput is not None else points
@@ -135,3 +140,15 @@ def _format_report(report: dict) -> str:
         verdict = "in top" if report["best_in_top"] else "NOT in top"
         lines.append(f"  actual best: (N={report['best'][0]}, s={report['best'][1]:g})  {verdict}")
     return "\n".join(lines)
+
+
+def _study_points(storage: str, study: str, budget: float | None, budgets_text: str | None) -> tuple[pd.DataFrame, float]:
+    """The study's measured points, and the budget to use (the study's own unless one is given)."""
+    opened = open_study(storage, study)
+    frame = points_frame(opened)
+    if frame.empty:
+        raise ValueError(f"study {study!r} has no measured points yet")
+    settings = study_settings(opened)
+    if budget is None and budgets_text is None and settings is not None:
+        budget = settings.budget
+    return read_points(frame), budget

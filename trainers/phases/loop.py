@@ -159,17 +159,19 @@ def train_model_stage(
     train: EncodedSplit,
     rows: int,
     lr: float,
-    mux_norm: float,
+    mux_norm: float | None,
     loss_of: Callable[[Batch], Tensor],
     evaluate: Callable[[int], dict[str, float]] | None,
     ctx: StageContext,
 ) -> tuple[PruMUXModel, float]:
-    """One stage optimising `loss_of(batch)` over all of the model's weights, its mux vectors at `mux_norm`."""
+    """One stage optimising `loss_of(batch)` over all of the model's weights, its mux vectors at `mux_norm`
+    (None: as they are)."""
     output = ctx.output(output_name)
     if record := finished(output):
         return PruMUXModel.from_pretrained(output).to(ctx.runtime.device), record["seconds"]
     recipe = ctx.recipe
-    model.set_mux_norm(mux_norm)
+    if mux_norm is not None:
+        model.set_mux_norm(mux_norm)
     model.to(ctx.runtime.device).train()
     steps = recipe.steps(stage, len(train), rows)
     stream = BatchStream(train, rows, recipe.seed)

@@ -1,7 +1,8 @@
 """Phase 2: multiplexed training, an optional MLM continuation and then task fine-tuning.
 
-Both stages run at the task mux norm. Fine-tuning feeds batches of `finetune_batch_size * N`
-instance rows (grouped by N in order) and takes the cross-entropy over every instance.
+Both stages run at the task mux norm (a published MUX-PLM model keeps its vectors as stored).
+Fine-tuning feeds batches of `finetune_batch_size * N` instance rows (grouped by N in order)
+and takes the cross-entropy over every instance.
 """
 
 from __future__ import annotations
@@ -13,17 +14,26 @@ from prumux import PruMUXModel
 from trainers.data import Batch, EncodedSplit, EncodedTask
 from trainers.evaluate import accuracy
 from trainers.phases.loop import StageContext, train_model_stage
+from trainers.recipes import Recipe
 
 MLM, FINETUNE = "mlm", "finetune"
 FINETUNE_OUTPUT = "model"
 
 
 def train_multiplexed(
-    model: PruMUXModel, task: EncodedTask, ignore_token_ids: list[int], mask_token_id: int, ctx: StageContext
+    model: PruMUXModel,
+    task: EncodedTask,
+    ignore_token_ids: list[int],
+    mask_token_id: int,
+    ctx: StageContext,
+    mlm: bool = True,
 ) -> tuple[PruMUXModel, float]:
-    """The task-fine-tuned multiplexed model (saved in `ctx.output("model")`) and the phase's wall seconds."""
+    """The task-fine-tuned multiplexed model (saved in `ctx.output("model")`) and the phase's wall seconds.
+
+    `mlm=False` skips the MLM continuation (a model pretrained with multiplexing has had it).
+    """
     seconds = 0.0
-    if ctx.recipe.mlm_steps or ctx.recipe.mlm_epochs:
+    if mlm and (ctx.recipe.mlm_steps or ctx.recipe.mlm_epochs):
         model, seconds = _train_mlm(model, task.train, ignore_token_ids, mask_token_id, ctx)
     model, finetune_seconds = _finetune(model, task, ctx)
     return model, seconds + finetune_seconds
@@ -41,7 +51,7 @@ def _train_mlm(
         )  # fmt: skip
 
     rows = recipe.pretrain_batch_size * model.config.num_instances
-    return train_model_stage(model, MLM, MLM, train, rows, recipe.mlm_lr, recipe.task_mux_norm, loss, None, ctx)
+    return train_model_stage(model, MLM, MLM, train, rows, recipe.mlm_lr, _task_norm(model, recipe), loss, None, ctx)
 
 
 def _finetune(model: PruMUXModel, task: EncodedTask, ctx: StageContext) -> tuple[PruMUXModel, float]:
@@ -56,5 +66,11 @@ def _finetune(model: PruMUXModel, task: EncodedTask, ctx: StageContext) -> tuple
 
     rows = recipe.finetune_batch_size * model.config.num_instances
     return train_model_stage(
-        model, FINETUNE, FINETUNE_OUTPUT, task.train, rows, recipe.finetune_lr, recipe.task_mux_norm, loss, evaluate, ctx
+        model, FINETUNE, FINETUNE_OUTPUT, task.train, rows, recipe.finetune_lr, _task_norm(model, recipe), loss, evaluate,
+        ctx,
     )
+
+
+def _task_norm(model: PruMUXModel, recipe: Recipe) -> float | None:
+    """The recipe's task mux norm; None (the vectors as stored) for a published MUX-PLM model."""
+    return None if model.config.is_reference_layout else recipe.task_mux_norm

@@ -1,0 +1,125 @@
+"""Throughput measured side by side with the dense model, as the paper measures it, and a checkpoint measured
+as a point (`measure_checkpoint`, the `evaluate` command).
+
+Interleaving the model and the dense (1, 0) model in one process puts both under the same
+load, so their ratio holds even on a shared, noisy machine (absolute throughputs do not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prumux import PruMUXConfig, PruMUXModel, hardware_name, measure_throughput, prunable_parameters
+from prumux.checkpoints import inspect_checkpoint
+from prumux.model import CONFIG_FILE
+from trainers.data import encode_frame
+from trainers.evaluate import accuracy, check_label_order
+from trainers.families import family, model_for, tokenizer_for
+from trainers.models import load_tokenizer, resolve_model
+from trainers.phases.loop import Runtime
+from trainers.tasks import load_task
+
+# Interleaved throughput measurements of the model and the dense one (best of each).
+MEASURE_ROUNDS = 2
+
+
+def throughput(model: PruMUXModel, seq_len: int, batches: int, warmup: int, runtime: Runtime) -> float:
+    """Instances per second with prumux's protocol (128*N instances per batch, padded to `seq_len`)."""
+    result = measure_throughput(
+        model, seq_len=seq_len, num_batches=batches, warmup=warmup, device=runtime.device,
+        dtype=torch.bfloat16 if runtime.bf16 else None,
+    )  # fmt: skip
+    return result.examples_per_second
+
+
+def side_by_side(
+    model: PruMUXModel, dense: PruMUXModel, seq_len: int, batches: int, warmup: int, runtime: Runtime
+) -> tuple[float, float]:
+    """(speed-up of `model` over `dense`, dense throughput), measured interleaved, best of each."""
+    point = dense_speed = 0.0
+    for _ in range(MEASURE_ROUNDS):
+        point = max(point, throughput(model, seq_len, batches, warmup, runtime))
+        dense_speed = max(dense_speed, throughput(dense, seq_len, batches, warmup, runtime))
+    return point / dense_speed, dense_speed
+
+
+def dense_counterpart(config: PruMUXConfig, seed: int = 0) -> PruMUXModel:
+    """A dense (N = 1, unpruned) classifier of the model's architecture: what its speed-up is measured against.
+
+    Throughput depends on the shape, not on the weights, so its weights are random.
+    """
+    dense = PruMUXConfig(
+        encoder=config.dense_encoder(), num_labels=config.num_labels, hidden_size=config.dense_encoder().hidden_size,
+        classifier_head="pooler",
+    )  # fmt: skip
+    return PruMUXModel(dense, seed).eval()
+
+
+@dataclass
+class CheckpointMeasurement:
+    """One trained checkpoint measured as the paper measures it: a point (N, s) for Auto-PruMUX."""
+
+    model: str
+    task: str
+    N: int
+    sparsity: float  # realised: fraction of the unpruned encoder's prunable parameters removed
+    val_accuracy: float
+    test_accuracy: float
+    throughput: float  # instances per second
+    dense_throughput: float  # the dense (1, 0) model of the same architecture, measured side by side
+    speedup: float
+    layout: str
+    seq_len: int
+    hardware: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_checkpoint(
+    model_name: str, task: str, N: int | None = None, tokenizer: str | None = None, seq_len: int = 128,
+    batches: int = 4, warmup: int = 1, device: str | None = None, bf16: bool = False,
+    max_eval_examples: int | None = None, log: Callable[[str], None] = lambda _: None,
+) -> CheckpointMeasurement:  # fmt: skip
+    """Validation / test accuracy and throughput next to the dense model (batch 128 N, padded to `seq_len`).
+
+    `model_name` is a checkpoint (alias, folder or hub id), or a family with `N`. Its labels
+    must be the task's, in the task's order; a checkpoint without a task head is refused.
+    """
+    if family(model_name) is not None and N is None:
+        raise ValueError(f"{model_name!r} is a model family: give the width N of the checkpoint to measure")
+    source = resolve_model(model_for(model_name, N) if N else model_name)
+    data = load_task(task)
+    _require_task_head(source, data.spec.num_labels)
+    runtime = Runtime.create(device, bf16)
+    model = PruMUXModel.from_pretrained(source, num_instances=N, num_labels=data.spec.num_labels).eval()
+    words = load_tokenizer(tokenizer or (tokenizer_for(model_name, N) if N else model_name))
+    splits = {name: encode_frame(frame.head(max_eval_examples), words, seq_len) for name, frame in
+              (("validation", data.validation), ("test", data.test))}  # fmt: skip
+    log(f"{source}: N={model.config.num_instances} ({model.config.layout} layout), {len(splits['validation'])} "
+        f"validation rows at length {seq_len}")  # fmt: skip
+    model.to(runtime.device)
+    check_label_order(model, data.spec.label_names, splits["validation"], 128, source)
+    val, test = (accuracy(model, splits[name], 128) for name in ("validation", "test"))
+    log(f"accuracy: validation {val:.4f}, test {test:.4f}; measuring throughput next to the dense model")
+    speedup, dense = side_by_side(model, dense_counterpart(model.config).to(runtime.device), seq_len, batches, warmup, runtime)
+    config = model.config
+    return CheckpointMeasurement(
+        model=source, task=task, N=config.num_instances,
+        sparsity=1 - prunable_parameters(config.encoder) / prunable_parameters(config.dense_encoder()),
+        val_accuracy=val, test_accuracy=test, throughput=speedup * dense, dense_throughput=dense, speedup=speedup,
+        layout=config.layout, seq_len=seq_len, hardware=hardware_name(runtime.device),
+    )  # fmt: skip
+
+
+def _require_task_head(source: str, num_labels: int) -> None:
+    """A checkpoint measured for accuracy must be a classifier: one of ours, or one with a stored head."""
+    if (Path(source) / CONFIG_FILE).is_file():
+        return
+    if not inspect_checkpoint(source, num_labels=num_labels).has_task_head:
+        raise ValueError(f"{source} has no task head (it is a pretrained model): fine-tune it first with `train`")

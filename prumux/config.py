@@ -22,7 +22,7 @@ from typing import Any
 MASK_KINDS = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
 POSITION_STYLES = ("absolute", "roberta")  # roberta: positions count real tokens from pad_token_id + 1
 LAYOUTS = ("prumux", "mux-plm")
-MUXING_VARIANTS = ("gaussian_hadamard",)
+MUXING_VARIANTS = ("gaussian_hadamard", "shifted_gaussian")
 DEMUXING_VARIANTS = ("index_pos",)
 CLASSIFIER_HEADS = ("pooler", "linear", "electra")  # tanh(pooler) / plain Linear / ELECTRA's dense-GELU head
 TOKEN_HEADS = ("prumux", "mux-plm-bert", "mux-plm-generic")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -314,20 +314,24 @@ class PruMUXModel(nn.Module):
         num_labels: int | None = None,
         mux_norm: float = 1.0,
         seed: int = 0,
+        muxing_variant: str = "gaussian_hadamard",
     ) -> PruMUXModel:
         """A model from a folder saved by `save_pretrained`, or from a HF checkpoint (hub id or folder).
 
         HF checkpoints: plain BERT / RoBERTa / ELECTRA bases (ours, N and labels as given, default
-        1 and 2), CoFi's pruned models, and the published MUX-BERT / MUX-ELECTRA / PruMUX ones,
-        whose N, labels and layout are read from the checkpoint (a contradicting argument is an
-        error). A CoFi / PruMUX `zs.pt` beside full-size weights is folded in and pruned.
+        1 and 2, new mux vectors of `muxing_variant` at `mux_norm`), CoFi's pruned models, and the
+        published MUX-BERT / MUX-ELECTRA / PruMUX ones, whose N, labels and layout are read from
+        the checkpoint (a contradicting argument is an error). A CoFi / PruMUX `zs.pt` beside
+        full-size weights is folded in and pruned. A saved model of ours keeps its N, except that
+        a dense (N = 1) classifier can start a multiplexed one: everything but the new
+        multiplexer and demultiplexer is its own.
         """
         from prumux.checkpoints import load_checkpoint
 
         folder = Path(name_or_path)
         if (folder / CONFIG_FILE).is_file():
-            return cls._load_saved(folder, num_instances, num_labels)
-        loaded = load_checkpoint(name_or_path, num_instances, num_labels, mux_norm)
+            return cls._load_saved(folder, num_instances, num_labels, mux_norm, seed, muxing_variant)
+        loaded = load_checkpoint(name_or_path, num_instances, num_labels, mux_norm, muxing_variant)
         model = cls(loaded.config, seed)
         try:
             missing, unexpected = model.load_state_dict(loaded.fitting(model.state_dict()), strict=False)
@@ -341,15 +345,33 @@ class PruMUXModel(nn.Module):
         return model
 
     @classmethod
-    def _load_saved(cls, folder: Path, num_instances: int | None, num_labels: int | None) -> PruMUXModel:
+    def _load_saved(
+        cls, folder: Path, num_instances: int | None, num_labels: int | None, mux_norm: float, seed: int, variant: str
+    ) -> PruMUXModel:
         from safetensors.torch import load_file
 
         config = PruMUXConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-        for name, given, stored in (("N", num_instances, config.num_instances), ("labels", num_labels, config.num_labels)):
-            if given is not None and given != stored:
-                raise ValueError(f"{folder} is a model with {name} = {stored}, not {given}")
-        model = cls(config)
-        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        if num_labels is not None and num_labels != config.num_labels:
+            raise ValueError(f"{folder} is a model with {config.num_labels} labels, not {num_labels}")
+        state = load_file(str(folder / WEIGHTS_FILE))
+        if num_instances is None or num_instances == config.num_instances:
+            model = cls(config)
+            model.load_state_dict(state, strict=True)
+            return model
+        if config.num_instances != 1 or config.is_reference_layout:
+            raise ValueError(f"{folder} is a model with N = {config.num_instances}, not {num_instances}")
+        return cls._widened(config, state, num_instances, mux_norm, seed, variant)
+
+    @classmethod
+    def _widened(
+        cls, dense: PruMUXConfig, state: dict[str, Tensor], num_instances: int, mux_norm: float, seed: int, variant: str
+    ) -> PruMUXModel:
+        """A width-N model on a dense classifier's weights: new multiplexer and demultiplexer, its heads where they fit."""
+        config = replace(dense, num_instances=num_instances, mux_norm=mux_norm, muxing_variant=variant)
+        model = cls(config, seed)
+        own = model.state_dict()
+        kept = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
+        model.load_state_dict(kept, strict=False)
         return model
 
 

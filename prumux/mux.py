@@ -15,9 +15,16 @@ def gaussian_hadamard(num_instances: int, width: int, norm: float, generator: to
     return vectors * (norm / vectors.norm(dim=-1, keepdim=True))
 
 
+def shifted_gaussian(num_instances: int, width: int, norm: float, generator: torch.Generator) -> Tensor:
+    """1 + a Gaussian deviation of L2 norm `norm` per row: close to all-ones, so a pretrained encoder still
+    reads each instance's embedding (a zero-mean Hadamard product flips about half its signs)."""
+    return 1.0 + gaussian_hadamard(num_instances, width, norm, generator)
+
+
 # variant -> (vector generator, the point the vectors' norm is measured from); names as config.MUXING_VARIANTS
 VARIANTS: dict[str, tuple[Callable[[int, int, float, torch.Generator], Tensor], float]] = {
     "gaussian_hadamard": (gaussian_hadamard, 0.0),
+    "shifted_gaussian": (shifted_gaussian, 1.0),
 }
 
 

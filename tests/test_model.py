@@ -117,7 +117,7 @@ def test_mux_norm_and_round_trip(tmp_path, tiny_bert_dir):
     with pytest.raises(ValueError):
         model.set_mux_norm(0.0)
     model.save_pretrained(tmp_path / "saved")
-    with pytest.raises(ValueError, match="N = 2, not 5"):
+    with pytest.raises(ValueError, match="N = 2, not 5"):  # only a dense model can start a wider one
         PruMUXModel.from_pretrained(tmp_path / "saved", num_instances=5)
     loaded = PruMUXModel.from_pretrained(tmp_path / "saved").eval()
     assert loaded.config == model.config

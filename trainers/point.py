@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +171,8 @@ def _phase12(
         ctx.log.info("phases 1-2 cache miss: training %s", entry.directory)
         entry_ctx = StageContext(job.recipe, job.runtime, entry.directory, f"{ctx.job} phase1-2", ctx.log, ctx.progress)
         special = list(tokenizer.all_special_ids)
-        start = _starting_point(job, spec, encoded, ctx.log)
-        model, phases = start.model, start.phases(job.N)
+        start = _starting_point(job, spec, encoded, tokenizer, ctx)
+        model, phases = start.model, start.phases(job.N, job.recipe)
         if phases["retrieval"] == TRAINED:
             model, seconds["retrieval"] = train_retrieval(model, encoded.train, special, entry_ctx)
         if phases["finetune"] == EVALUATED:
@@ -198,32 +198,42 @@ class _StartingPoint:
     multiplexed: bool  # pretrained with multiplexing at this N: no retrieval warm-up or MLM
     fine_tuned: bool  # fine-tuned on this task: phase 2 only evaluates it
 
-    def phases(self, N: int) -> dict[str, str]:
+    def phases(self, N: int, recipe: Recipe) -> dict[str, str]:
+        adapt = N > 1 and not self.multiplexed  # retrieval and MLM teach a plain base to multiplex
         return {
-            "retrieval": TRAINED if N > 1 and not self.multiplexed else SKIPPED,
-            "mlm": SKIPPED if self.multiplexed else TRAINED,
+            "retrieval": TRAINED if adapt and recipe.runs("retrieval") else SKIPPED,
+            "mlm": TRAINED if adapt and recipe.runs("mlm") else SKIPPED,
             "finetune": EVALUATED if self.fine_tuned else TRAINED,
         }
 
 
-def _starting_point(job: _Job, spec: TaskSpec, encoded: EncodedTask, log) -> _StartingPoint:
-    """The checkpoint of the base model for the job's N, loaded, with a fine-tuned one's labels checked."""
+def _starting_point(job: _Job, spec: TaskSpec, encoded: EncodedTask, tokenizer, ctx: StageContext) -> _StartingPoint:
+    """The checkpoint of the base model for the job's N, loaded, with a fine-tuned one's labels checked.
+
+    A plain checkpoint at N > 1 with the recipe's `mux_start` "dense" starts from the dense (1, 0)
+    model instead, trained first if the cache lacks it.
+    """
     source = resolve_model(model_for(job.base_model, job.N))
     recipe = job.recipe
-    model = PruMUXModel.from_pretrained(
-        source, num_instances=job.N, num_labels=spec.num_labels, mux_norm=recipe.task_mux_norm, seed=recipe.seed
-    )
     if (Path(source) / CONFIG_FILE).is_file():  # one of ours: a trained classifier
-        multiplexed, fine_tuned = job.N > 1, True
+        stored_N, head = _saved_config(Path(source)).num_instances, True
     else:
         info = inspect_checkpoint(source, job.N, spec.num_labels)
-        multiplexed, fine_tuned = info.multiplexed, info.has_task_head
+        stored_N, head = info.config.num_instances if info.multiplexed else 1, info.has_task_head
+    multiplexed, fine_tuned = stored_N > 1, head and stored_N == job.N  # a dense classifier widened to N is trained
+    if job.N > 1 and not multiplexed and recipe.mux_start == "dense":
+        source, _, _ = _phase12(replace(job, N=1, s=0.0), spec, encoded, tokenizer, ctx, dict.fromkeys(PHASES, 0.0))
+        fine_tuned = False  # its head is the dense model's, trained again with the new mux and demux
+    model = PruMUXModel.from_pretrained(
+        source, num_instances=job.N, num_labels=spec.num_labels, mux_norm=recipe.task_mux_norm, seed=recipe.seed,
+        muxing_variant=recipe.muxing_variant,
+    )  # fmt: skip
     if fine_tuned:
         check_label_order(model, spec.label_names, encoded.validation, recipe.eval_batch_size, source)
     elif model.config.label_names is None:
         model.config.label_names = list(spec.label_names)
-    log.info("phases 1-2 start from %s (multiplexed: %s, fine-tuned on the task: %s)", source, multiplexed, fine_tuned)
-    return _StartingPoint(model.to(job.runtime.device), source, multiplexed, fine_tuned)
+    ctx.log.info("phases 1-2 start from %s (multiplexed: %s, fine-tuned on the task: %s)", source, multiplexed, fine_tuned)
+    return _StartingPoint(model.to(job.runtime.device), str(source), multiplexed, fine_tuned)
 
 
 def _measure(

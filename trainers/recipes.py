@@ -22,7 +22,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from prumux.config import MUXING_VARIANTS
+
 RECIPE_DIR = Path(__file__).with_name("recipes")
+MUX_STARTS = ("base", "dense")
 RECIPES: dict[str, Path] = {path.stem: path for path in sorted(RECIPE_DIR.glob("*.json"))}
 
 # The stages whose length is set by `<stage>_steps` / `<stage>_epochs`.
@@ -45,6 +48,9 @@ class Recipe:
     checkpoint_every_seconds: float
     warmup_ratio: float  # linear learning-rate warm-up, as a fraction of each stage
     weight_decay: float
+    # How an N > 1 model is made from a plain base (MUX-PLM checkpoints keep their own vectors).
+    muxing_variant: str  # gaussian_hadamard (DataMUX's) or shifted_gaussian (1 + deviation: keeps the input readable)
+    mux_start: str  # "base": the base checkpoint; "dense": the search's dense (1, 0) model, trained first if missing
     # Phase 1: retrieval warm-up (skipped when N = 1).
     retrieval_steps: int
     retrieval_epochs: float | None
@@ -101,6 +107,10 @@ class Recipe:
             raise ValueError(f"recipe field mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if not (0 <= self.reg_beta1 < 1 and 0 <= self.reg_beta2 < 1):
             raise ValueError(f"recipe fields reg_beta1, reg_beta2 must be in [0, 1), got {self.reg_beta1}, {self.reg_beta2}")
+        if self.muxing_variant not in MUXING_VARIANTS:
+            raise ValueError(f"recipe field muxing_variant must be one of {', '.join(MUXING_VARIANTS)}, got {self.muxing_variant!r}")
+        if self.mux_start not in MUX_STARTS:
+            raise ValueError(f"recipe field mux_start must be one of {', '.join(MUX_STARTS)}, got {self.mux_start!r}")
         if not 0 < self.droprate_init < 1:
             raise ValueError(f"recipe field droprate_init must be in (0, 1), got {self.droprate_init}")
 
@@ -112,6 +122,10 @@ class Recipe:
         if epochs is None:
             return getattr(self, f"{stage}_steps")
         return math.ceil(epochs * train_size / batch_rows)
+
+    def runs(self, stage: str) -> bool:
+        """Whether `stage` has any steps (set by `<stage>_steps` or `<stage>_epochs`)."""
+        return bool(getattr(self, f"{stage}_epochs") or getattr(self, f"{stage}_steps"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,7 +142,7 @@ NOT_TRAINING = ("name", "description", "search_time_budget")
 
 # The fields that determine the phase 1-2 model: its cache key hashes exactly these.
 PHASE12_FIELDS = (
-    "seed", "seq_len", "max_train_examples", "warmup_ratio", "weight_decay",
+    "seed", "seq_len", "max_train_examples", "warmup_ratio", "weight_decay", "muxing_variant", "mux_start",
     "retrieval_steps", "retrieval_epochs", "retrieval_lr", "retrieval_mux_norm", "pretrain_batch_size",
     "mlm_steps", "mlm_epochs", "mlm_lr", "mlm_probability",
     "finetune_steps", "finetune_epochs", "finetune_lr", "finetune_batch_size", "task_mux_norm",

@@ -87,7 +87,11 @@ class LoadedCheckpoint:
 
 
 def inspect_checkpoint(
-    name_or_path: str | Path, num_instances: int | None = None, num_labels: int | None = None, mux_norm: float = 1.0
+    name_or_path: str | Path,
+    num_instances: int | None = None,
+    num_labels: int | None = None,
+    mux_norm: float = 1.0,
+    muxing_variant: str = "gaussian_hadamard",
 ) -> CheckpointInfo:
     """What the checkpoint is, from config.json and the weights' shapes (and zs.pt's); nothing else is loaded."""
     files = find_checkpoint(name_or_path)
@@ -99,7 +103,7 @@ def inspect_checkpoint(
         config = mux_plm_config(hf, shapes, encoder, num_instances, num_labels, source)
         kind, head = "mux-plm", any(key.startswith("classifier.") for key in shapes)
     else:
-        config = base_model_config(hf, shapes, encoder, num_instances, num_labels, mux_norm, source)
+        config = base_model_config(hf, shapes, encoder, num_instances, num_labels, mux_norm, muxing_variant, source)
         kind, head = "base", "classifier.weight" in shapes
     masks = files.masks()
     if masks is not None:
@@ -108,10 +112,14 @@ def inspect_checkpoint(
 
 
 def load_checkpoint(
-    name_or_path: str | Path, num_instances: int | None = None, num_labels: int | None = None, mux_norm: float = 1.0
+    name_or_path: str | Path,
+    num_instances: int | None = None,
+    num_labels: int | None = None,
+    mux_norm: float = 1.0,
+    muxing_variant: str = "gaussian_hadamard",
 ) -> LoadedCheckpoint:
     """The checkpoint's config and its tensors under our names (soft zs.pt masks folded in)."""
-    info = inspect_checkpoint(name_or_path, num_instances, num_labels, mux_norm)
+    info = inspect_checkpoint(name_or_path, num_instances, num_labels, mux_norm, muxing_variant)
     raw = info.files.state()
     try:
         state = encoder_state(raw, info.config.encoder)

@@ -113,7 +113,7 @@ def encoder_state(state: dict[str, Tensor], config: EncoderConfig) -> dict[str, 
 
 def base_model_config(
     hf: dict[str, Any], shapes: Shapes, encoder: EncoderConfig, num_instances: int | None, num_labels: int | None,
-    mux_norm: float, source: str,
+    mux_norm: float, muxing_variant: str, source: str,
 ) -> PruMUXConfig:  # fmt: skip
     """Our layout on a plain (or CoFi-pruned) base: N and labels as given, a task head if it has one."""
     pooler = shapes.get("pooler.dense.weight")
@@ -130,6 +130,7 @@ def base_model_config(
         mux_norm=mux_norm,
         hidden_size=width,
         classifier_head="pooler" if pooler else "linear",
+        muxing_variant=muxing_variant,
         label_names=label_names(hf, labels) if labels else None,
         dense_shape=dense.uniform_shape() if is_pruned(encoder, dense) else None,
     )

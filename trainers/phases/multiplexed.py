@@ -33,7 +33,7 @@ def train_multiplexed(
     `mlm=False` skips the MLM continuation (a model pretrained with multiplexing has had it).
     """
     seconds = 0.0
-    if mlm and (ctx.recipe.mlm_steps or ctx.recipe.mlm_epochs):
+    if mlm and ctx.recipe.runs(MLM):
         model, seconds = _train_mlm(model, task.train, ignore_token_ids, mask_token_id, ctx)
     model, finetune_seconds = _finetune(model, task, ctx)
     return model, seconds + finetune_seconds

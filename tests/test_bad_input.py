@@ -101,7 +101,7 @@ CASES = {
     "task unsupported extension": ([*START, "--task", "{data}/reviews.xlsx"], "unsupported task file 'reviews.xlsx'"),
     "task file empty": ([*START, "--task", "{data}/empty.csv"], "task file 'empty.csv' is empty"),
     "task header only": ([*START, "--task", "{data}/header.csv"], "task file 'header.csv' has no rows, only a header"),
-    "task one row": ([*START, "--task", "{data}/one-row.csv"], "needs at least 10 training rows to hold out validation"),
+    "task one row": ([*START, "--task", "{data}/one-row.csv"], "task 'one-row.csv' has 1 training row(s); a local task"),
     "task one label": ([*START, "--task", "{data}/one-label.csv"], "has one label in its training examples ('pos')"),
     "task without text column": ([*START, "--task", "{data}/no-text.csv"], "'no-text.csv' lacks column(s) text"),
     "task not UTF-8": ([*START, "--task", "{data}/latin1.csv"], "'latin1.csv' is not UTF-8 text (byte 0xe9 at offset"),

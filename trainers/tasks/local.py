@@ -38,7 +38,7 @@ def load_local(path: str | Path, seed: int = 0) -> TaskData:
     frames = _read_splits(path)
     is_pair = _is_pair(frames)
     label_names, frames = _label_ids(frames)
-    frames = _complete_splits(frames, seed)
+    frames = _complete_splits(frames, seed, path.name)
     spec = TaskSpec(
         name=str(path),
         label_names=label_names,
@@ -133,7 +133,7 @@ def _checked(frame: pd.DataFrame, file: Path) -> pd.DataFrame:
     return frame[columns].assign(**texts).reset_index(drop=True)
 
 
-def _complete_splits(frames: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
+def _complete_splits(frames: dict[str, pd.DataFrame], seed: int, name: str) -> dict[str, pd.DataFrame]:
     """Hold out the missing validation / test splits from train; held-out parts of present splits stay in train."""
     pieces = dict(zip(SPLITS, split_frame(frames["train"], seed, stratify="label")))
     completed = {split: frames.get(split, pieces[split]) for split in ("validation", "test")}
@@ -143,8 +143,8 @@ def _complete_splits(frames: dict[str, pd.DataFrame], seed: int) -> dict[str, pd
     if min(len(frame) for frame in completed.values()) == 0:
         missing = " and ".join(split for split in ("validation", "test") if split not in frames)
         raise ValueError(
-            f"a local task needs at least {MIN_ROWS_TO_HOLD_OUT} training rows to hold out {missing} (10% each, "
-            f"or give {missing} files in a folder); the train file has {len(frames['train'])}"
+            f"task {name!r} has {len(frames['train'])} training row(s); a local task needs at least "
+            f"{MIN_ROWS_TO_HOLD_OUT} to hold out {missing} (10% each), or {missing} files beside train in a folder"
         )
     return completed
 

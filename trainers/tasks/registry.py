@@ -60,7 +60,8 @@ def resolve_task(name_or_path: str, cwd: str | Path | None = None) -> str:
     if path.exists():
         return str(path.resolve())
     if looks_like_path(name):
-        raise OSError(f"task file or folder {name!r} does not exist (looked for {path.resolve()})")
+        where = "" if str(path.resolve()) == name else f" (looked for {path.resolve()})"
+        raise OSError(f"task file or folder {name!r} does not exist{where}")
     raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}, or a path to a local file")
 
 

@@ -2,7 +2,8 @@
 
 Commands are imported lazily so `prumux-search --help` does not pay for torch or Ray.
 Bad input anywhere (a ValueError or OSError raised by our code) becomes one line on
-stderr and exit status 2, never a traceback.
+stderr and exit status 2, never a traceback. Exit statuses: 0 done, 1 a job that ran and
+failed (`trainers.cli.JobFailed`), 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -65,7 +66,15 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, HELP[name]) for name in self.list_commands(ctx)])
 
 
-@click.group(cls=LazyGroup)
+EXIT_CODES = (
+    "Exit status: 0 done (for start: a recommendation, or its time or trial budget reached); "
+    "1 the search (or training) ran and failed, with one error line naming the cause and the full log; "
+    "2 bad input, nothing started or stored; 130 interrupted by Ctrl-C or SIGTERM (a rerun resumes)."
+)
+MAX_ERROR_CHARS = 1000
+
+
+@click.group(cls=LazyGroup, epilog=EXIT_CODES)
 @click.version_option(package_name="prumux-search")
 def cli() -> None:
     """Search (N, s) for the fastest PruMUX classifier within an accuracy budget."""
@@ -74,11 +83,13 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning bad input into one line and exit status 2."""
     try:
-        cli.main(args=argv, prog_name="prumux-search", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="prumux-search", standalone_mode=False)
+        if isinstance(status, int) and status:  # click returns the code of a `click.exceptions.Exit`
+            sys.exit(status)
     except click.exceptions.Exit as stop:
         sys.exit(stop.exit_code)
     except click.Abort:
-        click.echo("error: aborted", err=True)
+        click.echo("error: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as error:
         click.echo(f"error: {_one_line(error.format_message())}", err=True)
@@ -86,11 +97,25 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as error:
         click.echo(f"error: {_one_line(error)}", err=True)
         sys.exit(2)
+    except Exception as error:  # noqa: BLE001 - a bug: one line here, the traceback in a file
+        click.echo(f"error: {_one_line(f'{type(error).__name__}: {error}')} (an internal error; "
+                   f"traceback in {_save_traceback()})", err=True)  # fmt: skip
+        sys.exit(1)
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return " ".join(text.split())
+def _save_traceback() -> str:
+    """Write the current exception's traceback to a temporary file; return its path."""
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="prumux-search-error-", suffix=".log", delete=False) as file:
+        traceback.print_exc(file=file)
+    return file.name
+
+
+def _one_line(error: BaseException | str) -> str:
+    text = " ".join((str(error).strip() or type(error).__name__).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 if __name__ == "__main__":

@@ -7,17 +7,26 @@ again), finished points are never proposed again, and ``train_point`` reuses the
 models and checkpoints in the run's work folder.
 
 Run directory layout: ``work/`` (point checkpoints and the phase 1-2 cache, shared by every
-trial and restart) and ``ray/`` (Ray Tune's experiment folders; ``ray_storage`` may put
-them elsewhere). The run directory is a local path, a path every node mounts, or a pyarrow
-URI (``s3://bucket/run``), whose ``work/`` each process uses through a local mirror
-(``storage.remote``).
+trial and restart, and ``work/train.log``), ``ray/`` (Ray Tune's experiment folders;
+``ray_storage`` may put them elsewhere) and ``driver.log`` (what the driver process logs, Ray's
+notices and failed trials' tracebacks included, kept out of the console). The run directory is
+a local path, a path every node mounts, or a pyarrow URI (``s3://bucket/run``), whose ``work/``
+each process uses through a local mirror (``storage.remote``).
+
+A SQLite study has one driver at a time (``storage.driver_lock``). SIGINT and SIGTERM end a
+run cleanly: no new trial starts, the running trials are stopped and marked failed (their
+points resume from their checkpoints on the next start), and Ray is shut down; a second
+signal stops at once.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shlex
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,12 +49,20 @@ from storage import (
     open_study,
     parse_url,
 )
+from storage.driver_lock import sole_driver
+from storage.progress import running_progress
 from storage.remote import RemoteFolder, check_uri, child_uri, is_uri, mirror_dir
+from storage.study import find_study
 from storage.trials import trial_id
 from trainers.cache import cache_entry
+from trainers.job import check_writable_dir
 from trainers.recipes import Recipe
 
 TrialHook = Callable[[FrozenTrial, optuna.Study], None]
+ProgressHook = Callable[[dict[int, dict]], None]  # trial number -> its latest progress record
+DRIVER_LOG = "driver.log"
+PROGRESS_POLL_S = 1.0
+INTERRUPTED = "the search run ended before it finished"
 CACHE_LOCKS = ("auto", "file", "database")
 # Seconds a time-budgeted run keeps to stop the running trial, record it and shut Ray down
 # (about 20 s measured on 2 CPU cores), at most a tenth of the budget.
@@ -89,6 +106,8 @@ class SearchOptions:
             check_uri(self.run_dir)
             if self.cache_lock == "file":
                 raise ValueError("a run directory at a URI is locked with database leases: use --cache-lock database")
+        else:
+            check_writable_dir(self.run_dir, "run directory")
 
     @property
     def work_dir(self) -> Path:
@@ -111,6 +130,12 @@ class SearchOptions:
         return "database" if shared else "file"
 
     @property
+    def driver_log(self) -> Path:
+        """Where Ray's own log lines of the driver go (in the local mirror for a run directory at a URI)."""
+        root = mirror_dir(self.run_dir) if is_uri(self.run_dir) else Path(self.run_dir).expanduser().resolve()
+        return root / DRIVER_LOG
+
+    @property
     def tune_storage(self) -> str:
         """Ray Tune's storage path: an absolute path or a URI."""
         if self.ray_storage and is_uri(self.ray_storage):
@@ -127,9 +152,10 @@ class SearchOutcome:
     study: optuna.Study
     stop_reason: str
     resumed_failed: list[int] = field(default_factory=list)  # stale trials failed on start
-    failed: list[int] = field(default_factory=list)  # trials Ray gave up on
+    failed: list[int] = field(default_factory=list)  # trials that failed for good (the search stopped)
     interrupted: list[int] = field(default_factory=list)  # trials stopped by the end of the run
     seconds: float = 0.0
+    signal_name: str | None = None  # SIGINT or SIGTERM when a signal ended the run
 
 
 def run_search(
@@ -137,10 +163,13 @@ def run_search(
     recipe: Recipe,
     options: SearchOptions,
     on_trial: TrialHook | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> SearchOutcome:
-    """Run (or resume) the search defined by ``settings``; call ``on_trial`` per finished trial.
+    """Run (or resume) the search defined by ``settings``; call ``on_trial`` per finished trial and
+    ``on_progress`` about every second with the progress records of the running trials.
 
-    A study stored with other settings raises ``ValueError`` and is left untouched.
+    A study stored with other settings, or a SQLite study another live driver runs, raises
+    ``ValueError`` and is left untouched.
     """
     started = time.monotonic()
     workdir = options.work_dir
@@ -148,18 +177,24 @@ def run_search(
         settings.grid_N, settings.grid_s, settings.budget,
         is_cheap=functools.partial(_has_phase12_model, options, settings.task, settings.base_model, recipe),
     )  # fmt: skip
-    study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
-    resumed_failed = fail_stale_trials(study)
-    job = PointJob(
-        options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir),
-        settings.budget, options.work_dir_lock, options.work_uri,
-    )  # fmt: skip
-    with connect_ray(options.ray_address), Heartbeat(study) as heartbeat:
-        searcher = StudySearcher(study, heartbeat, options.max_trials)
-        try:
-            _tuner(job, searcher, options, on_trial, trials_time_budget(options, started)).fit()
-        finally:
-            interrupted = searcher.abandon_running("the search run ended before it finished")
+    if find_study(options.storage_url, options.study_name) is not None:  # other settings: refused, nothing written
+        open_study(options.storage_url, options.study_name, settings)
+    with sole_driver(options.storage_url, options.study_name, settings.command):
+        study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
+        resumed_failed = fail_stale_trials(study)
+        job = PointJob(
+            options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir),
+            settings.budget, options.work_dir_lock, options.work_uri,
+        )  # fmt: skip
+        with connect_ray(options.ray_address, options.driver_log), Heartbeat(study) as heartbeat:
+            searcher = StudySearcher(study, heartbeat, options.max_trials)
+            interrupt = _Interrupt(searcher)
+            try:
+                with interrupt.on_signals(), _watching(study, on_progress):
+                    tuner = _tuner(job, searcher, options, on_trial, interrupt, trials_time_budget(options, started))
+                    tuner.fit()
+            finally:
+                interrupted = searcher.abandon_running(searcher.interrupted_reason or INTERRUPTED)
     seconds = time.monotonic() - started
     return SearchOutcome(
         study=study,
@@ -168,15 +203,79 @@ def run_search(
         failed=searcher.failed,
         interrupted=interrupted,
         seconds=seconds,
+        signal_name=interrupt.signal_name,
     )
 
 
+class _Interrupt(tune.Stopper):
+    """Ends the Tune run (all trials) once SIGINT or SIGTERM arrived; a second signal stops at once."""
+
+    def __init__(self, searcher: StudySearcher) -> None:
+        self.searcher = searcher
+        self.signal_name: str | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.signal_name is not None
+
+    @contextmanager
+    def on_signals(self) -> Iterator[None]:
+        """Handle SIGINT and SIGTERM while the block runs (in the main thread only; Tune's own
+        SIGINT handler stays off)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        previous = {number: signal.signal(number, self._handle) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(number).name
+        self.searcher.interrupt(self.signal_name)
+
+
 @contextmanager
-def connect_ray(address: str | None = None) -> Iterator[None]:
+def _watching(study: optuna.Study, on_progress: ProgressHook | None) -> Iterator[None]:
+    """Call ``on_progress`` with the running trials' progress records every second, from a thread."""
+    if on_progress is None:
+        yield
+        return
+    stopped = threading.Event()
+
+    def poll() -> None:
+        while not stopped.wait(PROGRESS_POLL_S):
+            try:
+                on_progress(running_progress(study))
+            except Exception as error:  # noqa: BLE001 - a missed refresh must not end the search
+                logging.getLogger(__name__).warning("progress not read: %s", mask_url(str(error)).splitlines()[0])
+
+    thread = threading.Thread(target=poll, name="prumux-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
+
+
+@contextmanager
+def connect_ray(address: str | None = None, log: Path | None = None) -> Iterator[None]:
     """Connect to the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``), or
     start a local one without a dashboard. Ray's own ports listen on every interface (Ray
     resolves a loopback node address to the routable one); Ray 2.60's token authentication,
     on by default, guards them.
+
+    With ``log``, what this process logs (Ray's notices, such as the token-auth one on every
+    local start, failed trials' tracebacks, our own warnings) goes to that file instead of the
+    console; without, Ray's warnings go to the console.
 
     An instance already initialised in this process is used as is and left running; one
     started here is shut down on exit. Workers get this checkout on their PYTHONPATH, so the
@@ -186,21 +285,50 @@ def connect_ray(address: str | None = None) -> Iterator[None]:
         yield
         return
     runtime_env = {"env_vars": {"PYTHONPATH": _python_path()}}
+    logging_options = {"configure_logging": False} if log else {"logging_level": "warning"}
     _mask_process_title()
-    try:
-        if address:
-            ray.init(address=address, runtime_env=runtime_env, logging_level="warning", log_to_driver=False)
-        else:
-            ray.init(
-                address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                logging_level="warning", log_to_driver=False,
-            )  # fmt: skip
-    except ConnectionError as error:
-        raise ValueError(f"cannot connect to Ray at {address}: {str(error).splitlines()[0]}") from None
+    with _ray_logs_to(log):
+        try:
+            if address:
+                ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **logging_options)
+            else:
+                ray.init(
+                    address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                    log_to_driver=False, **logging_options,
+                )  # fmt: skip
+        except ConnectionError as error:
+            raise ValueError(f"cannot connect to Ray at {address}: {str(error).splitlines()[0]}") from None
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _ray_logs_to(path: Path | None) -> Iterator[None]:
+    """Send this process's log records, Ray's included, to the file ``path`` instead of the console
+    while the block runs (None: leave logging as it is).
+
+    ``ray.init(configure_logging=False)`` empties the "ray" logger's handlers, so its records go
+    up to the root logger, which holds the file's handler.
+    """
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ray_logger, root = logging.getLogger("ray"), logging.getLogger()
+    saved = ray_logger.handlers[:], ray_logger.propagate
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ray_logger.handlers.clear()
+    ray_logger.propagate = True
+    root.addHandler(handler)
     try:
         yield
     finally:
-        ray.shutdown()
+        root.removeHandler(handler)
+        handler.close()
+        ray_logger.handlers[:], ray_logger.propagate = saved
 
 
 def trial_resources(options: SearchOptions) -> tuple[dict[str, float], int]:
@@ -225,6 +353,11 @@ class _TrialReporter(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info) -> None:
         self._report(trial)
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks for Tuner.restore, which the driver never uses; the hook
+        # may hold a console stream
+        return {key: value for key, value in self.__dict__.items() if key != "hook"}
+
     def _report(self, trial: tune.experiment.Trial) -> None:
         study = self.searcher.study
         self.hook(study._storage.get_trial(trial_id(study, trial.config["trial_number"])), study)
@@ -238,7 +371,12 @@ def trials_time_budget(options: SearchOptions, started: float) -> float | None:
 
 
 def _tuner(
-    job: PointJob, searcher: StudySearcher, options: SearchOptions, on_trial: TrialHook | None, time_budget_s: float | None
+    job: PointJob,
+    searcher: StudySearcher,
+    options: SearchOptions,
+    on_trial: TrialHook | None,
+    stopper: tune.Stopper,
+    time_budget_s: float | None,
 ) -> tune.Tuner:
     resources, concurrency = trial_resources(options)
     # Tune's newer console output prints its own tables even at verbose=0; the progress
@@ -258,6 +396,7 @@ def _tuner(
             name=f"{options.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=options.tune_storage,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            stop=stopper,
             callbacks=[_TrialReporter(searcher, on_trial)] if on_trial else None,
             verbose=0,
         ),

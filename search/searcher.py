@@ -11,8 +11,10 @@ Who writes what:
   reports to Tune, so a finished training is in the study even if the driver dies next.
 - ``on_trial_complete`` fails a trial that Ray gave up on, or that was stopped, if it is still
   RUNNING in the study: its point may be proposed again and resumes from its checkpoints.
-  A trial that errored after Ray's retries also ends the search (no new trials): a point
-  that cannot be trained would otherwise be proposed again and again.
+  A trial that errored after Ray's retries, or whose worker found its error deterministic
+  (the result says ``failed``; the worker failed the trial with the cause), also ends the
+  search (no new trials): a point that cannot be trained would otherwise be proposed again
+  and again.
 
 Several drivers may share the study: each proposes while holding the study's ``propose``
 lease (``storage.leases``), so the trial one driver asks is in the study before another
@@ -36,9 +38,9 @@ from ray.tune.search import Searcher
 
 from search.sampler import AutoPruMUXSampler, search_space
 from storage import Heartbeat
-from storage.heartbeat import FAIL_REASON_ATTR
 from storage.leases import study_lease
-from storage.trials import trial_id
+from storage.progress import failed_attempts
+from storage.trials import fail_trial, trial_id
 
 # how often a waiting searcher looks at the study again when no trial of its own completes
 RECHECK_SECONDS = 5.0
@@ -56,6 +58,7 @@ class StudySearcher(Searcher):
         self.heartbeat = heartbeat
         self.max_trials = max_trials
         self.stop_reason: str | None = None
+        self.interrupted_reason: str | None = None  # set by ``interrupt``: the reason its running trials fail
         self.failed: list[int] = []
         self._sampler: AutoPruMUXSampler = study.sampler
         self._distributions = search_space(self._sampler.grid_N, self._sampler.grid_s)
@@ -95,10 +98,17 @@ class StudySearcher(Searcher):
         self._recheck_at = 0.0
         if number is None:
             return
-        reason = "its training failed after Ray's retries" if error else "Ray stopped it before it finished"
-        if self._fail_if_running(number, reason) and error:
-            self.failed.append(number)
-            self.stop_reason = f"trial {number} failed"
+        if result and result.get("failed"):  # the worker failed the trial with its cause
+            self._stop_on_failure(number)
+        elif error and self._fail_if_running(number, self._error_reason(number)):
+            self._stop_on_failure(number)
+        elif not error:
+            self._fail_if_running(number, self.interrupted_reason or "Ray stopped it before it finished")
+
+    def interrupt(self, signal_name: str) -> None:
+        """Propose nothing more: the run was interrupted (its running trials resume on the next start)."""
+        self.interrupted_reason = f"interrupted by {signal_name}; its point resumes from its checkpoints on the next start"
+        self.stop_reason = f"interrupted by {signal_name}"
 
     def abandon_running(self, reason: str) -> list[int]:
         """Fail every trial still in flight (the run ended under them); return their numbers."""
@@ -141,12 +151,18 @@ class StudySearcher(Searcher):
         return Searcher.FINISHED
 
     def _fail_if_running(self, number: int, reason: str) -> bool:
-        identifier = trial_id(self.study, number)
-        if self.study._storage.get_trial(identifier).state != TrialState.RUNNING:
-            return False
-        optuna.Trial(self.study, identifier).set_user_attr(FAIL_REASON_ATTR, reason)
-        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        return True
+        return fail_trial(self.study, number, reason)
+
+    def _stop_on_failure(self, number: int) -> None:
+        self.failed.append(number)
+        self.stop_reason = f"trial {number} failed"
+
+    def _error_reason(self, number: int) -> str:
+        """Why Ray gave up on a trial: the last cause its attempts recorded, if any."""
+        attempts = failed_attempts(self.study, trial_id(self.study, number))
+        if not attempts:
+            return "its worker failed after Ray's retries (see Ray's trial logs)"
+        return f"{attempts[-1]['cause']} (after Ray's retries; full log: {attempts[-1]['log']})"
 
 
 def trained_count(study: optuna.Study) -> int:

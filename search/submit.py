@@ -5,6 +5,13 @@ the cluster needs only the dependencies installed. The study must live in a data
 every node can reach: a SQLite file on this machine is refused for a remote cluster. A
 database password is not sent (Ray shows a job's command line to everyone who can list the
 cluster's jobs): the nodes get it from PGPASSWORD or ~/.pgpass, as libpq reads them.
+
+The search is checked here, as `start` checks it, before anything is submitted, and its
+relative paths (task file or folder, model folder, recipe file, run dir) are resolved against
+this working directory: the job gets absolute paths. A remote cluster's nodes see only what
+they share: a local task, model or recipe must lie inside the run directory (a path on the
+filesystem the nodes and this machine mount alike), else it is refused here; hub tasks and
+models are left to the job's own check on the cluster.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import click
+from click.core import ParameterSource
 
 PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -38,10 +46,71 @@ def check_storage_reachable_from_cluster(storage_url: str | None, address: str) 
         )
 
 
-def build_entrypoint(start_args: tuple[str, ...], storage_url: str | None, run_dir: str | None) -> str:
-    """The shell command the Ray Job runs: `prumux-search start ...` through our CLI module."""
+def checked_start_arguments(
+    start_args: tuple[str, ...], storage_url: str | None, run_dir: str | None, address: str, cwd: Path | None = None
+) -> list[str]:
+    """Check the search `start_args` define, as `start` would, and return them with every path
+    absolute (the run dir included); refuse inputs a remote cluster's nodes cannot read."""
+    from search.commands.study import check_search, start
+    from storage import parse_url
+    from storage.remote import is_uri
+    from trainers.job import check_writable_dir
+
+    _require_start(start_args)
+    root = Path(cwd or Path.cwd())
+    context = start.make_context("start", list(start_args[1:]))
+    params = context.params
+    if storage_url or params["storage"]:
+        parse_url(storage_url or params["storage"])
+    remote = not is_loopback_address(address)
+    run = str(run_dir or params["run_dir"])
+    if not is_uri(run):  # a remote cluster's run dir is on its shared filesystem, which this machine may not mount
+        local = (root / Path(run).expanduser()).resolve()
+        run = str(local if remote else check_writable_dir(run, "run directory", root))
+    _, job = check_search(
+        params["task"], params["model"], params["recipe"], params["overrides"], params["grid_n"], params["grid_s"],
+        params["budget"], "", cwd=root, hub=not remote,
+    )  # fmt: skip
+    if remote:
+        _check_shared(job.local_inputs(), run, address)
+    recipe = str(job.recipe_file or params["recipe"])
+    resolved = {"task": job.task, "model": job.base_model, "recipe": recipe, "run_dir": run}
+    return _start_arguments(context, resolved)
+
+
+def _check_shared(inputs: dict[str, Path], run_dir: str, address: str) -> None:
+    """Refuse a local input outside the run directory: the remote cluster's nodes could not read it."""
+    for what, path in inputs.items():
+        if Path(run_dir) not in path.parents:
+            raise ValueError(
+                f"{what} {path} is only on this machine: the nodes of the Ray cluster at {address} cannot read it; "
+                f"put it inside the run directory {run_dir} on the filesystem they share (or use a registered "
+                "task or a hub model)"
+            )
+
+
+def _start_arguments(context: click.Context, resolved: dict[str, str]) -> list[str]:
+    """`start` and the options given on its command line, with the ``resolved`` values in place."""
+    words = ["start"]
+    for parameter in context.command.params:
+        name = parameter.name
+        if name in resolved:
+            words += [parameter.opts[0], resolved[name]]
+        elif context.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            value = context.params[name]
+            for item in value if isinstance(value, tuple) else (value,):
+                words += [parameter.opts[0], str(item)]
+    return words
+
+
+def _require_start(start_args: tuple[str, ...] | list[str]) -> None:
     if not start_args or start_args[0] != "start":
         raise ValueError("submit runs a search: give `-- start [start options]` after the submit options")
+
+
+def build_entrypoint(start_args: tuple[str, ...] | list[str], storage_url: str | None, run_dir: str | None) -> str:
+    """The shell command the Ray Job runs: `prumux-search start ...` through our CLI module."""
+    _require_start(start_args)
     arguments = list(start_args)
     if storage_url and "--storage" not in arguments:
         arguments += ["--storage", storage_url]
@@ -114,7 +183,8 @@ def submit(address: str, storage_url: str | None, run_dir: str | None, logs_job:
         click.echo(f"{stop_job}: {'stop requested' if stopped else 'already finished'}")
         return
     check_storage_reachable_from_cluster(storage_url, address)
-    entrypoint = build_entrypoint(start_args, without_password(storage_url), run_dir)
+    arguments = checked_start_arguments(start_args, storage_url, run_dir, address)
+    entrypoint = build_entrypoint(arguments, without_password(storage_url), None)
     job_id = _client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_environment())
     click.echo(f"submitted {job_id} to {address} (study in {_mask(storage_url)})")
     if storage_url and storage_url != without_password(storage_url):

@@ -15,11 +15,20 @@ A trial's constraint is ``threshold - accuracy`` with threshold = dense (1, 0) a
 budget, and Optuna cannot change it after ``tell``. Trials may train concurrently with the
 dense one, so a worker waits until the dense accuracy is in the study before it records
 its result (the dense trial itself uses its own accuracy).
+
+While it trains, a trial writes its progress (stage, step/total, last evaluation, elapsed, ETA)
+into the study every few seconds (``storage.progress``), where the driver reads it. A failed
+attempt writes its traceback to the work folder's ``train.log`` and its one-line cause into
+the study; an attempt that fails with the cause of an earlier attempt is deterministic (bad
+data, a shape error, out of memory), so instead of raising for Ray to retry into the same
+wall it fails the trial with that cause and reports ``{"failed": True}``, which stops the search.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,20 +37,25 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from sqlalchemy.engine import Engine
 
 from storage import Lease, database_engine, open_study, record_result
+from storage.progress import record_failed_attempt, write_progress
 from storage.remote import RemoteFolder
-from storage.trials import trial_id
+from storage.trials import fail_trial, json_safe, trial_id
 from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory, use_lock
 from trainers.point import RESULT_FILE, train_point
+from trainers.progress import LOG_FILE, error_cause, job_log, reporting_progress
 from trainers.recipes import Recipe
 
 DENSE = (1, 0.0)
 WAIT_POLL_SECONDS = 5.0
+PROGRESS_EVERY_S = 2.0  # a trial writes its progress into the study at most this often
 COMPLETION_FILES = (ENTRY_FILE, RESULT_FILE)  # written last: a folder is complete once they exist
+TRANSIENT_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, optuna.exceptions.StorageInternalError)
 
 
 @dataclass(frozen=True)
@@ -62,16 +76,68 @@ class PointJob:
 def train_trial(config: dict[str, Any], job: PointJob) -> None:
     """Train (or resume) the trial's point, record it in the study, report it to Tune."""
     N, s, number = int(config["N"]), float(config["s"]), int(config["trial_number"])
-    with work_dir_locks(job) as remote:
-        result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False).to_dict()
+    study = open_study(job.storage_url, job.study_name)
+    progress = ProgressWriter(study, trial_id(study, number), N, s)
+    try:
+        with work_dir_locks(job) as remote, reporting_progress(progress):
+            progress({"stage": "preparing", "phase": None, "step": 0, "total": 0, "eta": None})
+            result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False).to_dict()
+    except Exception as error:
+        if failed_for_good(study, number, f"N={N}/s={s:g}", error, job):
+            tune.report({"trial_number": number, "N": N, "s": s, "accuracy": math.nan, "throughput": math.nan,
+                         "failed": True})  # fmt: skip
+            return
+        raise
     if remote is not None:
         result["model_dir"] = remote.uri_of(result["model_dir"])
-    study = open_study(job.storage_url, job.study_name)
     trial = _stored(study, number)
     if trial.state != TrialState.COMPLETE:  # a retry after the record was written is a no-op
         threshold = result["val_accuracy"] - job.budget if (N, s) == DENSE else wait_for_threshold(study, job.budget)
         trial = record_result(study, number, result, threshold)
     tune.report(trial_metrics(trial))
+
+
+class ProgressWriter:
+    """A progress sink that writes a trial's records into the study: the first of each stage,
+    a stage's last step, and otherwise at most every ``every_s`` seconds."""
+
+    def __init__(self, study: optuna.Study, trial_identifier: int, N: int, s: float, every_s: float = PROGRESS_EVERY_S):
+        self.study, self.trial_identifier, self.point = study, trial_identifier, {"N": N, "s": s}
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self._written_at = -float("inf")
+        self._stage: str | None = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        now = time.monotonic()
+        new_stage = record["stage"] != self._stage
+        if not new_stage and record["step"] < record["total"] and now - self._written_at < self.every_s:
+            return
+        self._stage, self._written_at = record["stage"], now
+        full = {**record, **self.point, "elapsed": now - self.started, "time": time.time()}
+        try:
+            write_progress(self.study, self.trial_identifier, json_safe(full))
+        except Exception as error:  # noqa: BLE001 - progress is for watching; it must never stop a training
+            logging.getLogger(__name__).warning("progress not written: %s", str(error).splitlines()[0])
+
+
+def failed_for_good(study: optuna.Study, number: int, point: str, error: Exception, job: PointJob) -> bool:
+    """Log a failed attempt (traceback to ``train.log``, cause into the study); if an earlier attempt
+    failed the same way, fail the trial with the cause and return True (retrying would fail again)."""
+    cause = error_cause(error)
+    log = str(Path(job.workdir) / LOG_FILE) + (f" on {socket.gethostname()}" if job.work_uri else "")
+    try:
+        with job_log(Path(job.workdir), f"trial {number} {point}") as trial_log:
+            trial_log.error("attempt failed: %s", cause, exc_info=error)
+    except OSError:  # the work folder itself is unusable; the cause still reaches the study
+        log = "Ray's trial log (the work folder could not be written)"
+    if isinstance(error, TRANSIENT_ERRORS):  # a lost database connection: worth Ray's retry however often seen
+        return False
+    identifier = trial_id(study, number)
+    if not record_failed_attempt(study, identifier, cause, log):
+        return False
+    fail_trial(study, number, f"{cause} (the same error on a retry; full log: {log})")
+    return True
 
 
 @contextmanager

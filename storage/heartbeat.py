@@ -29,17 +29,16 @@ from typing import Any
 from typing import Self
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from storage.trials import TrialRef
+from storage.trials import fail_trial
 from storage.trials import trial_id
 from storage.urls import mask_url
 
 HEARTBEAT_PREFIX = "prumux:driver:"
 DRIVER_ATTR = "driver"
-FAIL_REASON_ATTR = "failed_because"
 DEFAULT_INTERVAL_S = 30.0
 DEFAULT_GRACE_PERIOD_S = 120.0
 
@@ -104,7 +103,7 @@ def fail_stale_trials(study: optuna.Study, grace_period: float = DEFAULT_GRACE_P
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = _stale_reason(trial, heartbeats, grace_period)
-        if reason is not None and _fail(study, trial, reason):
+        if reason is not None and fail_trial(study, trial, reason):
             failed.append(trial.number)
     return failed
 
@@ -137,13 +136,3 @@ def _process_exists(pid: int) -> bool:
         return True
     # a killed child its parent has not reaped yet is a zombie: gone for our purpose
     return state != "Z"
-
-
-def _fail(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
-    """Fail ``trial``; False when another process finished it first."""
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-        return storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except UpdateFinishedTrialError:
-        return False

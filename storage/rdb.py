@@ -25,6 +25,10 @@ CONNECT_TIMEOUT_S = 5
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 
 
+class NoSuchStudy(ValueError):
+    """There is no study of that name, or no study database at all, at a storage URL."""
+
+
 def _is_disconnect(error: BaseException) -> bool:
     cause = error if isinstance(error, DBAPIError) else error.__cause__
     return isinstance(cause, OperationalError) or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
@@ -69,10 +73,6 @@ class RetryingRDBStorage(RDBStorage):
     """
 
 
-class NoStudyDatabase(ValueError):
-    """The URL names no study database: a missing SQLite file, or a database without Optuna's tables."""
-
-
 def open_storage(url: str, *, create: bool = True) -> RetryingRDBStorage:
     """Open the study database at ``url``.
 
@@ -87,7 +87,7 @@ def open_storage(url: str, *, create: bool = True) -> RetryingRDBStorage:
     engine_kwargs = _engine_kwargs(parsed)
     has_tables = _probe(parsed, url, engine_kwargs)
     if not has_tables and not create:
-        raise NoStudyDatabase(f"no study at {mask_url(url)}")
+        raise _no_study(url)
     try:
         return call_with_retry(
             lambda: RetryingRDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs)
@@ -102,8 +102,12 @@ def _check_sqlite_file(path: Path, url: str, create: bool) -> None:
     if path.is_file():
         return
     if path.exists() or not create:
-        raise NoStudyDatabase(f"no study at {mask_url(url)}")
+        raise _no_study(url)
     path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _no_study(url: str) -> NoSuchStudy:
+    return NoSuchStudy(f"no study at {mask_url(url)}")
 
 
 def database_engine(url: str) -> sqlalchemy.engine.Engine:

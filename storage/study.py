@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 
-from storage.rdb import NoStudyDatabase, open_storage
+from storage.rdb import NoSuchStudy, open_storage
 from storage.urls import mask_url
 
 SETTINGS_ATTR = "settings"
 DIRECTIONS = ("maximize", "maximize")
 METRIC_NAMES = ["accuracy", "throughput"]
 # fields that may differ when a study is resumed: they describe, not define, the search
-_NOT_COMPARED = ("command",)
+_NOT_COMPARED = ("command", "given")
 
 
 @dataclass(frozen=True)
 class StudySettings:
     """What defines a search: task, base model, recipe, accuracy budget and (N, s) grid.
 
+    A local task, model or recipe is stored as its absolute path, so a resume from another
+    working directory trains the same data; ``given`` keeps the text that was typed for them.
     ``command`` records the command line that created the study (passwords masked).
     """
 
@@ -34,6 +36,7 @@ class StudySettings:
     grid_N: tuple[int, ...]
     grid_s: tuple[float, ...]
     command: str = ""
+    given: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budget", float(self.budget))
@@ -61,6 +64,14 @@ class StudySettings:
         ]
 
 
+def find_study(storage_url: str, name: str) -> optuna.Study | None:
+    """The study ``name`` at ``storage_url``, or None when there is none; never creates anything."""
+    try:
+        return open_study(storage_url, name)
+    except NoSuchStudy:
+        return None
+
+
 def open_study(
     storage: str | BaseStorage,
     name: str,
@@ -78,7 +89,7 @@ def open_study(
         storage = open_storage(storage, create=create)
     if name not in _study_names(storage):
         if not create:
-            raise ValueError(_unknown_study_message(storage, name))
+            raise NoSuchStudy(_unknown_study_message(storage, name))
         return _create(storage, name, settings, sampler)
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     if settings is not None:
@@ -130,12 +141,3 @@ def _check_settings(study: optuna.Study, settings: StudySettings) -> None:
         raise ValueError(
             f"study {study.study_name!r} was created with other settings (stored != given): {'; '.join(differences)}"
         )
-
-
-def study_exists(url: str, name: str) -> bool:
-    """Whether the database at ``url`` holds study ``name``; creates nothing (an unreachable database raises)."""
-    try:
-        storage = open_storage(url, create=False)
-    except NoStudyDatabase:
-        return False
-    return name in _study_names(storage)

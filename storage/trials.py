@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import pandas as pd
 from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
@@ -21,6 +22,7 @@ from storage.study import SETTINGS_ATTR
 
 TrialRef = int | optuna.trial.BaseTrial | FrozenTrial
 CONSTRAINT = "accuracy"
+FAIL_REASON_ATTR = "failed_because"
 POINT_COLUMNS = ("N", "s", "accuracy", "throughput")
 FRAME_COLUMNS = ("number", "state", "N", "s", "family", "accuracy", "throughput", "speedup", "feasible")
 _ACTIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -67,6 +69,19 @@ def record_result(study: optuna.Study, trial: TrialRef, result: dict[str, Any], 
         study._storage.set_trial_user_attr(identifier, key, value)
     optuna.Trial(study, identifier).set_constraint(CONSTRAINT, threshold - accuracy)
     return study.tell(number, [accuracy, throughput])
+
+
+def fail_trial(study: optuna.Study, trial: TrialRef, reason: str) -> bool:
+    """Mark a RUNNING trial FAIL with ``reason`` (user attr ``failed_because``); False if it had finished."""
+    identifier = trial_id(study, trial)
+    storage = study._storage
+    if storage.get_trial(identifier).state != TrialState.RUNNING:
+        return False
+    try:
+        storage.set_trial_user_attr(identifier, FAIL_REASON_ATTR, reason)
+        return storage.set_trial_state_values(identifier, TrialState.FAIL)
+    except UpdateFinishedTrialError:  # another process finished it in between
+        return False
 
 
 def import_points(study: optuna.Study, frame: pd.DataFrame, threshold: float) -> None:

@@ -282,13 +282,15 @@ def launch(ray_head: RayHead) -> Iterator[Launcher]:
         _kill_group(process)
 
 
-def wait_for(condition: Callable[[], object], process: subprocess.Popen, timeout: float = 300) -> object:
-    """Poll ``condition`` every second until it is truthy (returned); fail if ``process`` ends first."""
+def wait_for(
+    condition: Callable[[], object], process: subprocess.Popen, timeout: float = 300, every: float = 1
+) -> object:
+    """Poll ``condition`` every ``every`` seconds until it is truthy (returned); fail if ``process`` ends first."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         assert process.poll() is None, "the driver ended before the awaited moment"
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(1)
+        time.sleep(every)
     return value
 
 

@@ -3,17 +3,26 @@ and the study database byte-identical before and after (nothing created where no
 
 The commands run in this process through the real entry point (`search.cli.main`), which is
 what the installed `prumux-search` calls; `test_bad_input_in_a_fresh_process` runs a few
-cases as a user would, in a subprocess.
+cases as a user would, in a subprocess, and `test_unwritable_run_dir` runs one without the
+privilege that lets root write anywhere.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, client_env
 
 from search.cli import main
+from trainers.recipes import RECIPES
 
 GRID = ["--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.03"]
 POINTS = "N,s,accuracy,throughput\n1,0,0.90,100\n1,0.5,0.88,180\n2,0,0.86,190\n2,0.5,0.85,300\n"
@@ -28,9 +37,28 @@ CSV_FILES = {
     "no-dense.csv": POINTS.replace("1,0,0.90,100\n", ""),
     "partial.csv": POINTS + "5,0,0.86,4.9\n",
 }
+REVIEWS = "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+TASK_FILES = {
+    "reviews.csv": REVIEWS,
+    "reviews.xlsx": REVIEWS,
+    "empty.csv": "",
+    "header.csv": "text,label\n",
+    "one-row.csv": "text,label\na fine film,pos\n",
+    "one-label.csv": "text,label\n" + "a fine film,pos\n" * 30,
+    "no-text.csv": REVIEWS.replace("text,label", "sentence,label"),
+    "long-line.csv": "x" * 10_000_000,
+    "unseen/train.csv": REVIEWS,
+    "unseen/validation.csv": "text,label\na strange film,meh\n",
+}
+LATIN1 = "text,label\n" + "un film épatant,pos\nun navet,neg\n" * 10
+RECIPE_CHANGES = {"unknown-field.json": {"prune_step": 3}, "wrong-type.json": {"prune_steps": "many"},
+                  "negative-steps.json": {"prune_steps": -5}}  # fmt: skip
 UNREACHABLE = "postgresql+psycopg2://postgres:s3cret@127.0.0.1:9/test"
 STUDY = ["--run-dir", "{run}"]
 TRAIN = ["train", "--model", "{model}", "--recipe", "smoke", "--task", "rt-polarity", "--workdir", "{run}/work"]
+START = ["start", *STUDY, *GRID, "--recipe", "smoke", "--model", "{model}"]
+REMOTE = ["submit", "--address", "http://10.1.2.3:8265", "--storage", "postgresql://postgres@10.1.2.3:5432/x",
+          "--run-dir", "/shared/run"]  # fmt: skip
 
 CASES = {
     # start: the search definition, options and storage
@@ -64,6 +92,38 @@ CASES = {
     "Ray Client address": (["start", *STUDY, *GRID, "--model", "{model}", "--ray-address", "ray://127.0.0.1:10001"],
                            "Ray Client addresses (ray://) are not supported"),
     "run dir under a file": (["start", "--run-dir", "{blocker}/run", *GRID, "--model", "{model}"], "{blocker}"),
+    # the job's own inputs: task data, base model, recipe (checked before anything is written or Ray starts)
+    "task /etc/passwd, new run dir": (["start", "--run-dir", "{fresh}", *GRID, "--task", "/etc/passwd"],
+                                      "unsupported task file 'passwd'"),
+    "task file missing": ([*START, "--task", "{data}/missing.csv"], "task file or folder '{data}/missing.csv' does not exist"),
+    "task file relative, missing": ([*START, "--task", "no-such-folder/reviews.csv"],
+                                    f"does not exist (looked for {REPO}/no-such-folder/reviews.csv)"),
+    "task unsupported extension": ([*START, "--task", "{data}/reviews.xlsx"], "unsupported task file 'reviews.xlsx'"),
+    "task file empty": ([*START, "--task", "{data}/empty.csv"], "task file 'empty.csv' is empty"),
+    "task header only": ([*START, "--task", "{data}/header.csv"], "task file 'header.csv' has no rows, only a header"),
+    "task one row": ([*START, "--task", "{data}/one-row.csv"], "task 'one-row.csv' has 1 training row(s); a local task"),
+    "task one label": ([*START, "--task", "{data}/one-label.csv"], "has one label in its training examples ('pos')"),
+    "task without text column": ([*START, "--task", "{data}/no-text.csv"], "'no-text.csv' lacks column(s) text"),
+    "task not UTF-8": ([*START, "--task", "{data}/latin1.csv"], "'latin1.csv' is not UTF-8 text (byte 0xe9 at offset"),
+    "task 10 MB single line": ([*START, "--task", "{data}/long-line.csv"], "'long-line.csv' lacks column(s) text, label"),
+    "task label unseen in train": ([*START, "--task", "{data}/unseen"], "validation split has label(s) 'meh' that no training"),
+    "model folder missing": ([*START[:-1], "./no-such-model"], "base model folder './no-such-model' does not exist"),
+    "model folder without config": ([*START[:-1], "{models}/no-config"], "has no config.json"),
+    "model corrupt safetensors": ([*START[:-1], "{models}/corrupt-weights"], "model.safetensors is damaged"),
+    "model without tokenizer": ([*START[:-1], "{models}/no-tokenizer"], "its tokenizer has no vocabulary"),
+    "recipe unknown field": ([*START, "--recipe", "{recipes}/unknown-field.json"],
+                             "unknown recipe field(s) prune_step (did you mean prune_steps?)"),
+    "recipe wrong type": ([*START, "--recipe", "{recipes}/wrong-type.json"],
+                          'recipe field prune_steps must be an integer, got "many"'),
+    "recipe negative steps": ([*START, "--recipe", "{recipes}/negative-steps.json"], "prune_steps must be >= 0, got -5"),
+    "recipe too long for the model": ([*START, "--set", "seq_len=256"], "seq_len 256 is longer than base model"),
+    "train one-label task": ([*TRAIN[:5], "--task", "{data}/one-label.csv", "--n", "1"], "has one label"),
+    "import with a header-only task": (["import", *STUDY, *GRID, "--task", "{data}/header.csv", "--points",
+                                        "{csv}/points.csv"], "has no rows"),  # fmt: skip
+    "submit a bad task": (["submit", "--address", "http://127.0.0.1:9", "--", "start", "--task", "/etc/passwd"],
+                          "unsupported task file"),
+    "submit a local file to a remote cluster": ([*REMOTE, "--", "start", "--task", "{data}/reviews.csv", "--model", "minilm-l6"],
+                                                "task file {data}/reviews.csv is only on this machine"),
     # the read commands
     "status unknown study": (["status", *STUDY, "--study", "missing"], "no study named 'missing'"),
     "status no study": (["status", "--run-dir", "{run}/none"], "no study at"),
@@ -120,16 +180,44 @@ def file_hash(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A run directory whose study holds ``POINTS``, the CSV files, and a file to put folders under."""
+def files(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> dict[str, Path]:
+    """A run directory whose study holds ``POINTS``; points CSVs, task files, broken model folders,
+    broken recipes; a file to put folders under."""
     root = tmp_path_factory.mktemp("bad-input")
     csv = root / "csv"
     csv.mkdir()
     for name, content in CSV_FILES.items():
         (csv / name).write_text(content)
+    data = root / "data"
+    for name, content in TASK_FILES.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text(content)
+    (data / "latin1.csv").write_bytes(LATIN1.encode("latin-1"))
     (root / "blocker").write_text("a file, not a folder")
     main(["import", "--run-dir", str(root / "run"), "--points", str(csv / "points.csv"), *GRID])
-    return {"run": root / "run", "csv": csv, "blocker": root / "blocker"}
+    return {"run": root / "run", "csv": csv, "blocker": root / "blocker", "data": data, "fresh": root / "fresh",
+            "models": broken_models(root / "models", tiny_bert_dir), "recipes": broken_recipes(root / "recipes")}  # fmt: skip
+
+
+def broken_models(folder: Path, model: Path) -> Path:
+    """Copies of a model folder without its config, with truncated weights, without its tokenizer."""
+    for name in ("no-config", "corrupt-weights", "no-tokenizer"):
+        shutil.copytree(model, folder / name)
+    (folder / "no-config" / "config.json").unlink()
+    weights = folder / "corrupt-weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / "no-tokenizer" / name).unlink()
+    return folder
+
+
+def broken_recipes(folder: Path) -> Path:
+    """The smoke recipe as JSON files with one bad change each."""
+    folder.mkdir()
+    smoke = json.loads(RECIPES["smoke"].read_text())
+    for name, change in RECIPE_CHANGES.items():
+        (folder / name).write_text(json.dumps({**smoke, **change}))
+    return folder
 
 
 @pytest.mark.parametrize("args, message", list(CASES.values()), ids=list(CASES))
@@ -144,8 +232,8 @@ def test_bad_input(args: list[str], message: str, files: dict[str, Path], tiny_b
 
     assert code == 2, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(**values) in lines[0], err
-    assert "Traceback" not in err and "s3cret" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(**values) in lines[0], err[:2000]
+    assert "Traceback" not in err and "s3cret" not in err and len(lines[0]) <= 1000
     assert file_hash(database) == digest
     assert {path: path.stat().st_mtime_ns for path in files["run"].parent.rglob("*")} == before  # nothing written
 
@@ -162,3 +250,30 @@ def test_bad_input_in_a_fresh_process(case: str, files: dict[str, Path], tiny_be
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line and "s3cret" not in line
     assert file_hash(files["run"] / "study.db") == digest
+
+
+def drop_root_privileges() -> None:
+    """In the child: without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH, root obeys permission bits too."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+    for capability in (cap_dac_override, cap_dac_read_search):
+        if libc.prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_unwritable_run_dir(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    args = ["start", "--run-dir", str(locked / "run"), *GRID, "--recipe", "smoke", "--model", str(tiny_bert_dir)]
+    try:
+        done = subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, cwd=REPO,
+                              env=client_env(), preexec_fn=drop_root_privileges, timeout=120, check=False)  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == f"error: run directory {locked / 'run'} is not writable ({locked} is not writable)"
+    assert list(locked.iterdir()) == []

@@ -143,7 +143,9 @@ def test_cli_reports_corrupt_checkpoint_and_keeps_it(full_job: PointResult, tiny
     checkpoint.write_bytes(b"\x80\x04 this is not a checkpoint")
     done = _cli("--task", TASK, "--model", str(tiny_bert_dir), "--n", "2", "--sparsity", "0.25", "--recipe", "smoke",
                 "--set", "prune_steps=11", "--workdir", str(workdir), "--quiet")  # fmt: skip
-    assert done.returncode == 2 and "corrupt" in done.stderr and done.stderr.count("\n") == 1
+    # found while training: the job ran and failed (exit 1), one line, the traceback in train.log
+    assert done.returncode == 1 and "corrupt" in done.stderr and done.stderr.count("\n") == 1
+    assert "move it away" in done.stderr and f"full log: {workdir / 'train.log'}" in done.stderr
     assert checkpoint.read_bytes() == b"\x80\x04 this is not a checkpoint"
 
 

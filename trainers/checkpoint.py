@@ -14,7 +14,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -24,19 +24,50 @@ _REQUIRED = ("format", "job", "step", "elapsed", "state", "rng")
 
 
 def save_checkpoint(path: str | Path, job: str, step: int, elapsed: float, state: dict[str, Any]) -> None:
-    """Atomically write `state` (name -> state dict) at `step` of the job identified by `job`."""
+    """Atomically write `state` (name -> state dict) at `step` of the job identified by `job`.
+
+    A write that fails (a full disk, a file-size limit) raises a one-line OSError and leaves the
+    previous checkpoint at `path` as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "job": job, "step": step, "elapsed": elapsed, "state": state, "rng": rng_state()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            writer = _Writer(handle)
+            try:
+                torch.save(payload, writer)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except RuntimeError:  # torch.save reports a failed write as a RuntimeError
+                if writer.error is None:
+                    raise
+                raise writer.error from None
         os.replace(tmp, path)
+    except OSError as error:
+        kept = "the previous checkpoint is kept" if path.exists() else "no earlier checkpoint exists"
+        raise OSError(f"cannot write checkpoint {path}: {error.strerror or error}; {kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class _Writer:
+    """A file for torch.save that keeps the OSError of a failed write (torch only says "unexpected pos")."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load_checkpoint(path: str | Path, job: str) -> dict[str, Any]:

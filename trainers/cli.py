@@ -1,4 +1,4 @@
-"""The `tasks` and `models` commands of `prumux-search`."""
+"""The `tasks`, `models` and `train` commands of `prumux-search`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import click
 
 HUB_TASK = "hub, not loaded offline"
 HUB_MODEL = "hub, not available offline"
+
+
+class JobFailed(click.ClickException):
+    """A job that was checked and started, then failed: printed as one `error:` line, exit status 1."""
+
+    exit_code = 1
 
 
 @click.command("tasks")
@@ -74,19 +80,43 @@ def train(
     task: str, base_model: str, N: int, s: float, recipe: str, workdir: str, overrides: tuple[str, ...],
     device: str | None, bf16: bool, quiet: bool,
 ) -> None:  # fmt: skip
-    """Train one (N, s) point (resuming or reusing what the work dir holds) and print its result."""
+    """Train one (N, s) point (resuming or reusing what the work dir holds) and print its result.
+
+    Every input is checked before training starts (exit status 2 on bad input); a training that
+    fails exits with status 1 and one line naming the cause, its traceback in WORKDIR/train.log.
+    """
     import json
 
+    from trainers.job import check_job, check_writable_dir
+    from trainers.phases.loop import Runtime
     from trainers.point import train_point
-    from trainers.recipes import load_recipe, parse_overrides
 
-    chosen = load_recipe(recipe, parse_overrides(overrides))
-    result = train_point(task, base_model, N, s, chosen, workdir, progress=not quiet, device=device, bf16=bf16)
+    job = check_job(task, base_model, recipe, overrides, grid_N=(N,), grid_s=(s,))
+    folder = check_writable_dir(workdir, "work dir")
+    Runtime.create(device, bf16)  # an unknown or absent device is bad input, not a failed training
+    try:
+        result = train_point(job.task, job.base_model, N, s, job.recipe, folder, progress=not quiet, device=device,
+                             bf16=bf16)  # fmt: skip
+    except Exception as error:
+        raise JobFailed(_logged_failure(folder, f"train {job.task}/{job.base_model}/N={N}/s={s:g}", error)) from None
     values = result.to_dict()
     shown = ["family", "N", "s", "val_accuracy", "test_accuracy", "throughput", "speedup", "sparsity", "hardware"]
     click.echo(format_table(["field", "value"], [[key, _shown(values[key])] for key in shown]))
     click.echo(f"phase seconds: {values['phase_seconds']}  model: {values['model_dir']}")
     click.echo(json.dumps({key: value for key, value in values.items() if key != "recipe_values"}, indent=2))
+
+
+def _logged_failure(workdir, job: str, error: Exception) -> str:
+    """Log the traceback of a failed job to the work dir's train.log; return the one line to print."""
+    from trainers.progress import LOG_FILE, error_cause, job_log
+
+    cause = error_cause(error)
+    try:
+        with job_log(workdir, job) as log:
+            log.error("failed: %s", cause, exc_info=error)
+    except OSError:
+        return f"training failed: {cause}"
+    return f"training failed: {cause} (full log: {workdir / LOG_FILE})"
 
 
 def _shown(value: object) -> str:

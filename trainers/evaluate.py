@@ -36,6 +36,16 @@ def accuracy(model: PruMUXModel, split: EncodedSplit, batch_size: int, masks: di
     return float((predict(model, split, batch_size, masks) == split.labels).float().mean())
 
 
+def check_label_names(names: list[str], label_names: tuple[str, ...], source: str) -> None:
+    """Raise a one-line ValueError unless a checkpoint's named labels are the task's, in the task's order."""
+    ours, task = [name.lower() for name in names], [name.lower() for name in label_names]
+    if ours == task:
+        return
+    if sorted(ours) == sorted(task):
+        raise ValueError(f"{source} orders its labels {list(names)}, the task {list(label_names)}; they must agree")
+    raise ValueError(f"{source} predicts labels {list(names)}, not the task's {list(label_names)}")
+
+
 def check_label_order(model: PruMUXModel, label_names: tuple[str, ...], validation: EncodedSplit, batch_size: int,
                       source: str) -> None:  # fmt: skip
     """Raise a one-line ValueError unless a fine-tuned checkpoint's labels are the task's, in the task's order.
@@ -45,15 +55,9 @@ def check_label_order(model: PruMUXModel, label_names: tuple[str, ...], validati
     more often than taking them as they are, the checkpoint was trained with another order
     (as CoFi's MNLI models were).
     """
-    task_names = [name.lower() for name in label_names]
-    names = model.config.label_names
-    if names is not None:
-        ours = [name.lower() for name in names]
-        if ours == task_names:
-            return
-        if sorted(ours) == sorted(task_names):
-            raise ValueError(f"{source} orders its labels {names}, the task {list(label_names)}; they must agree")
-        raise ValueError(f"{source} predicts labels {names}, not the task's {list(label_names)}")
+    if model.config.label_names is not None:
+        check_label_names(model.config.label_names, label_names, source)
+        return
     from scipy.optimize import linear_sum_assignment
 
     count = len(label_names)

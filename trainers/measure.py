@@ -7,6 +7,7 @@ load, so their ratio holds even on a shared, noisy machine (absolute throughputs
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ class CheckpointMeasurement:
 
 
 def measure_checkpoint(
-    model_name: str, task: str, N: int | None = None, tokenizer: str | None = None, seq_len: int = 128,
+    model_name: str, task: str, N: int | None = None, seq_len: int = 128,
     batches: int = 4, warmup: int = 1, device: str | None = None, bf16: bool = False,
     max_eval_examples: int | None = None, log: Callable[[str], None] = lambda _: None,
 ) -> CheckpointMeasurement:  # fmt: skip
@@ -91,14 +92,13 @@ def measure_checkpoint(
     `model_name` is a checkpoint (alias, folder or hub id), or a family with `N`. Its labels
     must be the task's, in the task's order; a checkpoint without a task head is refused.
     """
-    if family(model_name) is not None and N is None:
-        raise ValueError(f"{model_name!r} is a model family: give the width N of the checkpoint to measure")
+    checkpoint_width(model_name, N)
     source = resolve_model(model_for(model_name, N) if N else model_name)
     data = load_task(task)
     _require_task_head(source, data.spec.num_labels)
     runtime = Runtime.create(device, bf16)
     model = PruMUXModel.from_pretrained(source, num_instances=N, num_labels=data.spec.num_labels).eval()
-    words = load_tokenizer(tokenizer or (tokenizer_for(model_name, N) if N else model_name))
+    words = load_tokenizer(tokenizer_for(model_name, N) if N else model_name)
     splits = {name: encode_frame(frame.head(max_eval_examples), words, seq_len) for name, frame in
               (("validation", data.validation), ("test", data.test))}  # fmt: skip
     log(f"{source}: N={model.config.num_instances} ({model.config.layout} layout), {len(splits['validation'])} "
@@ -115,6 +115,19 @@ def measure_checkpoint(
         val_accuracy=val, test_accuracy=test, throughput=speedup * dense, dense_throughput=dense, speedup=speedup,
         layout=config.layout, seq_len=seq_len, hardware=hardware_name(runtime.device),
     )  # fmt: skip
+
+
+def checkpoint_width(model_name: str, N: int | None = None) -> int:
+    """The width N a checkpoint multiplexes (a family's member needs `N`)."""
+    if family(model_name) is not None:
+        if N is None:
+            raise ValueError(f"{model_name!r} is a model family: give the width N of the checkpoint to measure")
+        return N
+    source = resolve_model(model_name)
+    if (Path(source) / CONFIG_FILE).is_file():
+        return PruMUXConfig.from_dict(json.loads((Path(source) / CONFIG_FILE).read_text())).num_instances
+    info = inspect_checkpoint(source)
+    return info.config.num_instances if info.multiplexed else 1
 
 
 def _require_task_head(source: str, num_labels: int) -> None:

@@ -20,7 +20,6 @@ stored result.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +35,7 @@ from trainers.cache import ThroughputCache, cache_entry, locked, slug, write_jso
 from trainers.data import EncodedTask, encode_task
 from trainers.evaluate import accuracy, check_label_order
 from trainers.families import model_for, tokenizer_for
+from trainers.job import check_point
 from trainers.measure import MEASURE_ROUNDS, side_by_side, throughput
 from trainers.models import load_tokenizer, resolve_model
 from trainers.phases.loop import Runtime, StageContext, save_output
@@ -129,7 +129,7 @@ def train_point(
     bf16: bool = False,
 ) -> PointResult:
     """Train (or resume, or reuse) the point (N, s) of `task` on `base_model` and measure it."""
-    _check_point(N, s)
+    check_point(N, s)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     job = _Job(task, base_model, N, s, recipe, _writable_workdir(workdir), Runtime.create(device, bf16))
     data = load_task(task, seed=recipe.seed)
@@ -289,13 +289,6 @@ def _throughput_key(base_model: str, recipe: Recipe, runtime: Runtime) -> str:
 
 def _saved_config(model_dir: Path) -> PruMUXConfig:
     return PruMUXConfig.from_dict(json.loads((model_dir / CONFIG_FILE).read_text()))
-
-
-def _check_point(N: int, s: float) -> None:
-    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-        raise ValueError(f"N must be an integer >= 1, got {N!r}")
-    if not isinstance(s, (int, float)) or math.isnan(s) or not 0 <= s < 1:
-        raise ValueError(f"sparsity s must be in [0, 1), got {s!r}")
 
 
 def _writable_workdir(workdir: str | Path) -> Path:

@@ -1,20 +1,46 @@
-"""What a running job shows: a progress bar per stage, and its log in `<workdir>/train.log`.
+"""What a running job shows: a progress bar per stage, its log in `<workdir>/train.log`, and
+progress records for whoever watches the job from elsewhere.
 
 Several jobs may share a work dir, so every log line names the job and its process id.
+A search's trial sets a progress sink (``reporting_progress``); every stage then sends it a
+record per step (the search's trainable writes them, throttled, into the study for the driver).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 LOG_FILE = "train.log"
 # The postfix keys shown on a bar, in this order, with their formats.
 POSTFIX_FORMATS = {"loss": "{:.4f}", "accuracy": "{:.3f}", "sparsity": "{:.3f}", "target": "{:.3f}"}
+# The phase each training stage belongs to (1 retrieval warm-up, 2 multiplexed fine-tuning, 3 pruning).
+STAGE_PHASES = {"retrieval": 1, "mlm": 2, "finetune": 2, "prune": 3, "pruned_finetune": 3}
+EVALUATION_KEYS = ("accuracy", "sparsity")
+
+ProgressSink = Callable[[dict[str, Any]], None]
+_sink: ProgressSink | None = None
+
+
+@contextmanager
+def reporting_progress(sink: ProgressSink) -> Iterator[None]:
+    """Send every stage's progress records to ``sink`` in this process while the block runs.
+
+    A record: ``stage``, ``phase``, ``step``, ``total``, ``eta`` (seconds left in the stage, None
+    before the first step), ``loss`` and the last evaluation's ``accuracy``/``sparsity`` once known.
+    """
+    global _sink
+    _sink = sink
+    try:
+        yield
+    finally:
+        _sink = None
 
 
 @contextmanager
@@ -32,20 +58,46 @@ def job_log(workdir: Path, job: str) -> Iterator[logging.Logger]:
         handler.close()
 
 
+def error_cause(error: BaseException, limit: int = 300) -> str:
+    """An exception as one short line for a console or a study: its type and its message's first line."""
+    lines = str(error).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class StageProgress:
-    """A tqdm bar over the steps of one training stage, with loss / accuracy / sparsity as postfix."""
+    """A tqdm bar over the steps of one training stage, with loss / accuracy / sparsity as postfix.
+
+    The description is ``"<job> <stage>"``; its last word names the stage in progress records.
+    """
 
     def __init__(self, description: str, total: int, initial: int, enabled: bool):
         self._bar = tqdm(total=total, initial=initial, desc=description, disable=not enabled, dynamic_ncols=True)
         self._shown: dict[str, str] = {}
+        self._stage = description.rsplit(" ", 1)[-1]
+        self._total, self._initial, self._started = total, initial, time.monotonic()
+        self._latest: dict[str, float] = {}
+        self._report(initial)
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         """Move the bar to `step` and show the latest value of each known metric."""
         for key, value in metrics.items():
             if key in POSTFIX_FORMATS:
                 self._shown[key] = POSTFIX_FORMATS[key].format(value)
+            if key in EVALUATION_KEYS or key == "loss":
+                self._latest[key] = float(value)
         self._bar.set_postfix(self._shown, refresh=False)
         self._bar.update(step - self._bar.n)
+        self._report(step)
+
+    def _report(self, step: int) -> None:
+        if _sink is None:
+            return
+        done = step - self._initial
+        eta = (time.monotonic() - self._started) / done * (self._total - step) if done > 0 else None
+        record = {"stage": self._stage, "phase": STAGE_PHASES.get(self._stage), "step": step, "total": self._total}
+        _sink({**record, "eta": eta, **self._latest})
 
     def close(self) -> None:
         self._bar.close()

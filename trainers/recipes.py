@@ -13,6 +13,7 @@ training set (`*_epochs`, which win when not null); see `Recipe.steps`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -150,31 +151,66 @@ PHASE12_FIELDS = (
 
 
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """A shipped recipe by name, or a recipe JSON file, with `overrides` applied by field name."""
-    path = RECIPES.get(str(name_or_path), Path(name_or_path))
-    if not path.is_file():
-        raise ValueError(f"unknown recipe {str(name_or_path)!r}; known: {', '.join(RECIPES)} (or a JSON file)")
+    """A shipped recipe by name, or a recipe JSON file, with `overrides` applied by field name.
+
+    A file's values must have the fields' JSON types (an int where a step count goes, true or
+    false for a flag); overrides may also be CLI strings, which are parsed. Every error names
+    the file or the override it comes from.
+    """
+    path = recipe_path(name_or_path)
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"recipe file {path} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise OSError(f"cannot read recipe file {path}: {error.strerror or error}") from None
     if not isinstance(values, dict):
         raise ValueError(f"recipe file {path} must hold a JSON object")
-    values.update(overrides or {})
-    return recipe_from_dict(values)
+    try:
+        recipe = recipe_from_dict(values, strict=True)
+    except ValueError as error:
+        raise ValueError(f"recipe file {path}: {error}") from None
+    if not overrides:
+        return recipe
+    try:
+        return recipe_from_dict({**values, **overrides})
+    except ValueError as error:
+        given = " ".join(f"{key}={value}" for key, value in overrides.items())
+        raise ValueError(f"recipe {recipe.name} with overrides {given}: {error}") from None
 
 
-def recipe_from_dict(values: dict[str, Any]) -> Recipe:
-    """A Recipe from plain values, checking names and converting types (e.g. CLI strings)."""
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The JSON file of a shipped recipe name, or the given file; ValueError if there is none."""
+    path = RECIPES.get(str(name_or_path), Path(name_or_path).expanduser())
+    if not path.is_file():
+        known = ", ".join(RECIPES)
+        if path.exists():
+            raise ValueError(f"recipe {str(name_or_path)!r} is not a file; known recipes: {known} (or a JSON file)")
+        raise ValueError(f"unknown recipe {str(name_or_path)!r}; known: {known} (or a JSON file)")
+    return path
+
+
+def recipe_from_dict(values: dict[str, Any], strict: bool = False) -> Recipe:
+    """A Recipe from plain values, checking names and converting types.
+
+    ``strict`` (values read from JSON): each value must already have its field's type; otherwise
+    strings are parsed, as the CLI's ``--set`` gives them.
+    """
     known = {item.name: item for item in fields(Recipe)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        raise ValueError(f"unknown recipe field(s) {', '.join(_with_suggestion(name, known) for name in unknown)}")
     missing = sorted(set(known) - set(values))
     if missing:
         raise ValueError(f"recipe is missing field(s) {', '.join(missing)}")
     hints = typing.get_type_hints(Recipe)
-    return Recipe(**{name: _convert(name, value, hints[name]) for name, value in values.items()})
+    convert = _checked_type if strict else _convert
+    return Recipe(**{name: convert(name, value, hints[name]) for name, value in values.items()})
+
+
+def _with_suggestion(name: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{name} (did you mean {close[0]}?)" if close else f"{name} (not a field of a recipe)"
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -209,6 +245,25 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"recipe field {name} must be {kind.__name__}, got {value!r}") from None
+
+
+_JSON_TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _checked_type(name: str, value: Any, hint: Any) -> Any:
+    """`value` if it has the JSON type of the field (an int is a valid float); ValueError naming both otherwise."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"recipe field {name} cannot be null")
+    kind = next(option for option in options if option is not type(None))
+    fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not fits:
+        raise ValueError(f"recipe field {name} must be {_JSON_TYPES[kind]}, got {json.dumps(value)}")
+    return value
 
 
 def _convert_bool(name: str, value: Any) -> bool:

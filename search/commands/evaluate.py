@@ -12,7 +12,7 @@ import pandas as pd
 from search.commands.study import DEFAULT_BUDGET, DEFAULT_GRID_N, DEFAULT_GRID_S
 from storage import StudySettings, import_points, open_study, study_settings
 from storage.cli_options import study_options
-from storage.study import study_exists
+from storage.study import find_study
 from storage.trials import points_frame
 
 # A realised sparsity this close to a grid value is that grid point.
@@ -22,10 +22,10 @@ GRID_SNAP = 0.02
 @click.command("evaluate")
 @click.option("--model", "model_name", required=True, help="Checkpoint: alias, folder or hub id (or a family with --n).")
 @click.option("--task", required=True, help="Task name or local data file.")
-@click.option("--n", "N", type=int, default=None, help="Width N, to pick a family's checkpoint.")
+@click.option("--n", "N", type=int, default=None,
+              help="Width N, to pick a family's checkpoint (its tokenizer is the family's N = 1 model's).")
 @click.option("--s", "grid_s_value", type=float, default=None,
               help="The grid sparsity the model stands for [default: its realised sparsity, to the nearest grid value].")
-@click.option("--tokenizer", default=None, help="Tokenizer to use [default: the model's (a family's: its N = 1 model's)].")
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="Padded length (the paper's 128).")
 @click.option("--batches", default=4, show_default=True, type=click.IntRange(min=1), help="Timed batches of 128 N.")
 @click.option("--max-eval-examples", type=click.IntRange(min=1), default=None, help="Validation/test rows [default: all].")
@@ -37,7 +37,7 @@ GRID_SNAP = 0.02
 @click.option("--grid-n", default=DEFAULT_GRID_N, show_default=True, help="A new study's widths N.")
 @click.option("--grid-s", default=DEFAULT_GRID_S, show_default=True, help="A new study's sparsities s.")
 @click.option("--budget", default=DEFAULT_BUDGET, show_default=True, type=float, help="A new study's accuracy budget.")
-def evaluate(model_name: str, task: str, N: int | None, grid_s_value: float | None, tokenizer: str | None,
+def evaluate(model_name: str, task: str, N: int | None, grid_s_value: float | None,
              seq_len: int, batches: int, max_eval_examples: int | None, device: str | None, bf16: bool, output: str,
              into_study: bool, run_dir: Path | str, storage: str, study: str, grid_n: str, grid_s: str,
              budget: float) -> None:  # fmt: skip
@@ -46,11 +46,13 @@ def evaluate(model_name: str, task: str, N: int | None, grid_s_value: float | No
     With --into-study the point joins the study (a new study takes --grid-n/--grid-s/--budget;
     an existing one must be of the same task); `predict` and `start` then build on it.
     """
-    from trainers.measure import measure_checkpoint
+    from trainers.job import check_job
+    from trainers.measure import checkpoint_width, measure_checkpoint
 
-    target = _target(storage, study, task, model_name, grid_n, grid_s, budget) if into_study else None
+    job = check_job(task, model_name, grid_N=(checkpoint_width(model_name, N),))
+    target = _target(storage, study, job.task, job.base_model, grid_n, grid_s, budget) if into_study else None
     point = measure_checkpoint(
-        model_name, task, N, tokenizer, seq_len, batches, device=device, bf16=bf16,
+        job.base_model, job.task, N, seq_len, batches, device=device, bf16=bf16,
         max_eval_examples=max_eval_examples, log=lambda line: click.echo(line, err=True),
     )  # fmt: skip
     values = point.to_dict()
@@ -79,8 +81,9 @@ def _target(storage: str, study: str, task: str, model: str, grid_n: str, grid_s
     study's (it must be of this task), or a new one's from the options."""
     from search.grid import check_budget, check_grid, parse_values
 
-    if study_exists(storage, study):
-        settings = study_settings(open_study(storage, study))
+    existing = find_study(storage, study)
+    if existing is not None:
+        settings = study_settings(existing)
         if settings is None or settings.task != task:
             raise ValueError(f"study {study!r} is of task {settings.task if settings else '?'!r}, not {task!r}")
         return settings
@@ -102,8 +105,9 @@ def _threshold(storage: str, study: str, values: dict, budget: float) -> float:
     """The accuracy the point must reach: the study's dense accuracy (its own, if it is the dense point) - budget."""
     if (values["N"], values["s"]) == (1, 0.0):
         return values["val_accuracy"] - budget
-    points = points_frame(open_study(storage, study)) if study_exists(storage, study) else pd.DataFrame()
-    dense = points[(points["N"] == 1) & (points["s"] == 0)] if len(points) else points
-    if dense.empty:
+    existing = find_study(storage, study)
+    points = points_frame(existing) if existing is not None else None
+    dense = points[(points["N"] == 1) & (points["s"] == 0)] if points is not None else None
+    if dense is None or dense.empty:
         raise ValueError(f"study {study!r} has no dense (N=1, s=0) point yet: evaluate that one first")
     return float(dense["accuracy"].iloc[0]) - budget

@@ -1,10 +1,12 @@
 """The study commands of ``prumux-search``: ``start``, ``status``, ``best``, ``export``, ``import``.
 
-Every input is validated before the study is opened, so bad input never writes to it.
+Every input is validated before the study is opened (``check_search``, which runs the whole-job
+check ``trainers.job.check_job``), so bad input never writes to it, and nothing reaches Ray.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shlex
@@ -18,13 +20,19 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from search.cli import EXIT_CODES
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
 from storage.cli_options import study_options
+from storage.study import find_study
 from storage.trials import json_safe
+from trainers.cli import JobFailed
 
 if TYPE_CHECKING:
+    from search.console import SearchConsole
+    from search.driver import SearchOptions, SearchOutcome
     from dashboards.summary import StudySummary
+    from trainers.job import Job
     from trainers.recipes import Recipe
 
 DEFAULT_TASK = "rt-polarity"
@@ -34,6 +42,7 @@ DEFAULT_GRID_N = "1,2,5"
 DEFAULT_GRID_S = "0,0.5,0.7,0.9"
 DEFAULT_BUDGET = 0.03
 TABLE_COLUMNS = ["number", "state", "N", "s", "family", "accuracy", "throughput", "speedup", "feasible"]
+EXIT_INTERRUPTED = 130
 TENANT_WARNING = (
     "**Multiplexing mixes instances in one forward pass.** With N > 1 the model combines N "
     "inputs into one representation before the encoder, so a shared service must multiplex only "
@@ -49,8 +58,9 @@ def definition_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Base model alias, folder or hub id."),
         click.option("--recipe", default=DEFAULT_RECIPE, show_default=True, help="Recipe name or JSON file."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field."),
-        click.option("--grid-n", default=DEFAULT_GRID_N, show_default=True, help="Multiplexing widths N."),
-        click.option("--grid-s", default=DEFAULT_GRID_S, show_default=True, help="Sparsities s."),
+        click.option("--grid-n", default=None, help=f"Multiplexing widths N [default: {DEFAULT_GRID_N}].",
+                     metavar="LIST"),
+        click.option("--grid-s", default=None, help=f"Sparsities s [default: {DEFAULT_GRID_S}].", metavar="LIST"),
         click.option("--budget", default=DEFAULT_BUDGET, show_default=True, type=float,
                      help="Accuracy loss allowed below dense (1, 0), a fraction."),
     ]  # fmt: skip
@@ -59,25 +69,23 @@ def definition_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def search_definition(
-    task: str, model: str, recipe: str, overrides: tuple[str, ...], grid_n: str, grid_s: str, budget: float
-) -> tuple[StudySettings, Recipe]:
-    """Validate the definition options; return the study settings and the loaded recipe."""
+def check_search(
+    task: str, model: str, recipe: str, overrides: tuple[str, ...], grid_n: str | None, grid_s: str | None,
+    budget: float, command: str, *, cwd: str | Path | None = None, hub: bool = True,
+) -> tuple[StudySettings, Job]:
+    """Check a search's definition (budget, grid, and the whole job: task, model, recipe) before
+    anything is written; return the study settings (resolved paths, the text given) and the job."""
     from search.grid import check_budget, check_grid, parse_values
-    from trainers.models import is_available
-    from trainers.recipes import load_recipe, parse_overrides
-    from trainers.tasks import TASKS, task_names
+    from trainers.job import check_job
 
-    grid_N, grid_S = check_grid(parse_values(grid_n, "grid N"), parse_values(grid_s, "grid s"))
+    grid_N, grid_S = check_grid(parse_values(DEFAULT_GRID_N if grid_n is None else grid_n, "grid N"),
+                                parse_values(DEFAULT_GRID_S if grid_s is None else grid_s, "grid s"))  # fmt: skip
     budget = check_budget(budget)
-    if task not in TASKS and not Path(task).exists():
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(task_names())}, or a local data file")
-    if not is_available(model):
-        raise ValueError(f"base model {model!r} is not available here (offline): use minilm-l6 or a model folder")
-    changes = parse_overrides(overrides)
-    loaded = load_recipe(recipe, changes)
-    label = recipe + "".join(f" {key}={getattr(loaded, key)}" for key in sorted(changes))
-    return StudySettings(task, model, label, budget, tuple(grid_N), tuple(grid_S), _command_line()), loaded
+    job = check_job(task, model, recipe, overrides, grid_N=grid_N, grid_s=grid_S, cwd=cwd, hub=hub)
+    settings = StudySettings(
+        job.task, job.base_model, job.recipe_label, budget, tuple(grid_N), tuple(grid_S), command, job.given
+    )
+    return settings, job
 
 
 def _time_budget(given: float | None, recipe: Recipe) -> float | None:
@@ -99,7 +107,7 @@ def _command_line() -> str:
     return shlex.join(words)
 
 
-@click.command("start")
+@click.command("start", epilog=EXIT_CODES)
 @study_options
 @definition_options
 @click.option("--max-trials", type=int, default=None, help="Stop once the study holds this many trained points.")
@@ -110,37 +118,67 @@ def _command_line() -> str:
 @click.option("--concurrency", type=int, default=None, help="Concurrent trials [default: one per GPU, else 1].")
 @click.option("--cpus-per-trial", type=float, default=None, help="CPUs per trial [default: all, shared].")
 @click.option("--gpus-per-trial", type=float, default=None, help="GPUs per trial [default: 1 if any].")
-@click.option("--max-failures", type=int, default=2, show_default=True, help="Ray retries of a failed trial.")
+@click.option("--max-failures", type=int, default=2, show_default=True,
+              help="Ray retries of a failed trial (a retry that fails with the same error stops the search).")
 @click.option("--ray-address", default=None,
               help="Ray cluster to use: auto or HOST:6379, from a node of the cluster [default: a local instance].")
 @click.option("--cache-lock", type=click.Choice(["auto", "file", "database"]), default="auto", show_default=True,
               help="Lock of the shared phase 1-2 cache: lock files, or leases in the study's database for a run "
                    "dir shared by cluster nodes (auto: database unless the study is SQLite).")
 def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, recipe: str, overrides: tuple[str, ...],
-          grid_n: str, grid_s: str, budget: float, max_trials: int | None, time_budget: float | None,
+          grid_n: str | None, grid_s: str | None, budget: float, max_trials: int | None, time_budget: float | None,
           concurrency: int | None, cpus_per_trial: float | None, gpus_per_trial: float | None,
           max_failures: int, ray_address: str | None, cache_lock: str) -> None:  # fmt: skip
-    """Run (or resume) an Auto-PruMUX search: one Ray Tune trial per (N, s) point."""
+    """Run (or resume) an Auto-PruMUX search: one Ray Tune trial per (N, s) point.
+
+    Every input is checked first (task data, base model and tokenizer, recipe, grid, budget,
+    run directory); relative paths are resolved against the working directory. While trials
+    train, one live line per running trial shows its phase, step, last evaluation and ETA.
+    """
+    from search.console import SearchConsole
     from search.driver import SearchOptions, run_search
 
-    settings, loaded = search_definition(task, model, recipe, overrides, grid_n, grid_s, budget)
+    settings, job = check_search(task, model, recipe, overrides, grid_n, grid_s, budget, _command_line())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = SearchOptions(
         run_dir=str(run_dir), storage_url=storage, study_name=study, concurrency=concurrency,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_trials=max_trials,
-        time_budget_s=_time_budget(time_budget, loaded), max_failures=max_failures, ray_address=ray_address, cache_lock=cache_lock,
+        time_budget_s=_time_budget(time_budget, job.recipe), max_failures=max_failures, ray_address=ray_address,
+        cache_lock=cache_lock,
     )  # fmt: skip
-    click.echo(f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "
-               f"recipe {settings.recipe}, budget {settings.budget:g}")  # fmt: skip
-    outcome = run_search(settings, loaded, options, on_trial=_report_trial)
+    console = SearchConsole()
+    console.line(f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "
+                 f"recipe {settings.recipe}, budget {settings.budget:g}")  # fmt: skip
+    try:
+        outcome = run_search(settings, job.recipe, options, on_trial=functools.partial(_report_trial, console),
+                             on_progress=console.progress)  # fmt: skip
+    finally:
+        console.close()
+    _report_outcome(outcome, options)
+
+
+def _report_outcome(outcome: SearchOutcome, options: SearchOptions) -> None:
+    """Print how the run ended, the frontier and the recommendation; exit 130 or 1 as the run ended."""
     if outcome.resumed_failed:
         click.echo(f"resumed: trials {outcome.resumed_failed}, left running by a dead driver, were marked failed")
     if outcome.interrupted:
         click.echo(f"interrupted: trials {outcome.interrupted}; their points resume from checkpoints on the next start")
-    if outcome.failed:
-        click.echo(f"failed: trials {outcome.failed}; see the Ray Tune trial logs under {options.tune_storage}")
     click.echo(f"stopped: {outcome.stop_reason} after {outcome.seconds:.0f} s")
     _print_frontier(outcome.study)
+    if outcome.signal_name:
+        click.echo(f"interrupted by {outcome.signal_name}: run the same command again to resume")
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
+    if outcome.failed:
+        raise JobFailed(_failure(outcome.study, outcome.failed[0], options))
+
+
+def _failure(study: optuna.Study, number: int, options: SearchOptions) -> str:
+    """The one line that says why a failed search stopped and where its full log is."""
+    trial = study.trials[number]
+    reason = trial.user_attrs.get("failed_because", "its training failed")
+    where = "" if "full log:" in reason else f"; Ray's trial logs are under {options.tune_storage}"
+    return (f"the search stopped: trial {number} (N={trial.params['N']}, s={trial.params['s']:g}) failed: "
+            f"{reason}{where}")  # fmt: skip
 
 
 @click.command("status")
@@ -225,14 +263,22 @@ def _copy_model(trial: FrozenTrial, out: Path) -> None:
 @click.option("--points", "points_csv", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV of measured points: N, s, accuracy, throughput.")  # fmt: skip
 def import_points(run_dir: Path | str, storage: str, study: str, task: str, model: str, recipe: str,
-                  overrides: tuple[str, ...], grid_n: str, grid_s: str, budget: float, points_csv: Path) -> None:  # fmt: skip
-    """Import measured (N, s) points into a study (created with the definition options if new)."""
-    from search.grid import check_on_grid, read_points
+                  overrides: tuple[str, ...], grid_n: str | None, grid_s: str | None, budget: float,
+                  points_csv: Path) -> None:  # fmt: skip
+    """Import measured (N, s) points into a study (created with the definition options if new).
 
-    settings, _ = search_definition(task, model, recipe, overrides, grid_n, grid_s, budget)
+    Without --grid-n/--grid-s the grid is the study's, or for a new study the points' N and s values.
+    """
+    from search.grid import check_on_grid, grid_axes, read_points
+
     if not points_csv.is_file():
         raise ValueError(f"no such points file: {points_csv}")
     points = read_points(points_csv)
+    stored = study_settings(existing) if (existing := find_study(storage, study)) else None
+    axes = (stored.grid_N, stored.grid_s) if stored else grid_axes(points)
+    grid_n = ",".join(f"{n:g}" for n in axes[0]) if grid_n is None else grid_n
+    grid_s = ",".join(f"{s:g}" for s in axes[1]) if grid_s is None else grid_s
+    settings, _ = check_search(task, model, recipe, overrides, grid_n, grid_s, budget, _command_line())
     check_on_grid(points, settings.grid_N, settings.grid_s)
     dense = points[(points["N"] == 1) & (points["s"] == 0)]
     opened = open_study(storage, study, settings, create=not dense.empty)
@@ -281,7 +327,7 @@ Any number of inputs may be passed; the model pads them to a multiple of N.
 """
 
 
-def _report_trial(trial: FrozenTrial, study: optuna.Study) -> None:
+def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Study) -> None:
     """Print one line per finished trial and refresh the dashboard figures."""
     from dashboards.publish import publish
     from search.searcher import trained_count
@@ -289,10 +335,10 @@ def _report_trial(trial: FrozenTrial, study: optuna.Study) -> None:
     point = f"N={trial.params['N']} s={trial.params['s']:g}"
     if trial.state != TrialState.COMPLETE:
         reason = trial.user_attrs.get("failed_because", "")
-        click.echo(f"trial {trial.number}  {point}  {trial.state.name.lower()}: {reason}")
+        console.line(f"trial {trial.number}  {point}  {trial.state.name.lower()}: {reason}")
         return
     feasible = all(value <= 0 for value in trial.constraints.values())
-    click.echo(
+    console.line(
         f"trial {trial.number}  {point}  accuracy {trial.values[0]:.4f}  "
         f"speed-up {trial.user_attrs.get('speedup', math.nan):.2f}x  feasible {'yes' if feasible else 'no'}  "
         f"trainings used {trained_count(study)}"

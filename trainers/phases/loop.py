@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from prumux import PruMUXModel
@@ -141,14 +142,25 @@ def save_output(
     record: dict[str, Any],
     extras: dict[str, Any] | None = None,
 ) -> None:
-    """Atomically publish a stage's model (plus `extras` saved with torch.save) and record; drop its checkpoint."""
+    """Atomically publish a stage's model (plus `extras` saved with torch.save) and record; drop its checkpoint.
+
+    A failed write (a full disk) removes the partial output and raises a one-line OSError; the
+    stage's checkpoint stays, so a rerun resumes the stage from it.
+    """
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    for name, value in (extras or {}).items():
-        torch.save(value, tmp / name)
-    (tmp / STAGE_RECORD).write_text(json.dumps(record, indent=2))
-    os.replace(tmp, output)
+    try:
+        model.save_pretrained(tmp)
+        for name, value in (extras or {}).items():
+            torch.save(value, tmp / name)
+        (tmp / STAGE_RECORD).write_text(json.dumps(record, indent=2))
+        os.replace(tmp, output)
+    except (OSError, RuntimeError, SafetensorError) as error:  # torch and safetensors wrap the OSError
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise OSError(
+            f"cannot write the {stage} output {output}: {reason}; a rerun resumes the stage from its last checkpoint"
+        ) from None
     ctx.checkpoint(stage).unlink(missing_ok=True)
 
 

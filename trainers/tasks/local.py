@@ -8,14 +8,18 @@ splits are held out from train (10% each, seeded, stratified by label).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
+from pyarrow.lib import ArrowException
 
 from trainers.tasks.spec import SPLITS, TaskData, TaskSpec
 from trainers.tasks.splits import split_frame
 
 SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+MIN_ROWS_TO_HOLD_OUT = 10  # every 10 rows give 8 to train, 1 to validation, 1 to test
+_KINDS = {".csv": "CSV", ".tsv": "TSV", ".json": "JSON", ".jsonl": "JSON Lines", ".parquet": "parquet"}
 _SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
 
 
@@ -29,10 +33,12 @@ def load_local(path: str | Path, seed: int = 0) -> TaskData:
     path = Path(path)
     if not path.exists():
         raise OSError(f"task file or folder {str(path)!r} does not exist")
+    if not path.is_file() and not path.is_dir():
+        raise ValueError(f"task {str(path)!r} is neither a file nor a folder")
     frames = _read_splits(path)
     is_pair = _is_pair(frames)
     label_names, frames = _label_ids(frames)
-    frames = _complete_splits(frames, seed)
+    frames = _complete_splits(frames, seed, path.name)
     spec = TaskSpec(
         name=str(path),
         label_names=label_names,
@@ -71,32 +77,63 @@ def _read_file(file: Path) -> pd.DataFrame:
     suffix = file.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"unsupported task file {file.name!r}; use one of {', '.join(SUFFIXES)}")
-    if suffix == ".parquet":
-        frame = pd.read_parquet(file)
-    elif suffix in (".json", ".jsonl"):
-        # A .json file may hold one array of records or one record per line.
-        lines = suffix == ".jsonl" or not file.read_text(encoding="utf-8").lstrip().startswith("[")
-        frame = pd.read_json(file, lines=lines)
-    else:
-        frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",")
+    try:
+        text = None if suffix == ".parquet" else _utf8_text(file)
+        frame = pd.read_parquet(file) if text is None else _read_text_table(suffix, text)
+    except _UnusableFile:
+        raise
+    except OSError as error:
+        raise OSError(f"cannot read task file {str(file)!r}: {error.strerror or error}") from None
+    except (ValueError, ArrowException) as error:  # what pandas and pyarrow raise on malformed content
+        raise ValueError(f"task file {file.name!r} is not valid {_KINDS[suffix]}: {_brief(_first_line(error))}") from None
     return _checked(frame, file)
+
+
+class _UnusableFile(ValueError):
+    """Raised while reading a task file, with the message to show as is."""
+
+
+def _utf8_text(file: Path) -> str:
+    data = file.read_bytes()
+    if not data.strip():
+        raise _UnusableFile(f"task file {file.name!r} is empty")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise _UnusableFile(
+            f"task file {file.name!r} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def _read_text_table(suffix: str, text: str) -> pd.DataFrame:
+    if suffix in (".json", ".jsonl"):
+        # A .json file may hold one array of records or one record per line.
+        lines = suffix == ".jsonl" or not text.lstrip().startswith("[")
+        return pd.read_json(io.StringIO(text), lines=lines)
+    return pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",")
 
 
 def _checked(frame: pd.DataFrame, file: Path) -> pd.DataFrame:
     missing = [column for column in ("text", "label") if column not in frame.columns]
     if missing:
+        found = ", ".join(_brief(str(column), 30) for column in list(frame.columns)[:6])
+        more = f" and {len(frame.columns) - 6} more" if len(frame.columns) > 6 else ""
         raise ValueError(
-            f"task file {file.name!r} lacks column(s) {', '.join(missing)}; "
-            f"it needs text and label (and text_pair for pair tasks), found {', '.join(map(str, frame.columns))}"
+            f"task file {file.name!r} lacks column(s) {', '.join(missing)}; it needs text and label "
+            f"(and text_pair for pair tasks), found {found or 'no columns'}{more}"
         )
+    if frame.empty:
+        raise ValueError(f"task file {file.name!r} has no rows, only a header")
     columns = [column for column in ("text", "text_pair", "label") if column in frame.columns]
     incomplete = int(frame[columns].isna().any(axis=1).sum())
     if incomplete:
         raise ValueError(f"task file {file.name!r} has {incomplete} row(s) with an empty {', '.join(columns)} value")
-    return frame[columns].reset_index(drop=True)
+    texts = {column: frame[column].astype(str) for column in ("text", "text_pair") if column in frame.columns}
+    return frame[columns].assign(**texts).reset_index(drop=True)
 
 
-def _complete_splits(frames: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
+def _complete_splits(frames: dict[str, pd.DataFrame], seed: int, name: str) -> dict[str, pd.DataFrame]:
     """Hold out the missing validation / test splits from train; held-out parts of present splits stay in train."""
     pieces = dict(zip(SPLITS, split_frame(frames["train"], seed, stratify="label")))
     completed = {split: frames.get(split, pieces[split]) for split in ("validation", "test")}
@@ -104,8 +141,21 @@ def _complete_splits(frames: dict[str, pd.DataFrame], seed: int) -> dict[str, pd
         [pieces["train"], *(pieces[split] for split in ("validation", "test") if split in frames)], ignore_index=True
     )
     if min(len(frame) for frame in completed.values()) == 0:
-        raise ValueError(f"a local task needs an example in every split; train has only {len(frames['train'])} rows")
+        missing = " and ".join(split for split in ("validation", "test") if split not in frames)
+        raise ValueError(
+            f"task {name!r} has {len(frames['train'])} training row(s); a local task needs at least "
+            f"{MIN_ROWS_TO_HOLD_OUT} to hold out {missing} (10% each), or {missing} files beside train in a folder"
+        )
     return completed
+
+
+def _brief(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, for messages that quote the user's data."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _label_ids(frames: dict[str, pd.DataFrame]) -> tuple[tuple[str, ...], dict[str, pd.DataFrame]]:

@@ -111,6 +111,17 @@ CASES = {
     "model folder without config": ([*START[:-1], "{models}/no-config"], "has no config.json"),
     "model corrupt safetensors": ([*START[:-1], "{models}/corrupt-weights"], "model.safetensors is damaged"),
     "model without tokenizer": ([*START[:-1], "{models}/no-tokenizer"], "its tokenizer has no vocabulary"),
+    "mux config without weights": ([*START[:-1], "{models}/mux-no-weights"], "has no weights"),
+    "mux weights contradicting the config": ([*START[:-1], "{models}/mux-shapes"],
+                                             "instance_embedding has shape (2, 32), expected (5, 32)"),
+    "zs.pt of the wrong shapes": ([*START[:-1], "{models}/mux-zs"], "zs.pt mask head_z has shape (2, 3)"),
+    "unknown muxing variant": ([*START[:-1], "{models}/mux-variant"], "unsupported muxing_variant 'random_ortho'"),
+    "unknown demuxing variant": ([*START[:-1], "{models}/demux-variant"], "unsupported demuxing_variant 'index'"),
+    "family without a grid N": (["start", *STUDY, "--grid-n", "1,3", "--grid-s", "0", "--model", "muxbert-base"],
+                                "model family 'muxbert-base' has no N = 3 checkpoint (it has N = 1, 2, 5, 10)"),
+    "fine-tuned labels in another order": ([*START[:-1], "{models}/mux-swapped-{{N}}"],
+                                           "orders its labels ['positive', 'negative'], the task ['negative', 'positive']"),
+    "evaluate a family without N": (["evaluate", "--model", "muxbert-base", "--task", "rt-polarity"], "is a model family"),
     "recipe unknown field": ([*START, "--recipe", "{recipes}/unknown-field.json"],
                              "unknown recipe field(s) prune_step (did you mean prune_steps?)"),
     "recipe wrong type": ([*START, "--recipe", "{recipes}/wrong-type.json"],
@@ -208,7 +219,31 @@ def broken_models(folder: Path, model: Path) -> Path:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (folder / "no-tokenizer" / name).unlink()
+    broken_mux_checkpoints(folder, model)
     return folder
+
+
+def broken_mux_checkpoints(folder: Path, tokenizer: Path) -> None:
+    """MUX-BERT folders (published layout, the real tokenizer): without weights, with weights contradicting
+    the config, with a zs.pt of the wrong shapes, with unknown variants, fine-tuned with swapped labels."""
+    import torch
+    from reference_models import TOKENIZER_FILES, bert_config, mux_config, mux_plm_state, save_checkpoint
+
+    config = mux_config(bert_config(vocab=30522, positions=64), 2, num_labels=2)
+    state = mux_plm_state(config, 0, task_head=True)
+    broken = {
+        "mux-shapes": config | {"num_instances": 5}, "mux-zs": config,
+        "mux-variant": config | {"muxing_variant": "random_ortho"}, "demux-variant": config | {"demuxing_variant": "index"},
+        "mux-swapped-2": config | {"id2label": {"0": "positive", "1": "negative"}},
+    }  # fmt: skip
+    for name, changed in broken.items():
+        save_checkpoint(folder / name, changed, state)
+        for file in TOKENIZER_FILES:
+            shutil.copy(tokenizer / file, folder / name / file)
+    torch.save({"head_z": torch.ones(2, 3), "hidden_z": torch.ones(32)}, folder / "mux-zs" / "zs.pt")
+    shutil.copytree(tokenizer, folder / "mux-swapped-1")
+    shutil.copytree(folder / "mux-zs", folder / "mux-no-weights")
+    (folder / "mux-no-weights" / "model.safetensors").unlink()
 
 
 def broken_recipes(folder: Path) -> Path:

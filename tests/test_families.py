@@ -69,3 +69,17 @@ def test_a_checkpoint_with_the_task_labels_in_another_order_is_refused(run_cli, 
     done = train(run_cli, hub_cache, tmp_path, "testorg/tiny-mux-swapped-{N}", 2, 0.0)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "orders its labels ['positive', 'negative'], the task ['negative', 'positive']" in done.stderr
+
+
+def test_a_search_on_a_family_skips_what_each_checkpoint_learnt(run_cli, hub_cache, tmp_path):
+    """A real (smoke) `start` whose N = 2 points start from a task-fine-tuned MUX checkpoint in the hub cache."""
+    done, _ = run_cli("start", "--run-dir", str(tmp_path), "--task", "rt-polarity", "--model", TEMPLATE,
+                      "--recipe", "smoke", "--grid-n", "1,2", "--grid-s", "0", "--budget", "0.5",
+                      timeout=900, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub_cache))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    status, _ = run_cli("status", "--run-dir", str(tmp_path), "--format", "json")
+    trials = {(t["N"], t["s"]): t for t in json.loads(status.stdout)["trials"]}
+    assert sorted(trials) == [(1, 0.0), (2, 0.0)]
+    assert trials[(1, 0.0)]["phases"]["finetune"] == "trained"
+    assert trials[(2, 0.0)]["checkpoint"] == "testorg/tiny-mux-rt-2"
+    assert trials[(2, 0.0)]["phases"] == {"retrieval": "skipped", "mlm": "skipped", "finetune": "evaluated", "pruning": "skipped"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainers.families import model_for, tokenizer_for
+from trainers.families import FAMILIES, model_for, tokenizer_for
 from trainers.hub import configure_offline, hub_cached, hub_errors, hub_reachable, offline_error
 
 if TYPE_CHECKING:
@@ -104,9 +104,11 @@ def _resolved_name(name: str, cwd: str | Path | None) -> str:
     """An alias or hub id as given; an existing folder as its absolute path."""
     if not name or not name.strip():
         raise ValueError("empty model name; use an alias (" + ", ".join(BASE_MODELS) + "), a folder or a hub id")
-    if name in BASE_MODELS:
+    if name in BASE_MODELS or name in FAMILIES:
         return name
     local = Path(cwd or Path.cwd()) / Path(name).expanduser()
+    if "{N}" in name and local.parent.is_dir():  # a template of local folders, one per N
+        return str(local.parent.resolve() / local.name)
     if local.is_dir():
         return str(local.resolve())
     if local.exists():

@@ -36,7 +36,7 @@ import aiohttp
 import torch
 
 from prumux import PruMUXModel, hardware_name, measure_throughput
-from serving.app import APP_NAME, ServeOptions, batch_instances, build_app, prepare
+from serving.app import APP_NAME, ServeOptions, batch_instances, build_app, logging_config, prepare
 from serving.keys import key_digest
 from serving.stats import latency_percentiles
 from trainers.servable import ServingSpec, export_servable, read_servable
@@ -224,7 +224,7 @@ def main() -> None:
     project = str(Path(__file__).resolve().parents[1])
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning",
              runtime_env={"env_vars": {"PYTHONPATH": project}})  # fmt: skip
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port}, logging_config=logging_config(False))
     try:
         for served in models:
             print(f"serving {served.name} under load ...", file=sys.stderr, flush=True)

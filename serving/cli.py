@@ -50,13 +50,14 @@ if TYPE_CHECKING:
               help="CPUs (and torch threads) per replica [default: the cluster's CPUs shared by the replicas].")
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="Larger bodies get 413.")
 @click.option("--max-inputs", type=int, default=1024, show_default=True, help="More inputs in one request get 413.")
+@click.option("--access-log", is_flag=True, help="Log every request in Ray Serve's logs (costs throughput).")
 @click.option("--ray-address", default=None,
               help="Ray cluster to serve on: auto or HOST:6379 [default: a local instance]. The model folder must "
                    "then be a path every node sees, or a URI.")  # fmt: skip
 def serve(run_dir: Path | str, storage: str, study: str, model_dir: str | None, number: int | None, best: bool,
           host: str, port: int, keys_file: Path | None, allow_remote: bool, replicas: int, max_batch: int | None,
           max_wait_ms: float, device: str, cpus_per_replica: float | None, max_body_bytes: int, max_inputs: int,
-          ray_address: str | None) -> None:  # fmt: skip
+          access_log: bool, ray_address: str | None) -> None:  # fmt: skip
     """Serve a model on POST /v1/classify (with GET /v1/health and /v1/stats) until Ctrl-C."""
     try:
         from serving.app import ServeOptions, batch_instances, prepare, run
@@ -71,6 +72,7 @@ def serve(run_dir: Path | str, storage: str, study: str, model_dir: str | None, 
         options = ServeOptions(
             model=location, keys=keys, max_batch=max_batch, max_wait_ms=max_wait_ms, replicas=replicas,
             device=device, cpus_per_replica=cpus_per_replica, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
+            access_log=access_log,
         )  # fmt: skip
         spec = prepare(options)
         if ray_address is None:
@@ -79,7 +81,11 @@ def serve(run_dir: Path | str, storage: str, study: str, model_dir: str | None, 
         tenants = f"{len(set(keys.values()))} tenant(s) from {keys_file}" if keys else f"one tenant ({LOCAL_TENANT}), no keys"
         click.echo(f"starting Ray Serve: loading {what} on {replicas} replica(s)")
         with _ray(ray_address):
-            run(options, spec, host, port)
+            try:
+                run(options, spec, host, port)
+            except RuntimeError as failed:  # Serve gave up starting a deployment
+                where = "see the replica logs in logs/serve of Ray's session dir"
+                raise click.ClickException(f"{_one_line(failed)} ({where})") from None
             click.echo(f"serving {what} (N={spec.N}, s={spec.s:g}, {spec.task}, length {spec.seq_len}) "
                        f"on {replicas} replica(s), batches of up to {batch_instances(max_batch, spec.N)} instances "
                        f"or {max_wait_ms:g} ms; {tenants}")  # fmt: skip
@@ -155,6 +161,10 @@ def _ray(address: str | None) -> Iterator[None]:
     finally:
         ray_serve.delete(APP_NAME)
         ray.shutdown()  # a local instance ends with its Serve proxy and controller
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _wait_for_stop() -> None:

@@ -185,32 +185,41 @@ def test_health_and_stats(server: Server) -> None:
 
 
 def test_a_replica_killed_under_load_retries_cleanly_and_recovers(server: Server) -> None:
-    """Requests in flight on the killed replica are sent again (up to twice) and answered once
-    the deployment's replacement is up; none hangs, none gets another request's scores."""
+    """Requests in flight when the only replica is killed are sent again (by Ray Serve's router,
+    or by the gateway when Serve reports the replica lost) and answered by its replacement, each
+    with its own scores; none hangs, and the server serves on.
+
+    Each request holds 3-5 batches' worth of inputs, so the replica always has parts queued."""
     pid = server.handle.describe.remote().result()["pid"]
     stop = threading.Event()
+    outcomes: list[tuple[float, float, int, int, int]] = []  # sent, answered, status, inputs, scores
 
-    def client(seed: int) -> list[tuple[int, int, int]]:
-        outcomes = []
+    def client(seed: int) -> None:
         while not stop.is_set():
-            inputs = texts(seed + len(outcomes), 1 + (seed + len(outcomes)) % 5)
+            inputs = texts(seed + len(outcomes), 3 * MAX_BATCH + (seed + len(outcomes)) % (2 * MAX_BATCH))
+            sent = time.monotonic()
             answer = server.classify(inputs, key=(ALICE_KEY, BOB_KEY)[seed % 2])
-            outcomes.append((answer.status_code, len(inputs), len(answer.json().get("scores", []))))
-        return outcomes
+            outcomes.append((sent, time.monotonic(), answer.status_code, len(inputs), len(answer.json().get("scores", []))))
 
-    with ThreadPoolExecutor(4) as pool:
-        clients = [pool.submit(client, seed) for seed in range(4)]
-        time.sleep(1.0)
+    with ThreadPoolExecutor(6) as pool:
+        clients = [pool.submit(client, seed) for seed in range(6)]
+        deadline = time.monotonic() + 60
+        while len(outcomes) < 6 and time.monotonic() < deadline:  # under way on every client
+            time.sleep(0.1)
+        killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        time.sleep(2.0)
+        while sum(sent > killed for sent, *_ in outcomes) < 6 and time.monotonic() < deadline + 60:
+            time.sleep(0.1)  # until requests sent after the crash are answered too
         stop.set()
-        outcomes = [outcome for future in clients for outcome in future.result(timeout=90)]
-    assert {status for status, _, _ in outcomes} <= {200, 503}
-    assert all(scores == count for status, count, scores in outcomes if status == 200)
-    assert server.classify(["after the crash"]).status_code == 200
+        for future in clients:
+            future.result(timeout=90)
+    in_flight = [outcome for outcome in outcomes if outcome[0] < killed < outcome[1]]
+    assert in_flight and sum(sent > killed for sent, *_ in outcomes) >= 6
+    assert all(status == 200 and scores == count for _, _, status, count, scores in in_flight), in_flight
+    assert {status for _, _, status, _, _ in outcomes} <= {200, 503}
+    assert all(scores == count for _, _, status, count, scores in outcomes if status == 200)
     assert server.handle.describe.remote().result()["pid"] != pid
-    stats = requests.get(f"{server.url}/v1/stats", headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30).json()
-    assert stats["retried_parts"] >= 1, outcomes
+    assert server.classify(["after the crash"]).status_code == 200
 
 
 def this_machines_address() -> str | None:

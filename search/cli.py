@@ -44,7 +44,7 @@ HELP = {
     "dashboard": "Serve optuna-dashboard on the study's storage.",
     "report": "Write a self-contained HTML report of a study.",
     "submit": "Submit a search to a Ray cluster as a Ray Job.",
-    "serve": "Serve a found model on a tenant-safe, multiplexing HTTP endpoint (Ray Serve).",
+    "serve": "Serve a found model on a tenant-safe, multiplexing endpoint.",
 }
 
 

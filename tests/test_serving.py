@@ -209,3 +209,13 @@ def test_serve_run_builder(tiny_servable_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="give model=DIR"):
         app_builder({})
     assert [batch_instances(None, 2), batch_instances(5, 2), batch_instances(1, 3)] == [64, 4, 3]
+
+
+def test_a_model_at_a_uri_is_pulled_into_a_local_mirror(tiny_servable_dir: Path) -> None:
+    from serving.model import check_servable, local_folder
+
+    folder = local_folder(f"file://{tiny_servable_dir}")
+    assert folder != tiny_servable_dir and check_servable(folder).N == 2
+    with pytest.raises(ValueError, match="missing or empty"):
+        local_folder(f"file://{tiny_servable_dir}-nothing")
+    shutil.rmtree(folder)

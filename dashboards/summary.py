@@ -15,6 +15,7 @@ from storage import StudySettings
 from storage import accuracy_threshold
 from storage import mask_url
 from storage import points_frame
+from storage import recommend
 from storage import study_settings
 
 
@@ -92,14 +93,6 @@ def summarize(study: optuna.Study, surrogate: AutoPruMUX | None = None) -> Study
         recommended=recommend(points),
         surrogate=surrogate if surrogate is not None else fit_surrogate(points),
     )
-
-
-def recommend(points: pd.DataFrame) -> pd.Series | None:
-    """The feasible point with the highest throughput (then accuracy), or None."""
-    feasible = points[points["feasible"]]
-    if feasible.empty:
-        return None
-    return feasible.sort_values(["throughput", "accuracy"], ascending=False).iloc[0]
 
 
 def fit_surrogate(points: pd.DataFrame) -> AutoPruMUX | None:

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "dashboard": "dashboards.cli:dashboard",
     "report": "dashboards.cli:report",
     "submit": "search.submit:submit",
+    "serve": "serving.cli:serve",
 }
 
 HELP = {
@@ -46,6 +47,7 @@ HELP = {
     "dashboard": "Serve optuna-dashboard on the study's storage.",
     "report": "Write a self-contained HTML report of a study.",
     "submit": "Submit a search to a Ray cluster as a Ray Job.",
+    "serve": "Serve a found model on a tenant-safe, multiplexing endpoint.",
 }
 
 

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import click
 from click.core import ParameterSource
 
-PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards")
+PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards", "serving")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 

@@ -14,6 +14,7 @@ from storage.trials import accuracy_threshold
 from storage.trials import family
 from storage.trials import import_points
 from storage.trials import points_frame
+from storage.trials import recommend
 from storage.trials import record_result
 from storage.urls import default_url
 from storage.urls import mask_url
@@ -36,6 +37,7 @@ __all__ = [
     "open_study",
     "parse_url",
     "points_frame",
+    "recommend",
     "record_result",
     "study_settings",
 ]

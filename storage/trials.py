@@ -119,6 +119,24 @@ def points_frame(study: optuna.Study, states: Iterable[TrialState] = (TrialState
     return pd.DataFrame(rows, columns=_columns(rows)).astype(_DTYPES)
 
 
+def complete_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """The study's trial ``number``; ValueError unless it exists and is complete."""
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ValueError(f"study {study.study_name!r} has no trial {number}")
+    if trials[number].state != TrialState.COMPLETE:
+        raise ValueError(f"trial {number} is {trials[number].state.name.lower()}, not complete")
+    return trials[number]
+
+
+def recommend(points: pd.DataFrame) -> pd.Series | None:
+    """The feasible point with the highest throughput (then accuracy), or None."""
+    feasible = points[points["feasible"]]
+    if feasible.empty:
+        return None
+    return feasible.sort_values(["throughput", "accuracy"], ascending=False).iloc[0]
+
+
 def accuracy_threshold(study: optuna.Study) -> float | None:
     """Return the accuracy threshold the latest complete trial was judged by, if any."""
     for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):

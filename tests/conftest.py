@@ -1,6 +1,7 @@
-"""Fixtures shared by the suite: a tiny random BERT with the real tokenizer, the packaged
-MiniLM, a PostgreSQL URL, a local Ray instance, a Ray head started on loopback, and runners
-of `prumux-search` commands (to completion, or in the background to inject faults).
+"""Fixtures shared by the suite: a tiny random BERT with the real tokenizer (and a servable
+PruMUX model on it), the packaged MiniLM, a PostgreSQL URL, a local Ray instance, a Ray head
+started on loopback, and runners of `prumux-search` commands (to completion, or in the
+background to inject faults).
 
 Servers are found or started for real. Under CI (CI=true) a missing server fails the
 test instead of skipping it.
@@ -59,6 +60,24 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) ->
     BertModel(config).save_pretrained(folder)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(minilm_dir / name, folder / name)
+    return folder
+
+
+TINY_SERVED_SEQ_LEN = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_servable_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    """A servable folder (as `export` writes one): a PruMUXModel at N=2 on the tiny BERT, its
+    tokenizer and serving.json (rt-polarity labels, length 16)."""
+    from prumux import PruMUXModel
+    from trainers.servable import make_servable
+
+    folder = tmp_path_factory.mktemp("tiny-servable")
+    PruMUXModel.from_pretrained(tiny_bert_dir, num_instances=2, num_labels=2, seed=1).save_pretrained(folder)
+    point = {"task": "rt-polarity", "base_model": str(tiny_bert_dir), "s": 0.0,
+             "recipe_values": {"seq_len": TINY_SERVED_SEQ_LEN}}  # fmt: skip
+    make_servable(folder, point)
     return folder
 
 

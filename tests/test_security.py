@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution
 from dashboards.cli import dashboard
 from search.commands.study import model_card
 
-PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards", "benchmarks")
+PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards", "serving", "benchmarks")
 PICKLE_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
 
 
@@ -53,9 +53,12 @@ def test_the_scan_finds_unsafe_loads(tmp_path: Path) -> None:
         bad.unlink()
 
 
-def test_dashboard_binds_to_loopback_by_default() -> None:
-    host = next(option for option in dashboard.params if option.name == "host")
-    assert host.default == "127.0.0.1"
+def test_dashboard_and_serve_bind_to_loopback_by_default() -> None:
+    from serving.cli import serve
+
+    for command in (dashboard, serve):
+        host = next(option for option in command.params if option.name == "host")
+        assert host.default == "127.0.0.1"
 
 
 LOCAL_RAY = """

@@ -79,6 +79,12 @@ def test_export_reloads_and_predicts(local_ray, tiny_bert_dir: Path, tmp_path: P
     main(["export", "--run-dir", str(tmp_path), "--trial", "0", "--out", str(out)])
     card = (out / "README.md").read_text()
     assert "one tenant" in card and "N=1, s=0" in card
+    assert "prumux-search serve --model" in card and "/v1/classify" in card
+    from trainers.servable import read_servable
+
+    spec = read_servable(out)  # self-contained: tokenizer, labels, length
+    assert (spec.N, spec.seq_len, spec.label_names) == (1, 32, ("negative", "positive"))
+    assert load_tokenizer(str(out))("a fine film")["input_ids"] == load_tokenizer(str(tiny_bert_dir))("a fine film")["input_ids"]
 
     trial = open_study(default_url(tmp_path), "prumux").trials[0]
     original = PruMUXModel.from_pretrained(trial.user_attrs["model_dir"]).eval()

@@ -10,7 +10,6 @@ import functools
 import json
 import math
 import shlex
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
 from storage.cli_options import study_options
 from storage.study import find_study
-from storage.trials import json_safe
+from storage.trials import complete_trial, json_safe
 from trainers.cli import JobFailed
 
 if TYPE_CHECKING:
@@ -233,28 +232,16 @@ def best(run_dir: Path | str, storage: str, study: str, output: str) -> None:
 @click.option("--trial", "number", type=int, required=True, help="Trial number to export.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (new or empty).")
 def export(run_dir: Path | str, storage: str, study: str, number: int, out: Path) -> None:
-    """Copy a trial's trained model to OUT with a README.md model card."""
+    """Copy a trial's trained model to OUT, servable (tokenizer, labels, length), with a README.md model card."""
+    from trainers.servable import export_servable
+
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder")
     opened = open_study(storage, study)
-    trial = _complete_trial(opened, number)
-    _copy_model(trial, out)
+    trial = complete_trial(opened, number)
+    export_servable({**trial.user_attrs, **trial.params}, out, f"trial {number}")
     (out / "README.md").write_text(model_card(trial, study_settings(opened)))
     click.echo(f"exported trial {number} (N={trial.params['N']}, s={trial.params['s']:g}) to {out}")
-
-
-def _copy_model(trial: FrozenTrial, out: Path) -> None:
-    """Copy the trial's model folder (a path, or a URI for a run directory at a URI) to ``out``."""
-    from storage.remote import RemoteFolder, is_uri
-
-    source = str(trial.user_attrs.get("model_dir", ""))
-    if source and is_uri(source):
-        if not RemoteFolder(source, out).pull():
-            raise ValueError(f"trial {trial.number}'s model folder {source.partition('?')[0]} is missing or empty")
-    elif source and Path(source).is_dir():
-        shutil.copytree(source, out, dirs_exist_ok=True)
-    else:
-        raise ValueError(f"trial {trial.number} has no saved model folder (imported points have none)")
 
 
 @click.command("import")
@@ -321,6 +308,17 @@ model = PruMUXModel.from_pretrained("path/to/this/folder")
 
 Any number of inputs may be passed; the model pads them to a multiple of N.
 
+## Serve
+
+The folder is self-contained (tokenizer files; task, labels and sequence length in `serving.json`):
+
+```bash
+prumux-search serve --model path/to/this/folder --keys keys.txt
+curl -H "Authorization: Bearer KEY" -d '{{"inputs": ["a fine film"]}}' http://127.0.0.1:8000/v1/classify
+```
+
+`POST /v1/classify` multiplexes the requests of one tenant (one API key) only, N at a time.
+
 ## Warning: one tenant per multiplexed pass
 
 {TENANT_WARNING}
@@ -380,15 +378,6 @@ def _top3(summary: StudySummary) -> pd.DataFrame:
         return pd.DataFrame(columns=["N", "s", "accuracy", "throughput", "interpolated"])
     grid = pd.DataFrame([(n, s) for n in summary.settings.grid_N for s in summary.settings.grid_s], columns=["N", "s"])
     return summary.surrogate.top_k(summary.settings.budget, k=3, candidates=grid)
-
-
-def _complete_trial(study: optuna.Study, number: int) -> FrozenTrial:
-    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise ValueError(f"study {study.study_name!r} has no trial {number}")
-    if trials[number].state != TrialState.COMPLETE:
-        raise ValueError(f"trial {number} is {trials[number].state.name.lower()}, not complete")
-    return trials[number]
 
 
 def _study_dense_accuracy(study: optuna.Study) -> float:

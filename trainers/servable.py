@@ -63,7 +63,9 @@ def export_servable(point: Mapping[str, Any], out: Path, what: str = "the point"
 
 def make_servable(folder: Path, point: Mapping[str, Any]) -> ServingSpec:
     """Add the tokenizer and ``serving.json`` to a saved model folder, from a point's fields
-    (``task``, ``base_model``, ``s``, ``recipe_values.seq_len``); N and labels come from the model."""
+    (``task``, ``base_model``, ``s``, ``recipe_values.seq_len``); N and labels come from the model (its label
+    names as trained, else the task's)."""
+    from trainers.families import tokenizer_for
     from trainers.models import load_tokenizer
 
     folder = Path(folder)
@@ -73,12 +75,10 @@ def make_servable(folder: Path, point: Mapping[str, Any]) -> ServingSpec:
     seq_len = int((point.get("recipe_values") or {}).get("seq_len", 0))
     if seq_len < 2:
         raise ValueError(f"the point's recipe values give no sequence length (got {seq_len}); is it a trained point?")
-    task, base_model = str(point["task"]), str(point["base_model"])
-    spec = ServingSpec(
-        task=task, base_model=base_model, label_names=task_label_names(task, int(config["num_labels"])),
-        seq_len=seq_len, N=int(config["num_instances"]), s=float(point["s"]),
-    )  # fmt: skip
-    load_tokenizer(base_model).save_pretrained(str(folder))
+    task, base_model, N = str(point["task"]), str(point["base_model"]), int(config["num_instances"])
+    labels = tuple(config.get("label_names") or task_label_names(task, int(config["num_labels"])))
+    spec = ServingSpec(task=task, base_model=base_model, label_names=labels, seq_len=seq_len, N=N, s=float(point["s"]))
+    load_tokenizer(tokenizer_for(base_model, N)).save_pretrained(str(folder))
     (folder / SERVING_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     return spec
 

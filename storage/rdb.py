@@ -16,6 +16,7 @@ from optuna.storages import RDBStorage
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import PendingRollbackError
 
 from storage.urls import mask_url
 from storage.urls import parse_url
@@ -30,8 +31,11 @@ class NoSuchStudy(ValueError):
 
 
 def _is_disconnect(error: BaseException) -> bool:
+    """A lost connection, or a session left unusable by one (its transaction died with the connection)."""
     cause = error if isinstance(error, DBAPIError) else error.__cause__
-    return isinstance(cause, OperationalError) or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
+    return isinstance(cause, (OperationalError, PendingRollbackError)) or (
+        isinstance(cause, DBAPIError) and cause.connection_invalidated
+    )
 
 
 def call_with_retry(call: Callable[[], Any], before_retry: Callable[[], None] = lambda: None) -> Any:
@@ -50,9 +54,15 @@ def call_with_retry(call: Callable[[], Any], before_retry: Callable[[], None] = 
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return call_with_retry(lambda: method(self, *args, **kwargs), self.engine.dispose)
+        return call_with_retry(lambda: method(self, *args, **kwargs), lambda: _reset(self))
 
     return call
+
+
+def _reset(storage: RDBStorage) -> None:
+    """Drop this thread's session (its transaction may have died with its connection) and the pooled connections."""
+    storage.scoped_session.remove()
+    storage.engine.dispose()
 
 
 def _retry_storage_calls(cls: type[RDBStorage]) -> type[RDBStorage]:

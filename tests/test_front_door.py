@@ -155,7 +155,7 @@ def test_a_trial_failing_the_same_way_twice_stops_the_search(tiny_bert_dir: Path
     run_dir = tmp_path / "run"
     overrides = [value for option, value in zip(SEARCH, SEARCH[1:]) if option == "--set"]
     job = check_job("rt-polarity", str(tiny_bert_dir), "smoke", overrides)
-    damaged = cache_entry(run_dir / "work", job.task, job.base_model, 1, job.recipe).directory / "checkpoints" / "mlm.pt"
+    damaged = cache_entry(run_dir / "work", job.task, job.base_model, 1, job.recipe).directory / "checkpoints" / "finetune.pt"
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"not a checkpoint")
 

@@ -55,11 +55,13 @@ def check_job(
     grid_s: Sequence[float] = (0.0,),
     cwd: str | Path | None = None,
     hub: bool = True,
+    tokenizer: str | None = None,
 ) -> Job:
     """Check a job that trains the points ``grid_N x grid_s`` of ``task`` on ``model`` with ``recipe``.
 
     ``overrides`` are ``key=value`` recipe changes (the CLI's ``--set``); ``cwd`` is where
-    relative paths are resolved (default: the working directory). With ``hub=False`` hub-only
+    relative paths are resolved (default: the working directory); ``tokenizer`` another model's
+    tokenizer to use (``evaluate --tokenizer``). With ``hub=False`` hub-only
     models are not loaded here (a remote cluster's nodes fetch them themselves). Checks, in order:
 
     - the recipe: a shipped name or a JSON file; unknown fields (with the closest known name),
@@ -78,7 +80,7 @@ def check_job(
         for s in grid_s:
             check_point(N, s)
     task_name, data = check_task(task, seed=loaded.seed, cwd=root)
-    checked = check_model(model, grid_N, cwd=root, hub=hub)
+    checked = check_model(model, grid_N, cwd=root, hub=hub, tokenizer=tokenizer)
     if checked.max_length is not None and loaded.seq_len > checked.max_length:
         raise ValueError(
             f"recipe {label}: seq_len {loaded.seq_len} is longer than base model {model!r} takes "

@@ -83,7 +83,7 @@ class CheckpointMeasurement:
 
 
 def measure_checkpoint(
-    model_name: str, task: str, N: int | None = None, seq_len: int = 128,
+    model_name: str, task: str, N: int | None = None, tokenizer: str | None = None, seq_len: int = 128,
     batches: int = 4, warmup: int = 1, device: str | None = None, bf16: bool = False,
     max_eval_examples: int | None = None, log: Callable[[str], None] = lambda _: None,
 ) -> CheckpointMeasurement:  # fmt: skip
@@ -98,7 +98,7 @@ def measure_checkpoint(
     _require_task_head(source, data.spec.num_labels)
     runtime = Runtime.create(device, bf16)
     model = PruMUXModel.from_pretrained(source, num_instances=N, num_labels=data.spec.num_labels).eval()
-    words = load_tokenizer(tokenizer_for(model_name, N) if N else model_name)
+    words = load_tokenizer(tokenizer or (tokenizer_for(model_name, N) if N else model_name))
     splits = {name: encode_frame(frame.head(max_eval_examples), words, seq_len) for name, frame in
               (("validation", data.validation), ("test", data.test))}  # fmt: skip
     log(f"{source}: N={model.config.num_instances} ({model.config.layout} layout), {len(splits['validation'])} "

@@ -71,7 +71,8 @@ class CheckedModel:
 
 
 def check_model(
-    name: str, grid_N: Sequence[int] = (1,), *, cwd: str | Path | None = None, hub: bool = True
+    name: str, grid_N: Sequence[int] = (1,), *, cwd: str | Path | None = None, hub: bool = True,
+    tokenizer: str | None = None,
 ) -> CheckedModel:
     """Resolve the base model ``name`` for every N of ``grid_N`` and check that each checkpoint loads.
 
@@ -80,6 +81,7 @@ def check_model(
     files are in the local cache). For each checkpoint: a folder must hold ``config.json`` and a
     readable weight file; the config must load; the tokenizer must load and have a vocabulary.
     With ``hub=False`` hub ids are accepted unchecked (a remote cluster's nodes fetch them).
+    ``tokenizer`` names another model whose tokenizer to use (default: each checkpoint's own, a family's).
     Raises a one-line ValueError naming the model; nothing is written.
 
     A model family (`trainers.families`: `muxbert-base`, `org/name_{N}`) maps each N to its own
@@ -92,7 +94,7 @@ def check_model(
     checkpoints = _checkpoints(resolved, grid_N)
     lengths, labels = [], {}
     for N, source in checkpoints.items():
-        length, names = _check_checkpoint(name, source, N, tokenizer_for(resolved, N), hub)
+        length, names = _check_checkpoint(name, source, N, tokenizer or tokenizer_for(resolved, N), hub)
         lengths.append(length)
         if names:
             labels[N] = names

@@ -26,6 +26,7 @@ GRID_SNAP = 0.02
               help="Width N, to pick a family's checkpoint (its tokenizer is the family's N = 1 model's).")
 @click.option("--s", "grid_s_value", type=float, default=None,
               help="The grid sparsity the model stands for [default: its realised sparsity, to the nearest grid value].")
+@click.option("--tokenizer", default=None, help="Another model whose tokenizer to use [default: the checkpoint's own].")
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="Padded length (the paper's 128).")
 @click.option("--batches", default=4, show_default=True, type=click.IntRange(min=1), help="Timed batches of 128 N.")
 @click.option("--max-eval-examples", type=click.IntRange(min=1), default=None, help="Validation/test rows [default: all].")
@@ -37,7 +38,7 @@ GRID_SNAP = 0.02
 @click.option("--grid-n", default=DEFAULT_GRID_N, show_default=True, help="A new study's widths N.")
 @click.option("--grid-s", default=DEFAULT_GRID_S, show_default=True, help="A new study's sparsities s.")
 @click.option("--budget", default=DEFAULT_BUDGET, show_default=True, type=float, help="A new study's accuracy budget.")
-def evaluate(model_name: str, task: str, N: int | None, grid_s_value: float | None,
+def evaluate(model_name: str, task: str, N: int | None, grid_s_value: float | None, tokenizer: str | None,
              seq_len: int, batches: int, max_eval_examples: int | None, device: str | None, bf16: bool, output: str,
              into_study: bool, run_dir: Path | str, storage: str, study: str, grid_n: str, grid_s: str,
              budget: float) -> None:  # fmt: skip
@@ -49,10 +50,10 @@ def evaluate(model_name: str, task: str, N: int | None, grid_s_value: float | No
     from trainers.job import check_job
     from trainers.measure import checkpoint_width, measure_checkpoint
 
-    job = check_job(task, model_name, grid_N=(checkpoint_width(model_name, N),))
+    job = check_job(task, model_name, grid_N=(checkpoint_width(model_name, N),), tokenizer=tokenizer)
     target = _target(storage, study, job.task, job.base_model, grid_n, grid_s, budget) if into_study else None
     point = measure_checkpoint(
-        job.base_model, job.task, N, seq_len, batches, device=device, bf16=bf16,
+        job.base_model, job.task, N, tokenizer, seq_len, batches, device=device, bf16=bf16,
         max_eval_examples=max_eval_examples, log=lambda line: click.echo(line, err=True),
     )  # fmt: skip
     values = point.to_dict()

@@ -49,8 +49,11 @@ def mux_checkpoint(tmp_path, n, labels=None, model_type="bert", weights="safeten
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest absolute difference, printed for the record (`pytest tests/test_checkpoints.py -rP`)."""
     assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
+    value = (a - b).abs().max().item()
+    print(f"max abs difference {value:.2e} over {tuple(a.shape)}")
+    return value
 
 
 @pytest.mark.parametrize("n,labels,weights", [(2, 2, "safetensors"), (5, 3, "bin"), (2, 3, "bin")])

@@ -20,8 +20,12 @@ torch.set_num_threads(1)
 ENCODER = EncoderConfig.dense(4, 16, 4, 24, vocab_size=60, max_position_embeddings=16)
 
 
-def random_model(num_instances: int, pooler: bool = True) -> PruMUXModel:
-    config = PruMUXConfig(encoder=ENCODER, num_instances=num_instances, num_labels=3, hidden_size=16, classifier_head="pooler" if pooler else "linear")
+def random_model(num_instances: int, pooler: bool = True, muxing_variant: str = "gaussian_hadamard") -> PruMUXModel:
+    head = "pooler" if pooler else "linear"
+    config = PruMUXConfig(
+        encoder=ENCODER, num_instances=num_instances, num_labels=3, hidden_size=16, classifier_head=head,
+        muxing_variant=muxing_variant, mux_norm=5.0,
+    )  # fmt: skip
     model = PruMUXModel(config, seed=num_instances)
     with torch.no_grad():  # LayerNorm affine terms away from (1, 0) so slicing mistakes show
         for name, parameter in model.named_parameters():
@@ -54,9 +58,13 @@ def inputs():
     return ids, mask
 
 
-@pytest.mark.parametrize("num_instances,pooler,seed", [(1, True, 0), (1, False, 1), (2, True, 2), (3, True, 3)])
-def test_masked_equals_pruned(num_instances, pooler, seed):
-    model = random_model(num_instances, pooler)
+@pytest.mark.parametrize(
+    "num_instances,pooler,seed,variant",
+    [(1, True, 0, "gaussian_hadamard"), (1, False, 1, "gaussian_hadamard"), (2, True, 2, "gaussian_hadamard"),
+     (3, True, 3, "gaussian_hadamard"), (2, True, 2, "shifted_gaussian"), (3, False, 3, "shifted_gaussian")],
+)  # fmt: skip
+def test_masked_equals_pruned(num_instances, pooler, seed, variant):
+    model = random_model(num_instances, pooler, variant)
     masks = random_masks(seed)
     pruned = prune(model, masks)
     shapes = pruned.config.encoder
@@ -68,6 +76,7 @@ def test_masked_equals_pruned(num_instances, pooler, seed):
         actual = pruned(ids, mask).logits
     assert (actual - expected).abs().max().item() < 1e-4
     assert model.config.encoder == ENCODER  # the source model is untouched
+    assert torch.equal(pruned.multiplexer.vectors, model.multiplexer.vectors[:, masks["hidden_z"] > 0])
 
 
 def test_pruned_parameter_count_matches_masks():

@@ -109,4 +109,4 @@ def test_cpu_demo_recipe_multiplexes_minilm_above_the_majority_class(tmp_path: P
     assert cache_entry(tmp_path, "rt-polarity", "minilm-l6", 1, recipe).model_dir.as_posix() in result.checkpoint
     labels = encode_task(load_task("rt-polarity", seed=recipe.seed), load_tokenizer("minilm-l6"), recipe).validation.labels
     majority = labels.bincount().max().item() / len(labels)
-    assert result.val_accuracy > majority + 0.04, (result.val_accuracy, majority)
+    assert result.val_accuracy > majority + 0.06, (result.val_accuracy, majority)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from storage.rdb import NoSuchStudy, open_storage
 from storage.urls import mask_url
 
 SETTINGS_ATTR = "settings"
+SETTINGS_WAIT_SECONDS = 10.0
 DIRECTIONS = ("maximize", "maximize")
 METRIC_NAMES = ["accuracy", "throughput"]
 # fields that may differ when a study is resumed: they describe, not define, the search
@@ -103,6 +105,15 @@ def study_settings(study: optuna.Study) -> StudySettings | None:
     return None if values is None else StudySettings.from_dict(values)
 
 
+def _settings_of_new_study(study: optuna.Study) -> StudySettings | None:
+    """The stored settings; for a study without trials, waited for a while: a driver that has just
+    created it (two drivers starting together on a shared study) stores them a moment later."""
+    deadline = time.monotonic() + SETTINGS_WAIT_SECONDS
+    while (stored := study_settings(study)) is None and not study.trials and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return stored
+
+
 def _study_names(storage: BaseStorage) -> list[str]:
     return [summary.study_name for summary in storage.get_all_studies()]
 
@@ -133,7 +144,7 @@ def _create(
 
 
 def _check_settings(study: optuna.Study, settings: StudySettings) -> None:
-    stored = study_settings(study)
+    stored = _settings_of_new_study(study)
     if stored is None:
         raise ValueError(f"study {study.study_name!r} has no stored settings; use another --study name")
     differences = stored.differences(settings)

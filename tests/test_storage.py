@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 
@@ -111,6 +112,23 @@ def test_settings_mismatch_is_refused_without_touching_the_file(tmp_path: Path) 
     assert (tmp_path / "study.db").read_bytes() == before
     resumed = StudySettings(**{**SETTINGS.to_dict(), "command": "prumux-search start --max-trials 3"})
     assert storage.open_study(url, "prumux", resumed).user_attrs["settings"]["command"] == SETTINGS.command
+
+
+def test_a_driver_starting_together_waits_for_the_creators_settings(url: str, study_name: str, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir(exist_ok=True)
+    bare = optuna.create_study(storage=url, study_name=study_name, directions=["maximize", "maximize"])
+    later = threading.Timer(0.5, bare.set_user_attr, ("settings", SETTINGS.to_dict()))
+    later.start()
+    assert storage.open_study(url, study_name, SETTINGS).user_attrs["settings"] == SETTINGS.to_dict()
+    later.join()
+
+
+def test_a_study_made_elsewhere_is_refused_after_the_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("storage.study.SETTINGS_WAIT_SECONDS", 0.3)
+    url = storage.default_url(tmp_path)
+    optuna.create_study(storage=url, study_name="theirs")
+    with pytest.raises(ValueError, match="study 'theirs' has no stored settings; use another --study name"):
+        storage.open_study(url, "theirs", SETTINGS)
 
 
 def test_unknown_study_lists_the_existing_ones(tmp_path: Path) -> None:

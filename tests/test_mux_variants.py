@@ -92,7 +92,7 @@ def test_a_dense_classifier_widened_keeps_its_weights(tmp_path):
     dense.save_pretrained(tmp_path)
     wide = PruMUXModel.from_pretrained(tmp_path, num_instances=2, mux_norm=5.0, muxing_variant="shifted_gaussian")
     assert wide.config.muxing_variant == "shifted_gaussian" and wide.num_instances == 2
-    kept = {name: value for name, value in dense.state_dict().items()}
+    kept = dense.state_dict()
     for name, value in wide.state_dict().items():
         if name in kept and not name.startswith("multiplexer."):
             assert torch.equal(value, kept[name]), name

@@ -11,6 +11,7 @@ from storage.study import StudySettings
 from storage.study import open_study
 from storage.study import study_settings
 from storage.trials import accuracy_threshold
+from storage.trials import dense_accuracy
 from storage.trials import family
 from storage.trials import import_points
 from storage.trials import points_frame
@@ -25,6 +26,7 @@ __all__ = [
     "Lease",
     "StudySettings",
     "accuracy_threshold",
+    "dense_accuracy",
     "artifact_dir",
     "database_engine",
     "default_url",

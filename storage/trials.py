@@ -217,10 +217,21 @@ def _imported_trial(
     )
 
 
+def dense_accuracy(study: optuna.Study) -> float | None:
+    """The measured accuracy of the study's dense (1, 0) point, or None before it is measured."""
+    dense = _dense_trial(study)
+    return None if dense is None else dense.values[0]
+
+
 def _dense_throughput(study: optuna.Study) -> float | None:
+    dense = _dense_trial(study)
+    return None if dense is None else dense.values[1]
+
+
+def _dense_trial(study: optuna.Study) -> FrozenTrial | None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if trial.params.get("N") == 1 and trial.params.get("s") == 0:
-            return trial.values[1]
+            return trial
     return None
 
 

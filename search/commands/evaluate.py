@@ -10,10 +10,9 @@ import click
 import pandas as pd
 
 from search.commands.study import DEFAULT_BUDGET, DEFAULT_GRID_N, DEFAULT_GRID_S
-from storage import StudySettings, import_points, open_study, study_settings
+from storage import StudySettings, dense_accuracy, import_points, open_study, study_settings
 from storage.cli_options import study_options
 from storage.study import find_study
-from storage.trials import points_frame
 
 # A realised sparsity this close to a grid value is that grid point.
 GRID_SNAP = 0.02
@@ -107,8 +106,7 @@ def _threshold(storage: str, study: str, values: dict, budget: float) -> float:
     if (values["N"], values["s"]) == (1, 0.0):
         return values["val_accuracy"] - budget
     existing = find_study(storage, study)
-    points = points_frame(existing) if existing is not None else None
-    dense = points[(points["N"] == 1) & (points["s"] == 0)] if points is not None else None
-    if dense is None or dense.empty:
+    dense = dense_accuracy(existing) if existing is not None else None
+    if dense is None:
         raise ValueError(f"study {study!r} has no dense (N=1, s=0) point yet: evaluate that one first")
-    return float(dense["accuracy"].iloc[0]) - budget
+    return dense - budget

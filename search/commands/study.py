@@ -24,7 +24,7 @@ from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
 from storage.cli_options import study_options
 from storage.study import find_study
-from storage.trials import complete_trial, json_safe
+from storage.trials import complete_trial, dense_accuracy, json_safe
 from trainers.cli import JobFailed
 
 if TYPE_CHECKING:
@@ -269,8 +269,8 @@ def import_points(run_dir: Path | str, storage: str, study: str, task: str, mode
     check_on_grid(points, settings.grid_N, settings.grid_s)
     dense = points[(points["N"] == 1) & (points["s"] == 0)]
     opened = open_study(storage, study, settings, create=not dense.empty)
-    dense_accuracy = float(dense["accuracy"].iloc[0]) if len(dense) else _study_dense_accuracy(opened)
-    add_points(opened, points, dense_accuracy - settings.budget)
+    dense_point_accuracy = float(dense["accuracy"].iloc[0]) if len(dense) else _study_dense_accuracy(opened)
+    add_points(opened, points, dense_point_accuracy - settings.budget)
     click.echo(f"imported {len(points)} points into study {study!r}")
 
 
@@ -381,10 +381,9 @@ def _top3(summary: StudySummary) -> pd.DataFrame:
 
 
 def _study_dense_accuracy(study: optuna.Study) -> float:
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.params.get("N") == 1 and trial.params.get("s") == 0:
-            return trial.values[0]
-    raise ValueError("the points need the dense (N=1, s=0) point: the study has not measured it")
+    if (accuracy := dense_accuracy(study)) is None:
+        raise ValueError("the points need the dense (N=1, s=0) point: the study has not measured it")
+    return accuracy
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

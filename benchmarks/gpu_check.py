@@ -20,8 +20,10 @@
    instances/s against the model-level figure on the same device.
 
 A section that fails is reported with its error and the others still run; the exit status is 1 if
-any failed. `Findings` names every figure short of its expectation. `--quick` shrinks every shape
-and count so the whole run takes a few minutes on two CPU cores.
+any failed. `--out` is rewritten after every section, so a run cut short keeps what it measured, and
+the search stops its trials after 240 s. `Findings` names every figure short of its expectation.
+`--quick` shrinks every shape and count so the whole run takes a few minutes on two CPU cores. For a
+GPU machine without the project's packages or a network, see `gpu_bundle.py`.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Plan:
     throughput_dtype: str
     search_grid: tuple[tuple[int, ...], tuple[float, ...]]
     recipe_overrides: dict = field(default_factory=dict)
+    search_budget_s: float | None = 240.0  # the search stops its trials by then (time budget reached)
     requests: int = 200  # per serving load phase
     clients: int = 16
 
@@ -82,7 +85,7 @@ QUICK = Plan(
     recipe_overrides={"max_train_examples": 64, "max_eval_examples": 64, "eval_examples": 32, "eval_every": 4,
                       "retrieval_steps": 6, "mlm_steps": 2, "finetune_steps": 8, "prune_steps": 8,
                       "lagrangian_warmup_steps": 4, "pruned_finetune_steps": 2, "throughput_batches": 1},
-    requests=24, clients=4,
+    search_budget_s=None, requests=24, clients=4,
 )  # fmt: skip
 
 
@@ -121,7 +124,7 @@ def encoder_section(plan: Plan, device: torch.device) -> Section:
     mask = torch.ones_like(input_ids)
     forwards = {"ours": lambda ids, m: ours(ids, m), "BertModel": lambda ids, m: theirs(input_ids=ids, attention_mask=m)}
     section.lines += [f"{hardware_name(device)}; {config.num_hidden_layers} layers, hidden {config.hidden_size}; batch 128, "
-                      f"length {plan.seq_len}; {plan.batches} timed batches, best of {plan.rounds} interleaved rounds", "",
+                      f"length {plan.seq_len}; {plan.batches} timed batch(es), best of {plan.rounds} interleaved round(s)", "",
                       "| dtype | ours (examples/s) | BertModel (examples/s) | ours / BertModel | rel. difference of outputs |",
                       "|---|---|---|---|---|"]  # fmt: skip
     for name, dtype in DTYPES.items():
@@ -152,7 +155,7 @@ def throughput_section(plan: Plan, device: torch.device) -> Section:
     results, rounds = throughput.measure_rounds(models, budget)
     dense = (results[(1, 0.0)].examples_per_second, models[(1, 0.0)])
     section.lines += [f"{hardware_name(device)}; {plan.throughput_dtype}; batches of 128 N instances, length {plan.seq_len}; "
-                      f"{plan.batches} timed batches, best of {rounds} interleaved rounds", "", throughput.TABLE_HEADER]  # fmt: skip
+                      f"{plan.batches} timed batch(es), best of {rounds} interleaved round(s)", "", throughput.TABLE_HEADER]  # fmt: skip
     for point, model in models.items():
         row = throughput.table_row(point, model, results[point], dense, plan.seq_len)
         section.lines.append(row)
@@ -170,13 +173,15 @@ def search_section(plan: Plan, device: torch.device, folder: Path) -> Section:
     from trainers.recipes import load_recipe
 
     section = Section("3. Ray Tune: a smoke search, four trials sharing the device")
+    start_ray(plan, device, folder)
     model_dir = save_tiny_bert(folder / "tiny-bert", Path(resolve_model("minilm-l6")))
     run_dir = folder / "search"
     grid_N, grid_s = plan.search_grid
     settings = StudySettings("rt-polarity", str(model_dir), "smoke", BUDGET, grid_N, grid_s)
     share = {"gpus_per_trial": 1 / TRIALS_AT_ONCE} if device.type == "cuda" else \
         {"gpus_per_trial": 0.0, "cpus_per_trial": 0.5, "concurrency": TRIALS_AT_ONCE}  # fmt: skip
-    options = SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="gpu-check", **share)
+    options = SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="gpu-check",
+                            time_budget_s=plan.search_budget_s, **share)  # fmt: skip
     outcome = run_search(settings, load_recipe("smoke", plan.recipe_overrides), options)
     trials = outcome.study.get_trials(deepcopy=False)
     expected = hardware_name(device) if device.type == "cuda" else None
@@ -290,40 +295,53 @@ def parse_args(argv: list[str]) -> Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; a hub lookup would only wait on the network
     started = time.perf_counter()
     plan, device = QUICK if args.quick else FULL, torch.device(args.device)
     if args.quick:
         torch.set_num_threads(1)  # on shared cores a second thread mostly waits (benchmarks/throughput.py)
-    sections = [run_section("encoder", lambda: encoder_section(plan, device)),
-                run_section("throughput", lambda: throughput_section(plan, device))]  # fmt: skip
-    sections += ray_sections(plan, device)
-    text = report(sections, device, "python3 benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                  time.perf_counter() - started)  # fmt: skip
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    sections: list[Section] = []
+    command = " ".join(["python3 benchmarks/gpu_check.py", *argv])
+
+    def add(section: Section) -> None:
+        sections.append(section)
+        if args.out:  # after every section: a run cut short keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(report(sections, device, command, time.perf_counter() - started))
+
+    add(run_section("encoder", lambda: encoder_section(plan, device)))
+    add(run_section("throughput", lambda: throughput_section(plan, device)))
+    ray_sections(plan, device, add)
+    print(report(sections, device, command, time.perf_counter() - started))
     return 1 if any(map(failed, sections)) else 0
 
 
-def ray_sections(plan: Plan, device: torch.device) -> list[Section]:
-    """Sections 3 and 4 on one local Ray instance (all CPUs, the GPU if any) in a temporary folder."""
-    import ray
-
+def ray_sections(plan: Plan, device: torch.device, add: Callable[[Section], None]) -> None:
+    """Sections 3 and 4 in a temporary folder, on the local Ray instance section 3 starts."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-", ignore_cleanup_errors=True) as folder:
-        python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        ray.init(num_cpus=2 if plan is QUICK else os.cpu_count(), num_gpus=int(device.type == "cuda"),
-                 include_dashboard=False, log_to_driver=False, logging_level="warning", _temp_dir=f"{folder}/ray",
-                 runtime_env={"env_vars": {"PYTHONPATH": python_path}})  # fmt: skip
         try:
             search = run_section("search", lambda: search_section(plan, device, Path(folder)))
+            add(search)
             if failed(search):
-                return [search, Section("4. Serving", ["skipped: the search failed, so there is no trained point to serve"])]
-            return [search, run_section("serving", lambda: serving_section(plan, device, Path(folder) / "search" / "work"))]
+                add(Section("4. Serving", ["skipped: the search failed, so there is no trained point to serve"]))
+                return
+            add(run_section("serving", lambda: serving_section(plan, device, Path(folder) / "search" / "work")))
         finally:
-            ray.shutdown()
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+
+
+def start_ray(plan: Plan, device: torch.device, folder: Path) -> None:
+    """A local Ray instance: two CPUs with --quick, else all; the GPU if any; its files under ``folder``."""
+    import ray
+
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2 if plan is QUICK else os.cpu_count(), num_gpus=int(device.type == "cuda"),
+             include_dashboard=False, log_to_driver=False, logging_level="warning", _temp_dir=str(folder / "ray"),
+             runtime_env={"env_vars": {"PYTHONPATH": python_path}})  # fmt: skip
 
 
 def failed(section: Section) -> bool:

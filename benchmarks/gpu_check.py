@@ -305,20 +305,23 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[Section] = []
     command = " ".join(["python3 benchmarks/gpu_check.py", *argv])
 
-    def add(section: Section) -> None:
-        sections.append(section)
-        if args.out:  # after every section: a run cut short keeps what it measured
+    def add(section: Section | None) -> str:
+        """Add a section (None: none) and write the report so far to --out: a run cut short keeps what it measured."""
+        sections.extend([section] if section else [])
+        text = report(sections, device, command, time.perf_counter() - started)
+        if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(report(sections, device, command, time.perf_counter() - started))
+            args.out.write_text(text)
+        return text
 
     add(run_section("encoder", lambda: encoder_section(plan, device)))
     add(run_section("throughput", lambda: throughput_section(plan, device)))
     ray_sections(plan, device, add)
-    print(report(sections, device, command, time.perf_counter() - started))
+    print(add(None))
     return 1 if any(map(failed, sections)) else 0
 
 
-def ray_sections(plan: Plan, device: torch.device, add: Callable[[Section], None]) -> None:
+def ray_sections(plan: Plan, device: torch.device, add: Callable[[Section], str]) -> None:
     """Sections 3 and 4 in a temporary folder, on the local Ray instance section 3 starts."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-", ignore_cleanup_errors=True) as folder:
         try:

@@ -32,18 +32,25 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def build_models(folder: Path, shape: dict, widths: list[int], sparsities: list[float]) -> dict[tuple[int, float], PruMUXModel]:
-    """The dense model and every (N, s): each N loaded from its own published-layout checkpoint folder."""
+    """The dense model and every (N, s): each N >= 2 loaded from its own published-layout checkpoint
+    folder; N = 1 is the dense BERT of that shape, pruned too when `widths` holds 1 (CoFi's points)."""
     models: dict[tuple[int, float], PruMUXModel] = {}
-    for n in widths:
+    for n in [n for n in widths if n > 1]:
         config = mux_config(shape, n, num_labels=2)
         loaded = PruMUXModel.from_pretrained(save_checkpoint(folder / f"N{n}", config, mux_plm_state(config, n, True)))
         if (1, 0.0) not in models:
             models[(1, 0.0)] = dense_counterpart(loaded.config)
         models[(n, 0.0)] = loaded.eval()
-        for s in sparsities:
-            masks = L0Module.at_sparsity(loaded.config.encoder, s).deterministic_masks()
-            models[(n, s)] = prune(loaded, masks).eval()
+        models |= pruned(loaded, n, sparsities)
+    if 1 in widths:
+        models |= pruned(models[(1, 0.0)], 1, sparsities)
     return models
+
+
+def pruned(model: PruMUXModel, n: int, sparsities: list[float]) -> dict[tuple[int, float], PruMUXModel]:
+    """`model` pruned to each s by seeded `L0Module.at_sparsity` masks (hidden width kept)."""
+    encoder = model.config.encoder
+    return {(n, s): prune(model, L0Module.at_sparsity(encoder, s).deterministic_masks()).eval() for s in sparsities}
 
 
 def measure(models: dict, device: str, dtype: torch.dtype, seq_len: int, batches: int, rounds: int) -> dict:

@@ -71,10 +71,10 @@ def servable_folders(args: argparse.Namespace) -> list[Path]:
     return folders
 
 
-def model_level(models: list[Served], threads: int, rounds: int = 2) -> None:
-    """Instances/s of each model with the paper's protocol, interleaved rounds, best of each."""
+def model_level(models: list[Served], threads: int, rounds: int = 2, device: str = "cpu") -> None:
+    """Instances/s of each model with the paper's protocol on ``device``, interleaved rounds, best of each."""
     torch.set_num_threads(threads)
-    loaded = [PruMUXModel.from_pretrained(served.folder).eval() for served in models]
+    loaded = [PruMUXModel.from_pretrained(served.folder).to(device).eval() for served in models]
     for _ in range(rounds):
         for served, model in zip(models, loaded):
             result = measure_throughput(model, seq_len=served.spec.seq_len, num_batches=3, warmup=1)
@@ -165,10 +165,10 @@ def phase(served: Served, url: str, handle, texts: list[str], keys: list[str], a
     }  # fmt: skip
 
 
-def report(models: list[Served], args: argparse.Namespace) -> str:
+def report(models: list[Served], args: argparse.Namespace, device: str = "cpu") -> str:
     dense = models[0]
     lines = [
-        f"hardware: {hardware_name('cpu')}; replica threads {args.threads}; {args.clients} clients x {args.requests} "
+        f"hardware: {hardware_name(device)}; replica threads {args.threads}; {args.clients} clients x {args.requests} "
         f"requests of {args.inputs} texts; max-wait-ms {args.max_wait_ms:g}; one replica",
         "",
         "| model | N | s | load | tenants | req/s | inst/s | p50 ms | p99 ms | p99 bound ms | batch fill | padded "

@@ -57,6 +57,10 @@ WIDTHS = (2, 5, 10)
 SPARSITIES = (0.6, 0.8, 0.9, 0.95)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MUX_SHARE_POINT = (10, 0.0)
+TABLE_HEADER = (
+    "| family | N | s | realised s | examples/s | speed-up | ideal (encoder) | ideal (model) | / encoder ideal | / model ideal |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 @dataclass
@@ -209,10 +213,7 @@ def run_shape(name: str, args: argparse.Namespace, points: list[tuple[int, float
     results, rounds = measure_rounds(models, args)
     print(f"\n## {name} shape, seq_len {args.seq_len}, {args.dtype}, {hardware_name(device)}")
     print(f"{args.num_batches} timed batch(es) of 128 N instances per round, best of {rounds} round(s)\n")
-    print(
-        "| family | N | s | realised s | examples/s | speed-up | ideal (encoder) | ideal (model) | / encoder ideal | / model ideal |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(TABLE_HEADER)
     dense = (results[(1, 0.0)].examples_per_second, models[(1, 0.0)])
     for point in points:
         print(table_row(point, models[point], results[point], dense, args.seq_len), flush=True)

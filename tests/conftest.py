@@ -44,23 +44,9 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
     """A random 2-layer BERT (hidden 32, 4 heads, FFN 64) saved with MiniLM's real tokenizer."""
-    import torch
-    from transformers import BertConfig, BertModel
+    from reference_models import save_tiny_bert
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm_dir / name, folder / name)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_dir)
 
 
 TINY_SERVED_SEQ_LEN = 16

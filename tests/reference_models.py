@@ -381,3 +381,19 @@ def tiny_mux_family(cache: Path, tokenizer_dir: Path, template: str, widths: dic
             shutil.copy(tokenizer_dir / name, folder / name)
         put_in_hub_cache(cache, template.replace("{N}", str(n)), folder)
     shutil.rmtree(staging)
+
+
+def save_tiny_bert(folder: Path, tokenizer_dir: Path) -> Path:
+    """A random 2-layer BERT (hidden 32, 4 heads, FFN 64, 128 positions; seed 0) saved in ``folder``
+    with the tokenizer files of ``tokenizer_dir``; returns ``folder``."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / name, folder / name)
+    return folder

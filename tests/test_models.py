@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import main
+from cli.main import main
 from trainers.hub import hub_reachable
 from trainers.models import BASE_MODELS, load_tokenizer, model_summary, resolve_model, tokenize
 from trainers.tasks import load_task

@@ -93,7 +93,7 @@ def test_boolean_fields_parse_cli_words() -> None:
 
 
 def test_search_time_budget_is_the_default_of_start_and_no_training_value() -> None:
-    from search.commands.study import _time_budget
+    from cli.commands.study import _time_budget
 
     demo = load_recipe("cpu-demo")
     assert demo.search_time_budget == 1200 and load_recipe("paper").search_time_budget is None

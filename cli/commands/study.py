@@ -19,16 +19,16 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cli import EXIT_CODES
+from cli.main import EXIT_CODES
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
-from storage.cli_options import study_options
+from cli.options import study_options
 from storage.study import find_study
 from storage.trials import complete_trial, dense_accuracy, json_safe
-from trainers.cli import JobFailed
+from cli.errors import JobFailed
 
 if TYPE_CHECKING:
-    from search.console import SearchConsole
+    from cli.console import SearchConsole
     from search.driver import SearchOptions, SearchOutcome
     from dashboards.summary import StudySummary
     from trainers.job import Job
@@ -134,7 +134,7 @@ def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, 
     run directory); relative paths are resolved against the working directory. While trials
     train, one live line per running trial shows its phase, step, last evaluation and ETA.
     """
-    from search.console import SearchConsole
+    from cli.console import SearchConsole
     from search.driver import SearchOptions, run_search
 
     settings, job = check_search(task, model, recipe, overrides, grid_n, grid_s, budget, _command_line())

@@ -57,7 +57,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(ray_head: RayHead, launch,
     checkpoints = run_dir / "work" / "points"
     wait_for(lambda: any(f"{PRUNED}: prune step" in line for line in train_log(run_dir)), driver)
     wait_for(lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in checkpoints.rglob("*.pt")), driver)
-    pid = int(re.search(r"pid=(\d+)", next(l for l in train_log(run_dir) if f"{PRUNED}: prune step" in l)).group(1))
+    pid = int(re.search(r"pid=(\d+)", next(line for line in train_log(run_dir) if f"{PRUNED}: prune step" in line)).group(1))
     assert pid in ray_head.processes()  # a Ray worker of our head, not some other process
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)

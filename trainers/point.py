@@ -20,7 +20,6 @@ stored result.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from trainers.cache import LockFactory, ThroughputCache, cache_entry, locked, sl
 from trainers.data import EncodedTask, encode_task
 from trainers.evaluate import accuracy, check_label_order
 from trainers.families import model_for, tokenizer_for
-from trainers.job import check_point
+from trainers.job import check_point, check_writable_dir
 from trainers.measure import MEASURE_ROUNDS, side_by_side, throughput
 from trainers.models import load_tokenizer, resolve_model
 from trainers.phases.loop import Runtime, StageContext, save_output
@@ -291,11 +290,10 @@ def _saved_config(model_dir: Path) -> PruMUXConfig:
 
 
 def _writable_workdir(workdir: str | Path) -> Path:
-    path = Path(workdir).expanduser().resolve()
+    """The work dir, checked (`check_writable_dir`) and created."""
+    path = check_writable_dir(workdir, "work dir")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OSError(f"cannot create work dir {path}: {error.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OSError(f"work dir {path} is not writable")
     return path

@@ -13,6 +13,7 @@ from pathlib import Path
 import ray
 
 from storage import mask_url
+from storage.errors import first_line
 
 
 @contextmanager
@@ -46,7 +47,7 @@ def connect_ray(address: str | None = None, log: Path | None = None) -> Iterator
                     log_to_driver=False, **logging_options,
                 )  # fmt: skip
         except ConnectionError as error:
-            raise ValueError(f"cannot connect to Ray at {address}: {str(error).splitlines()[0]}") from None
+            raise ValueError(f"cannot connect to Ray at {address}: {first_line(error)}") from None
         try:
             yield
         finally:

@@ -43,6 +43,7 @@ from ray import tune
 from sqlalchemy.engine import Engine
 
 from storage import Lease, database_engine, open_study, record_result
+from storage.errors import first_line
 from storage.progress import record_failed_attempt, write_progress
 from storage.remote import RemoteFolder
 from storage.trials import dense_trial, fail_trial, is_dense, is_feasible_trial, json_safe, trial_id
@@ -118,7 +119,7 @@ class ProgressWriter:
         try:
             write_progress(self.study, self.trial_identifier, json_safe(full))
         except Exception as error:  # noqa: BLE001 - progress is for watching; it must never stop a training
-            logging.getLogger(__name__).warning("progress not written: %s", str(error).splitlines()[0])
+            logging.getLogger(__name__).warning("progress not written: %s", first_line(error))
 
 
 def failed_for_good(study: optuna.Study, number: int, point: str, error: Exception, job: PointJob) -> bool:

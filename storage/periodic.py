@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Self
 
-from storage.urls import mask_url
+from storage.errors import first_line
 
 
 class Periodic:
@@ -64,5 +64,4 @@ class Periodic:
                 if self.work() is False:
                     return
             except self.tolerated as error:
-                first = (str(error).splitlines() or [type(error).__name__])[0]
-                self.logger.warning("%s: %s", self.failed, mask_url(first))
+                self.logger.warning("%s: %s", self.failed, first_line(error))

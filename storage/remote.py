@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl
 
 from pyarrow import fs
 
+from storage.errors import first_line
 from storage.periodic import Periodic
 
 LOCAL_ONLY_SUFFIXES = (".lock",)
@@ -66,7 +67,7 @@ def check_uri(uri: str) -> None:
     try:
         fs.FileSystem.from_uri(uri)
     except (ValueError, OSError, ImportError) as error:
-        raise ValueError(f"cannot open run directory {uri}: {str(error).splitlines()[0]}") from None
+        raise ValueError(f"cannot open run directory {uri}: {first_line(error)}") from None
 
 
 class RemoteFolder:

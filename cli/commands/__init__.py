@@ -1,1 +1,1 @@
-"""Click commands registered lazily by search/cli.py."""
+"""Click commands registered lazily by cli/main.py."""

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import click
 from click.core import ParameterSource
 
+from storage.errors import first_line
 from storage.urls import is_loopback_host
 
 PACKAGES = ("cli", "prumux", "trainers", "search", "storage", "dashboards", "serving")
@@ -202,7 +203,7 @@ def follow_logs(client, job_id: str, poll_seconds: float = 2.0) -> str:
             status = client.get_job_status(job_id)
             logs = client.get_job_logs(job_id)
         except RuntimeError as error:
-            raise ValueError(f"no job {job_id!r} on this cluster: {str(error).splitlines()[0]}") from None
+            raise ValueError(f"no job {job_id!r} on this cluster: {first_line(error)}") from None
         sys.stdout.write(logs[printed:])
         sys.stdout.flush()
         printed = len(logs)

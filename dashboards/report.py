@@ -15,6 +15,7 @@ from dashboards.figures import point_label
 from dashboards.figures import surrogate_figure
 from dashboards.summary import StudySummary
 from dashboards.summary import summarize
+from search.grid import dense_row, is_feasible
 
 BUDGETS = tuple(round(0.01 * k, 2) for k in range(11))
 TRIAL_COLUMNS = (
@@ -83,14 +84,14 @@ def write_pngs(figures: dict[str, go.Figure], png_dir: str | Path) -> list[Path]
 
 def top_per_budget(points: pd.DataFrame, budgets: tuple[float, ...], k: int = 3) -> pd.DataFrame:
     """For each budget, the k measured points with the highest throughput within it."""
-    dense = points[(points["N"] == 1) & (points["s"] == 0)]
-    if dense.empty:
+    dense = dense_row(points)
+    if dense is None:
         return pd.DataFrame()
-    dense_accuracy = float(dense["accuracy"].iloc[0])
+    dense_accuracy = float(dense["accuracy"])
     rows = []
     for budget in budgets:
         threshold = dense_accuracy - budget
-        within = points[points["accuracy"] >= threshold - 1e-9].sort_values(["throughput", "accuracy"], ascending=False)
+        within = points[is_feasible(points["accuracy"].to_numpy(), threshold)].sort_values(["throughput", "accuracy"], ascending=False)
         best = [f"{point_label(r.N, r.s)} {r.speedup:.2f}x" for r in within.head(k).itertuples()]
         rows.append({"budget": budget, "threshold": threshold, **{f"#{i + 1}": p for i, p in enumerate(best)}})
     return pd.DataFrame(rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler
@@ -13,24 +12,16 @@ import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
 
+from storage.urls import is_loopback_host
+
 NO_AUTH_WARNING = (
     "warning: optuna-dashboard has no authentication: anyone who can reach {url} can read and change the study"
 )
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_host(host: str, allow_remote: bool) -> None:
     """Refuse a non-loopback ``host`` unless ``allow_remote`` is set."""
-    if not is_loopback(host) and not allow_remote:
+    if not is_loopback_host(host) and not allow_remote:
         raise ValueError(
             f"refusing to serve the dashboard on non-loopback host {host!r} without --allow-remote "
             "(it has no authentication)"

@@ -1,8 +1,8 @@
 """The PruMUX model: multiplexer, compact BERT encoder, demultiplexer, L0 masks, pruning, throughput."""
 
-from prumux.config import EncoderConfig, PruMUXConfig
+from prumux.config import EncoderConfig, PruMUXConfig, prunable_parameters, realised_sparsity
 from prumux.encoder import Encoder
-from prumux.l0 import L0Module, prunable_parameters
+from prumux.l0 import L0Module
 from prumux.model import PruMUXModel, PruMUXOutput
 from prumux.mux import Demultiplexer, Multiplexer
 from prumux.pruning import prune
@@ -30,4 +30,5 @@ __all__ = [
     "model_flops",
     "prunable_parameters",
     "prune",
+    "realised_sparsity",
 ]

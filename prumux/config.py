@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-MASK_KINDS = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
 POSITION_STYLES = ("absolute", "roberta")  # roberta: positions count real tokens from pad_token_id + 1
 LAYOUTS = ("prumux", "mux-plm")
 MUXING_VARIANTS = ("gaussian_hadamard", "shifted_gaussian")
@@ -198,6 +197,11 @@ class PruMUXConfig:
         """Width of the demux index vectors: the encoder's in MUX-PLMs (pruned with it), the demux's in ours."""
         return self.encoder.hidden_size if self.is_reference_layout else self.hidden_size
 
+    @property
+    def realised_sparsity(self) -> float:
+        """The fraction of its unpruned encoder's prunable parameters this model has removed (0 when dense)."""
+        return realised_sparsity(self.encoder, self.dense_encoder())
+
     def dense_encoder(self) -> EncoderConfig:
         """The unpruned encoder this model was pruned from (itself when dense)."""
         if self.dense_shape is None:
@@ -217,3 +221,21 @@ class PruMUXConfig:
         if "pooler" in data:  # saved before classifier heads had names
             data["classifier_head"] = "pooler" if data.pop("pooler") else "linear"
         return cls(**data)
+
+
+def prunable_parameters(encoder_config: EncoderConfig) -> int:
+    """Attention q/k/v/o and FFN weights and biases of all layers (CoFi's count)."""
+    hidden = encoder_config.hidden_size
+    total = 0
+    for heads, ffn in zip(encoder_config.num_heads, encoder_config.intermediate_sizes):
+        inner = heads * encoder_config.head_dim
+        if inner:
+            total += 4 * hidden * inner + 3 * inner + hidden
+        if ffn:
+            total += 2 * hidden * ffn + ffn + hidden
+    return total
+
+
+def realised_sparsity(pruned: EncoderConfig, dense: EncoderConfig) -> float:
+    """The fraction of ``dense``'s prunable parameters that the ``pruned`` shape has removed."""
+    return 1 - prunable_parameters(pruned) / prunable_parameters(dense)

@@ -7,26 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from prumux.config import EncoderConfig
+from prumux.config import EncoderConfig, prunable_parameters
 
 LIMIT_LEFT, LIMIT_RIGHT = -0.1, 1.1
 EPS = 1e-6
 # CoFi's sharpening of the deterministic soft values, sigmoid(log_alpha / T * 0.8).
 DETERMINISTIC_SHARPNESS = 0.8
 SATURATED_LOG_ALPHA = 20.0
-
-
-def prunable_parameters(encoder_config: EncoderConfig) -> int:
-    """Attention q/k/v/o and FFN weights and biases of all layers (CoFi's count)."""
-    hidden = encoder_config.hidden_size
-    total = 0
-    for heads, ffn in zip(encoder_config.num_heads, encoder_config.intermediate_sizes):
-        inner = heads * encoder_config.head_dim
-        if inner:
-            total += 4 * hidden * inner + 3 * inner + hidden
-        if ffn:
-            total += 2 * hidden * ffn + ffn + hidden
-    return total
 
 
 class L0Module(nn.Module):

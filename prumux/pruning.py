@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from prumux.config import EncoderConfig
-from prumux.model import PruMUXModel
+
+if TYPE_CHECKING:  # the model calls `prune` when it loads pruned weights: only its type is needed here
+    from prumux.model import PruMUXModel
 
 
 @dataclass
@@ -65,7 +68,7 @@ def prune(model: PruMUXModel, masks: dict[str, Tensor]) -> PruMUXModel:
     )
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     sliced = _slice_state(state, model, kept)
-    pruned = PruMUXModel(config)
+    pruned = type(model)(config)
     pruned.load_state_dict(sliced, strict=True)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype

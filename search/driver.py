@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shlex
 import signal
 import threading
 import time
@@ -39,17 +38,18 @@ from optuna.trial import FrozenTrial
 from ray import tune
 
 from search.sampler import AutoPruMUXSampler
+from search.ray_session import connect_ray
 from search.searcher import StudySearcher
 from search.trainable import PointJob, train_trial
 from storage import (
     Heartbeat,
     StudySettings,
     fail_stale_trials,
-    mask_url,
     open_study,
     parse_url,
 )
 from storage.driver_lock import sole_driver
+from storage.periodic import Periodic
 from storage.progress import running_progress
 from storage.remote import RemoteFolder, check_uri, child_uri, is_uri, mirror_dir
 from storage.study import find_study
@@ -248,87 +248,12 @@ def _watching(study: optuna.Study, on_progress: ProgressHook | None) -> Iterator
     if on_progress is None:
         yield
         return
-    stopped = threading.Event()
-
-    def poll() -> None:
-        while not stopped.wait(PROGRESS_POLL_S):
-            try:
-                on_progress(running_progress(study))
-            except Exception as error:  # noqa: BLE001 - a missed refresh must not end the search
-                logging.getLogger(__name__).warning("progress not read: %s", mask_url(str(error)).splitlines()[0])
-
-    thread = threading.Thread(target=poll, name="prumux-progress", daemon=True)
-    thread.start()
-    try:
+    poll = Periodic(
+        lambda: on_progress(running_progress(study)), PROGRESS_POLL_S, name="prumux-progress",
+        failed="progress not read", logger=logging.getLogger(__name__),  # a missed refresh must not end the search
+    )
+    with poll:
         yield
-    finally:
-        stopped.set()
-        thread.join()
-
-
-@contextmanager
-def connect_ray(address: str | None = None, log: Path | None = None) -> Iterator[None]:
-    """Connect to the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``), or
-    start a local one without a dashboard. Ray's own ports listen on every interface (Ray
-    resolves a loopback node address to the routable one); Ray 2.60's token authentication,
-    on by default, guards them.
-
-    With ``log``, what this process logs (Ray's notices, such as the token-auth one on every
-    local start, failed trials' tracebacks, our own warnings) goes to that file instead of the
-    console; without, Ray's warnings go to the console.
-
-    An instance already initialised in this process is used as is and left running; one
-    started here is shut down on exit. Workers get this checkout on their PYTHONPATH, so the
-    project need not be pip-installed.
-    """
-    if ray.is_initialized():
-        yield
-        return
-    runtime_env = {"env_vars": {"PYTHONPATH": _python_path()}}
-    logging_options = {"configure_logging": False} if log else {"logging_level": "warning"}
-    _mask_process_title()
-    with _ray_logs_to(log):
-        try:
-            if address:
-                ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **logging_options)
-            else:
-                ray.init(
-                    address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                    log_to_driver=False, **logging_options,
-                )  # fmt: skip
-        except ConnectionError as error:
-            raise ValueError(f"cannot connect to Ray at {address}: {str(error).splitlines()[0]}") from None
-        try:
-            yield
-        finally:
-            ray.shutdown()
-
-
-@contextmanager
-def _ray_logs_to(path: Path | None) -> Iterator[None]:
-    """Send this process's log records, Ray's included, to the file ``path`` instead of the console
-    while the block runs (None: leave logging as it is).
-
-    ``ray.init(configure_logging=False)`` empties the "ray" logger's handlers, so its records go
-    up to the root logger, which holds the file's handler.
-    """
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ray_logger, root = logging.getLogger("ray"), logging.getLogger()
-    saved = ray_logger.handlers[:], ray_logger.propagate
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ray_logger.handlers.clear()
-    ray_logger.propagate = True
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-        ray_logger.handlers[:], ray_logger.propagate = saved
 
 
 def trial_resources(options: SearchOptions) -> tuple[dict[str, float], int]:
@@ -419,24 +344,6 @@ def _has_phase12_model(options: SearchOptions, task: str, base_model: str, recip
     if options.work_uri is None:
         return entry.exists()
     return RemoteFolder(options.work_uri, options.work_dir).exists(entry.record_path.relative_to(options.work_dir))
-
-
-def _mask_process_title() -> None:
-    """Hide database passwords in this process's command line (``ps``, /proc): Ray reads it
-    from /proc and shows it as the job's entrypoint to everyone who can list the cluster's jobs."""
-    try:
-        command = Path("/proc/self/cmdline").read_bytes().decode().rstrip("\0").split("\0")
-    except OSError:  # no /proc on this system
-        return
-    masked = mask_url(shlex.join(command))
-    if masked != shlex.join(command):
-        ray._raylet.setproctitle(masked)
-
-
-def _python_path() -> str:
-    project = str(Path(__file__).resolve().parents[1])
-    existing = os.environ.get("PYTHONPATH")
-    return f"{project}{os.pathsep}{existing}" if existing else project
 
 
 def _check_positive(name: str, value: float | None) -> None:

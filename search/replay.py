@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import optuna
 import pandas as pd
 
-from search.grid import check_budget, is_feasible, read_points, require_full_grid
+from search.grid import check_budget, dense_row, is_feasible, read_points, require_full_grid
 from search.sampler import AutoPruMUXSampler, stop_when_done, suggest_point
 
 SAMPLERS = ("autoprumux", "grid", "random", "tpe", "gp")
@@ -52,10 +52,10 @@ class ReplayResult:
 
 def true_best(table: pd.DataFrame, budget: float) -> pd.Series:
     """The highest-throughput point of the table within the budget."""
-    dense = table[(table["N"] == 1) & (table["s"] == 0.0)]
-    if dense.empty:
+    dense = dense_row(table)
+    if dense is None:
         raise ValueError("the table has no dense point (N=1, s=0)")
-    threshold = float(dense["accuracy"].iloc[0]) - budget
+    threshold = float(dense["accuracy"]) - budget
     feasible = table[is_feasible(table["accuracy"].to_numpy(), threshold)]
     return feasible.sort_values(["throughput", "accuracy"], ascending=False).iloc[0]
 
@@ -157,7 +157,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _dense_accuracy(table: pd.DataFrame) -> float:
-    return float(table[(table["N"] == 1) & (table["s"] == 0.0)]["accuracy"].iloc[0])
+    return float(dense_row(table)["accuracy"])
 
 
 def _create_study(sampler: optuna.samplers.BaseSampler, name: str, storage) -> optuna.Study:

@@ -52,7 +52,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy.special import ndtr
 
-from search.grid import FEASIBILITY_TOLERANCE, check_budget, check_grid, is_feasible
+from search.grid import FEASIBILITY_TOLERANCE, check_budget, check_grid, dense_row, is_feasible
 from search.surrogate import AutoPruMUX
 
 TAKEN_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
@@ -159,7 +159,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         for point in self._anchors():
             if point not in taken:
                 return point
-        if not ((measured["N"] == 1) & (measured["s"] == 0.0)).any():
+        if dense_row(measured) is None:
             return self._next_without_model(taken)
         plan = self.plan(measured, taken, self._cheap_Ns(trials))
         candidates = plan[plan["candidate"]]

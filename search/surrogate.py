@@ -20,10 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
+from sklearn.base import BaseEstimator, clone
 
 from search.grid import (
     THROUGHPUT_COLUMNS,
     check_budget,
+    dense_row,
     is_feasible,
     read_points,
 )
@@ -68,8 +70,9 @@ class Prediction:
         )
 
 
-class AutoPruMUX:
-    """Accuracy and throughput models over (N, s), fitted on measured points.
+class AutoPruMUX(BaseEstimator):
+    """Accuracy and throughput models over (N, s), fitted on measured points: a scikit-learn
+    estimator (``get_params``, ``set_params``, ``clone``; fitted attributes end in ``_``).
 
     Parameters
     ----------
@@ -83,13 +86,6 @@ class AutoPruMUX:
         self.accuracy_tolerance = accuracy_tolerance
         self.throughput_tolerance = throughput_tolerance
 
-    def get_params(self) -> dict[str, float]:
-        """Constructor parameters, for cloning."""
-        return {
-            "accuracy_tolerance": self.accuracy_tolerance,
-            "throughput_tolerance": self.throughput_tolerance,
-        }
-
     def fit(self, points: pd.DataFrame, throughput: pd.DataFrame | None = None) -> AutoPruMUX:
         """Fit on measured points (N, s, accuracy, throughput).
 
@@ -101,8 +97,8 @@ class AutoPruMUX:
         self.grid_N_ = np.sort(points["N"].unique()).astype(float)
         self.grid_s_ = np.sort(points["s"].unique())
         self.accuracy_grid_ = _as_grid(points, self.grid_N_, self.grid_s_, "accuracy")
-        dense = points[(points["N"] == 1) & (points["s"] == 0.0)]
-        self.dense_accuracy_ = float(dense["accuracy"].iloc[0]) if len(dense) else None
+        dense = dense_row(points)
+        self.dense_accuracy_ = None if dense is None else float(dense["accuracy"])
         self._fit_additive(points)
         self._fit_throughput(points, throughput)
         return self
@@ -144,7 +140,7 @@ class AutoPruMUX:
             raise ValueError("leave-one-out needs at least 2 points")
         accuracy_hits = throughput_hits = 0
         for index, row in points.iterrows():
-            model = type(self)(**self.get_params()).fit(points.drop(index), throughput)
+            model = clone(self).fit(points.drop(index), throughput)
             guess = model.predict(row["N"], row["s"])
             accuracy_hits += abs(guess.accuracy[0] - row["accuracy"]) <= self.accuracy_tolerance + 1e-12
             relative = abs(guess.throughput[0] - row["throughput"]) / row["throughput"]

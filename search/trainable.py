@@ -43,15 +43,15 @@ from ray import tune
 from sqlalchemy.engine import Engine
 
 from storage import Lease, database_engine, open_study, record_result
+from storage.errors import first_line
 from storage.progress import record_failed_attempt, write_progress
 from storage.remote import RemoteFolder
-from storage.trials import fail_trial, json_safe, trial_id
-from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory, use_lock
+from storage.trials import dense_trial, fail_trial, is_dense, is_feasible_trial, json_safe, trial_id
+from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory
 from trainers.point import RESULT_FILE, train_point
 from trainers.progress import LOG_FILE, error_cause, job_log, reporting_progress
 from trainers.recipes import Recipe
 
-DENSE = (1, 0.0)
 WAIT_POLL_SECONDS = 5.0
 PROGRESS_EVERY_S = 2.0  # a trial writes its progress into the study at most this often
 COMPLETION_FILES = (ENTRY_FILE, RESULT_FILE)  # written last: a folder is complete once they exist
@@ -79,9 +79,10 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
     study = open_study(job.storage_url, job.study_name)
     progress = ProgressWriter(study, trial_id(study, number), N, s)
     try:
-        with work_dir_locks(job) as remote, reporting_progress(progress):
+        with work_dir_locks(job) as (remote, lock), reporting_progress(progress):
             progress({"stage": "preparing", "phase": None, "step": 0, "total": 0, "eta": None})
-            result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False).to_dict()
+            result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False,
+                                 lock=lock).to_dict()
     except Exception as error:
         if failed_for_good(study, number, f"N={N}/s={s:g}", error, job):
             tune.report({"trial_number": number, "N": N, "s": s, "accuracy": math.nan, "throughput": math.nan,
@@ -92,7 +93,7 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
         result["model_dir"] = remote.uri_of(result["model_dir"])
     trial = _stored(study, number)
     if trial.state != TrialState.COMPLETE:  # a retry after the record was written is a no-op
-        threshold = result["val_accuracy"] - job.budget if (N, s) == DENSE else wait_for_threshold(study, job.budget)
+        threshold = result["val_accuracy"] - job.budget if is_dense(N, s) else wait_for_threshold(study, job.budget)
         trial = record_result(study, number, result, threshold)
     tune.report(trial_metrics(trial))
 
@@ -118,7 +119,7 @@ class ProgressWriter:
         try:
             write_progress(self.study, self.trial_identifier, json_safe(full))
         except Exception as error:  # noqa: BLE001 - progress is for watching; it must never stop a training
-            logging.getLogger(__name__).warning("progress not written: %s", str(error).splitlines()[0])
+            logging.getLogger(__name__).warning("progress not written: %s", first_line(error))
 
 
 def failed_for_good(study: optuna.Study, number: int, point: str, error: Exception, job: PointJob) -> bool:
@@ -141,24 +142,22 @@ def failed_for_good(study: optuna.Study, number: int, point: str, error: Excepti
 
 
 @contextmanager
-def work_dir_locks(job: PointJob) -> Iterator[RemoteFolder | None]:
-    """Lock the work folder's entries as ``job.cache_lock`` says while the block runs; with a
-    ``work_uri``, also mirror them and yield the remote folder."""
+def work_dir_locks(job: PointJob) -> Iterator[tuple[RemoteFolder | None, LockFactory | None]]:
+    """The lock of the work folder's entries that ``job.cache_lock`` says (None: lock files), for
+    ``train_point``; with a ``work_uri``, the lock also mirrors them, and the remote folder comes first."""
     if job.cache_lock != "database":
-        yield None
+        yield None, None
         return
     engine = database_engine(job.storage_url)
     remote = RemoteFolder(job.work_uri, job.workdir) if job.work_uri else None
     lock = lease_lock(engine, job.workdir)
-    use_lock(mirrored_lock(lock, remote, job.recipe.checkpoint_every_seconds) if remote else lock)
     try:
         if remote is not None:
             remote.pull(THROUGHPUT_FILE)
-        yield remote
+        yield remote, mirrored_lock(lock, remote, job.recipe.checkpoint_every_seconds) if remote else lock
         if remote is not None:
             remote.push(THROUGHPUT_FILE)
     finally:
-        use_lock(None)
         engine.dispose()
 
 
@@ -199,11 +198,10 @@ def wait_for_threshold(study: optuna.Study, budget: float, poll_seconds: float =
     Raises ``RuntimeError`` when the study has no dense trial left to wait for (it failed).
     """
     while True:
-        dense = [t for t in study.get_trials(deepcopy=False) if _is_dense(t)]
-        complete = [t for t in dense if t.state == TrialState.COMPLETE]
-        if complete:
-            return complete[-1].values[0] - budget
-        if not any(t.state == TrialState.RUNNING for t in dense):
+        if (dense := dense_trial(study)) is not None:
+            return dense.values[0] - budget
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not any(is_dense(t.params.get("N"), t.params.get("s")) for t in running):
             raise RuntimeError("the dense (1, 0) trial failed, so this point's feasibility is unknown")
         time.sleep(poll_seconds)
 
@@ -218,13 +216,9 @@ def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
         "accuracy": accuracy,
         "throughput": throughput,
         "speedup": float(trial.user_attrs.get("speedup", float("nan"))),
-        "feasible": all(value <= 0 for value in trial.constraints.values()),
+        "feasible": is_feasible_trial(trial),
     }
 
 
 def _stored(study: optuna.Study, number: int) -> FrozenTrial:
     return study._storage.get_trial(trial_id(study, number))
-
-
-def _is_dense(trial: FrozenTrial) -> bool:
-    return (trial.params.get("N"), trial.params.get("s")) == DENSE

@@ -3,5 +3,5 @@
     HTTP -> Ray Serve proxy -> Gateway (keys, limits, input checks) -> Classifier replicas
             (serve.batch: up to max-batch instances or max-wait-ms; one forward pass per tenant)
 
-Nothing else in the project imports this package; the CLI's command table names `serving.cli:serve`.
+Nothing else in the project imports this package; the CLI's command table names `cli.commands.serve:serve`.
 """

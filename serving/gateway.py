@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException
 
 from serving.batching import PartResult, split_request
 from serving.inputs import BadRequest, Input, parse_inputs
-from serving.keys import TenantKeys, is_loopback_host
+from serving.keys import TenantKeys
+from storage.urls import is_loopback_host
 from serving.stats import ServingStats
 from trainers.servable import ServingSpec
 

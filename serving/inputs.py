@@ -7,9 +7,8 @@ status, never an exception inside a replica.
 from __future__ import annotations
 
 import json
-from typing import Union
 
-Input = Union[str, tuple[str, str]]
+Input = str | tuple[str, str]
 
 
 class BadRequest(ValueError):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 from pathlib import Path
+
+from storage.urls import is_loopback_host
 
 LOCAL_TENANT = "local"
 MIN_KEY_LENGTH = 16
@@ -78,14 +79,6 @@ class TenantKeys:
 
     def tenants(self) -> list[str]:
         return sorted(set(self.digests.values())) if self.digests else [LOCAL_TENANT]
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether a bind address reaches this machine only."""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, keys_file: Path | None, allow_remote: bool) -> None:

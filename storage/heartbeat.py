@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from datetime import datetime
@@ -35,7 +34,7 @@ from optuna.trial import TrialState
 from storage.trials import TrialRef
 from storage.trials import fail_trial
 from storage.trials import trial_id
-from storage.urls import mask_url
+from storage.periodic import Periodic
 
 HEARTBEAT_PREFIX = "prumux:driver:"
 DRIVER_ATTR = "driver"
@@ -52,8 +51,7 @@ class Heartbeat:
         self.study = study
         self.interval = interval
         self.driver_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._beating = Periodic(self.beat, interval, name="prumux-heartbeat", failed="heartbeat failed", logger=_logger)
 
     def claim(self, trial: TrialRef) -> None:
         """Mark ``trial`` (a trial or its number) as owned by this driver."""
@@ -67,17 +65,12 @@ class Heartbeat:
     def start(self) -> Self:
         """Beat now, then every ``interval`` seconds in a background thread."""
         self.beat()
-        self._stopped.clear()
-        self._thread = threading.Thread(target=self._run, name="prumux-heartbeat", daemon=True)
-        self._thread.start()
+        self._beating.start()
         return self
 
     def stop(self) -> None:
         """Stop beating; the driver's trials become stale once it exits."""
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._beating.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -85,12 +78,6 @@ class Heartbeat:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        while not self._stopped.wait(self.interval):
-            try:
-                self.beat()
-            except Exception as error:  # noqa: BLE001 - a missed beat must not end the driver
-                _logger.warning("heartbeat failed: %s", mask_url(str(error)).splitlines()[0])
 
 
 def fail_stale_trials(study: optuna.Study, grace_period: float = DEFAULT_GRACE_PERIOD_S) -> list[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from storage.rdb import call_with_retry
-from storage.urls import mask_url
+from storage.periodic import Periodic
 
 DEFAULT_TTL_S = 30.0
 POLL_S = 0.5
@@ -60,8 +59,10 @@ class Lease:
         self.key = key
         self.ttl = ttl
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._stopped = threading.Event()
-        self._renewer: threading.Thread | None = None
+        self._renewer = Periodic(
+            self._renew_round, ttl / 3, name="prumux-lease", failed=f"renewing lease {key} failed", logger=_logger,
+            tolerated=(sqlalchemy.exc.SQLAlchemyError,),
+        )
         _create_table(engine)
 
     def try_acquire(self) -> bool:
@@ -92,8 +93,6 @@ class Lease:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"lease {self.key!r} is held by {self.current_holder()}")
             time.sleep(POLL_S)
-        self._stopped.clear()
-        self._renewer = threading.Thread(target=self._renew_until_stopped, name="prumux-lease", daemon=True)
         self._renewer.start()
 
     def renew(self) -> None:
@@ -103,10 +102,7 @@ class Lease:
 
     def release(self) -> None:
         """Stop renewing (if ``acquire`` started it) and free the lease; a no-op if it was lost."""
-        self._stopped.set()
-        if self._renewer is not None:
-            self._renewer.join()
-            self._renewer = None
+        self._renewer.stop()
         self._retrying(self._delete)
 
     def current_holder(self) -> str:
@@ -139,15 +135,14 @@ class Lease:
         """Run ``statement``, again on a fresh connection if the database connection was lost."""
         return call_with_retry(statement, self.engine.dispose)
 
-    def _renew_until_stopped(self) -> None:
-        while not self._stopped.wait(self.ttl / 3):
-            try:
-                self.renew()
-            except LeaseLost:
-                _logger.error("lease %s was lost (this process stalled over %.0f s)", self.key, self.ttl)
-                return
-            except sqlalchemy.exc.SQLAlchemyError as error:  # a missed renewal is retried next round
-                _logger.warning("renewing lease %s failed: %s", self.key, mask_url(str(error).splitlines()[0]))
+    def _renew_round(self) -> bool:
+        """One renewal of the background thread; False (stop renewing) once the lease is lost."""
+        try:
+            self.renew()
+        except LeaseLost:
+            _logger.error("lease %s was lost (this process stalled over %.0f s)", self.key, self.ttl)
+            return False
+        return True
 
 
 def study_lease(study: optuna.Study, name: str, ttl: float = DEFAULT_TTL_S) -> Lease:

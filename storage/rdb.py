@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import PendingRollbackError
 
+from storage.errors import first_line
 from storage.urls import mask_url
 from storage.urls import parse_url
 from storage.urls import sqlite_path
@@ -158,6 +159,5 @@ def _probe(parsed: URL, url: str, engine_kwargs: dict[str, Any]) -> bool:
 
 
 def _first_line(error: BaseException) -> str:
-    cause = getattr(error, "orig", None) or error
-    lines = str(cause).strip().splitlines() or [type(cause).__name__]
-    return mask_url(lines[0].strip())
+    """The first line of the database's own error (SQLAlchemy wraps it as ``orig``)."""
+    return first_line(getattr(error, "orig", None) or error)

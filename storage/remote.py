@@ -29,6 +29,9 @@ from urllib.parse import parse_qsl
 
 from pyarrow import fs
 
+from storage.errors import first_line
+from storage.periodic import Periodic
+
 LOCAL_ONLY_SUFFIXES = (".lock",)
 LOCAL_ONLY_NAMES = ("holder.json",)
 SECRET_OPTIONS = {"access_key", "secret_key", "session_token"}
@@ -64,7 +67,7 @@ def check_uri(uri: str) -> None:
     try:
         fs.FileSystem.from_uri(uri)
     except (ValueError, OSError, ImportError) as error:
-        raise ValueError(f"cannot open run directory {uri}: {str(error).splitlines()[0]}") from None
+        raise ValueError(f"cannot open run directory {uri}: {first_line(error)}") from None
 
 
 class RemoteFolder:
@@ -125,22 +128,14 @@ class RemoteFolder:
     @contextmanager
     def pushing(self, relative: str | os.PathLike, every_s: float, last: Collection[str] = ()) -> Iterator[None]:
         """Push ``relative`` every ``every_s`` seconds while the block runs, and once at its end."""
-        stop = threading.Event()
-
-        def push_until_stopped() -> None:
-            while not stop.wait(every_s):
-                try:
-                    self.push(relative, last)
-                except OSError as error:  # the store is unreachable for now: the next round retries
-                    _logger.warning("pushing %s failed: %s", relative, str(error).splitlines()[0])
-
-        pusher = threading.Thread(target=push_until_stopped, name="prumux-push", daemon=True)
-        pusher.start()
+        pusher = Periodic(
+            lambda: self.push(relative, last), every_s, name="prumux-push", failed=f"pushing {relative} failed",
+            logger=_logger, tolerated=(OSError,),  # the store is unreachable for now: the next round retries
+        )
         try:
-            yield
+            with pusher:
+                yield
         finally:
-            stop.set()
-            pusher.join()
             self.push(relative, last)
 
     def _remote(self, relative: str | os.PathLike) -> PurePosixPath:

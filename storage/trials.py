@@ -37,6 +37,19 @@ _DTYPES = {
 }
 
 
+DENSE_POINT = (1, 0.0)  # (N, s) of the dense model, every budget's reference
+
+
+def is_dense(N: float, s: float) -> bool:
+    """Whether (N, s) is the dense point (1, 0)."""
+    return (N, s) == DENSE_POINT
+
+
+def is_feasible_trial(trial: FrozenTrial) -> bool:
+    """Whether a trial is COMPLETE and meets its stored constraint (``threshold - accuracy <= 0``)."""
+    return trial.state == TrialState.COMPLETE and all(value <= 0 for value in trial.constraints.values())
+
+
 def family(N: int, s: float) -> str:
     """Name the model family of a grid point: dense, cofi, datamux or prumux."""
     if N == 1:
@@ -219,20 +232,22 @@ def _imported_trial(
 
 def dense_accuracy(study: optuna.Study) -> float | None:
     """The measured accuracy of the study's dense (1, 0) point, or None before it is measured."""
-    dense = _dense_trial(study)
+    dense = dense_trial(study)
     return None if dense is None else dense.values[0]
 
 
 def _dense_throughput(study: optuna.Study) -> float | None:
-    dense = _dense_trial(study)
+    dense = dense_trial(study)
     return None if dense is None else dense.values[1]
 
 
-def _dense_trial(study: optuna.Study) -> FrozenTrial | None:
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.params.get("N") == 1 and trial.params.get("s") == 0:
-            return trial
-    return None
+def dense_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The study's dense trial: the first (lowest-numbered) COMPLETE trial at (1, 0), or None.
+
+    A study measures the dense point once; should it hold more (an import beside a trained one),
+    the first stays the reference, so every threshold of the study is the same."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((trial for trial in complete if is_dense(trial.params.get("N"), trial.params.get("s"))), None)
 
 
 def _row(trial: FrozenTrial, dense_throughput: float | None) -> dict[str, Any]:
@@ -241,7 +256,7 @@ def _row(trial: FrozenTrial, dense_throughput: float | None) -> dict[str, Any]:
     speedup = trial.user_attrs.get("speedup")
     if speedup is None:
         speedup = throughput / dense_throughput if dense_throughput else math.nan
-    feasible = trial.state == TrialState.COMPLETE and all(c <= 0 for c in trial.constraints.values())
+    feasible = is_feasible_trial(trial)
     own = {
         "number": trial.number,
         "state": trial.state.name,

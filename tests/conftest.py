@@ -115,7 +115,7 @@ MainRunner = Callable[..., tuple[int, str, str]]
 @pytest.fixture
 def run_main(capsys: pytest.CaptureFixture[str]) -> MainRunner:
     """Run `prumux-search ARGS` in this process (fast); return its exit status, stdout and stderr."""
-    from search.cli import main
+    from cli.main import main
 
     def run(*args: str) -> tuple[int, str, str]:
         capsys.readouterr()
@@ -143,7 +143,7 @@ def run_cli() -> CliRunner:
         environment.update(PYTHONPATH=str(REPO), **env)
         start = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "search.cli", *args],
+            [sys.executable, "-m", "cli.main", *args],
             capture_output=True, text=True, env=environment, cwd=REPO, timeout=timeout,
         )
         return done, time.monotonic() - start
@@ -277,7 +277,7 @@ def launch(ray_head: RayHead) -> Iterator[Launcher]:
 
     def run(*args: str, log: Path) -> subprocess.Popen:
         with log.open("w") as output:
-            process = subprocess.Popen([sys.executable, "-m", "search.cli", *args], stdout=output,
+            process = subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=output,
                                        stderr=subprocess.STDOUT, env=ray_head.env, cwd=REPO, start_new_session=True)  # fmt: skip
         started.append(process)
         return process

@@ -156,7 +156,7 @@ def cofi_fold_and_prune(state: dict[str, Tensor], zs: dict[str, Tensor], config:
     """CoFi's update_params (soft values into weights) then prune_model_with_z, on transformers' key names."""
     state = {key: value.clone() for key, value in state.items()}
     layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
-    h, d = config["hidden_size"], config["hidden_size"] // config["num_attention_heads"]
+    d = config["hidden_size"] // config["num_attention_heads"]
     head_z = zs["head_z"].reshape(layers, heads)
     int_z = zs["intermediate_z"].reshape(layers, -1)
     hidden_z, mlp_z, head_layer_z = zs["hidden_z"], zs["mlp_z"], zs["head_layer_z"]

@@ -1,7 +1,7 @@
 """Bad input to every command: one line `error: ...` on stderr, exit status 2, no traceback,
 and the study database byte-identical before and after (nothing created where none was).
 
-The commands run in this process through the real entry point (`search.cli.main`), which is
+The commands run in this process through the real entry point (`cli.main.main`), which is
 what the installed `prumux-search` calls; `test_bad_input_in_a_fresh_process` runs a few
 cases as a user would, in a subprocess, and `test_unwritable_run_dir` runs one without the
 privilege that lets root write anywhere.
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, client_env
 
-from search.cli import main
+from cli.main import main
 from trainers.recipes import RECIPES
 
 GRID = ["--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.03"]
@@ -304,7 +304,7 @@ def test_unwritable_run_dir(tmp_path: Path, tiny_bert_dir: Path) -> None:
     locked.chmod(0o555)
     args = ["start", "--run-dir", str(locked / "run"), *GRID, "--recipe", "smoke", "--model", str(tiny_bert_dir)]
     try:
-        done = subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, cwd=REPO,
                               env=client_env(), preexec_fn=drop_root_privileges, timeout=120, check=False)  # fmt: skip
     finally:
         locked.chmod(0o755)

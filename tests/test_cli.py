@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.cli import COMMANDS, HELP
+from cli.main import COMMANDS, HELP
 
 
 def test_help_lists_every_command(run_main) -> None:

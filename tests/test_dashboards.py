@@ -25,7 +25,7 @@ from dashboards import surrogate_figure
 from dashboards.figures import INFEASIBLE_COLOR
 from dashboards.publish import FRONTIER_ID
 from dashboards.publish import SURROGATE_ID
-from search.cli import main
+from cli.main import main
 from storage import StudySettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_dashboard_on_a_remote_host_warns_of_no_authentication(run_dir: Path) ->
 @contextlib.contextmanager
 def _dashboard(run_dir: Path, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """The real `prumux-search dashboard` on a free port, and the line saying where it serves."""
-    command = [sys.executable, "-c", "from search.cli import main; main()", "dashboard", "--run-dir", str(run_dir)]
+    command = [sys.executable, "-c", "from cli.main import main; main()", "dashboard", "--run-dir", str(run_dir)]
     server = subprocess.Popen(
         [*command, "--port", "0", *args],
         cwd=REPO,

@@ -57,7 +57,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(ray_head: RayHead, launch,
     checkpoints = run_dir / "work" / "points"
     wait_for(lambda: any(f"{PRUNED}: prune step" in line for line in train_log(run_dir)), driver)
     wait_for(lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in checkpoints.rglob("*.pt")), driver)
-    pid = int(re.search(r"pid=(\d+)", next(l for l in train_log(run_dir) if f"{PRUNED}: prune step" in l)).group(1))
+    pid = int(re.search(r"pid=(\d+)", next(line for line in train_log(run_dir) if f"{PRUNED}: prune step" in line)).group(1))
     assert pid in ray_head.processes()  # a Ray worker of our head, not some other process
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -156,7 +156,7 @@ def test_dropped_database_connections_lose_nothing(
     assert PASSWORD not in output + "".join(stored) + ray_jobs(ray_head) and not leaks
 
 
-STATUS = [sys.executable, "-m", "search.cli", "status"]
+STATUS = [sys.executable, "-m", "cli.main", "status"]
 
 
 def ray_jobs(head: RayHead) -> str:
@@ -179,7 +179,7 @@ def test_search_submitted_as_a_ray_job_completes_its_study(
 ) -> None:
     run_dir = tmp_path / "run"
     url = postgres_url.replace("postgres@", f"postgres:{PASSWORD}@")
-    submit = [sys.executable, "-m", "search.cli", "submit", "--address", ray_head.dashboard]
+    submit = [sys.executable, "-m", "cli.main", "submit", "--address", ray_head.dashboard]
     submitted = subprocess.run(
         [*submit, "--storage", url, "--run-dir", str(run_dir), "--", "start", "--model", str(tiny_bert_dir),
          "--study", fresh_postgres_study_name, *SEARCH],
@@ -206,7 +206,7 @@ def test_stopped_ray_job_is_finished_by_the_next_start(
     ray_head: RayHead, launch, tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    submit = [sys.executable, "-m", "search.cli", "submit", "--address", ray_head.dashboard]
+    submit = [sys.executable, "-m", "cli.main", "submit", "--address", ray_head.dashboard]
     submitted = subprocess.run(
         [*submit, "--run-dir", str(run_dir), "--", "start", "--model", str(tiny_bert_dir), *SEARCH, *LONG_PRUNE],
         capture_output=True, text=True, env=ray_head.env, timeout=120, check=False,

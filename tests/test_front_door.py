@@ -54,7 +54,7 @@ def processes() -> Iterator[list[subprocess.Popen]]:
 def launch(processes: list[subprocess.Popen], args: list[str], log: Path, cwd: Path) -> subprocess.Popen:
     """`prumux-search ARGS` in the background in its own process group (as a shell starts it), output to ``log``."""
     with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "-m", "search.cli", *args], stdout=output, stderr=subprocess.STDOUT,
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=output, stderr=subprocess.STDOUT,
                                    cwd=cwd, env=client_env(), start_new_session=True)  # fmt: skip
     processes.append(process)
     return process
@@ -104,7 +104,7 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     first = launch(processes, args, tmp_path / "first.log", tmp_path)
     live = poll(lambda: LIVE_LINE.search((tmp_path / "first.log").read_text()), first)
     poll(lambda: newest_checkpoint(run_dir), first)
-    second = subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+    second = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, cwd=tmp_path,
                             env=client_env(), timeout=120, check=False)  # fmt: skip
     children = descendants(first.pid)
     signalled = time.monotonic()
@@ -185,7 +185,7 @@ def file_size_limit(limit: int):
 
 def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(tiny_bert_dir: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
-    args = [sys.executable, "-m", "search.cli", "train", "--task", "rt-polarity", "--model", str(tiny_bert_dir),
+    args = [sys.executable, "-m", "cli.main", "train", "--task", "rt-polarity", "--model", str(tiny_bert_dir),
             "--n", "1", "--sparsity", "0.5", "--recipe", "smoke", "--workdir", str(work), "--quiet",
             "--set", "max_train_examples=64", "--set", "max_eval_examples=64", "--set", "eval_examples=32",
             "--set", "mlm_steps=2", "--set", "finetune_steps=8", "--set", "prune_steps=200",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.console import SearchConsole, duration, progress_line
-from search.submit import checked_start_arguments
+from cli.console import SearchConsole, duration, progress_line
+from cli.commands.submit import checked_start_arguments
 from storage import default_url, open_study, study_settings
 from trainers.job import check_job, check_writable_dir
 from trainers.models import check_model

@@ -22,10 +22,9 @@ import json, logging, sys, time
 from pathlib import Path
 from search.trainable import lease_lock
 from storage import database_engine
-from trainers.cache import locked, use_lock
+from trainers.cache import locked
 url, workdir, out = sys.argv[1:]
-use_lock(lease_lock(database_engine(url), workdir))
-with locked(Path(workdir) / "cache" / "entry", logging.getLogger("hold")):
+with locked(Path(workdir) / "cache" / "entry", logging.getLogger("hold"), lease_lock(database_engine(url), workdir)):
     began = time.time()
     time.sleep(2)
 Path(out).write_text(json.dumps([began, time.time()]))

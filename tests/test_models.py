@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import main
+from cli.main import main
 from trainers.hub import hub_reachable
 from trainers.models import BASE_MODELS, load_tokenizer, model_summary, resolve_model, tokenize
 from trainers.tasks import load_task
@@ -70,7 +70,7 @@ def test_tokenize_pads_and_truncates_to_the_length(tokenizer) -> None:
 def test_tokenize_marks_the_second_text_of_pairs(tokenizer) -> None:
     frame = load_task("dialog-reply").test.head(4)
     batch = tokenize(tokenizer, frame, max_length=64)
-    for row, (text, reply) in enumerate(zip(frame["text"], frame["text_pair"])):
+    for row, (_text, reply) in enumerate(zip(frame["text"], frame["text_pair"])):
         kept = batch["attention_mask"][row].bool()
         ids, types = batch["input_ids"][row][kept], batch["token_type_ids"][row][kept]
         assert tokenizer.decode(ids[types == 1], skip_special_tokens=True) == tokenizer.decode(

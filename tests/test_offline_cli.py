@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import main
+from cli.main import main
 
 POINTS = """N,s,accuracy,throughput
 1,0,0.90,1.0

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+from pathlib import Path
+
 import pytest
 
-from trainers.recipes import PHASE12_FIELDS, RECIPES, Recipe, load_recipe, parse_overrides
+from prumux.config import MUXING_VARIANTS
+from trainers.cache import cache_entry
+from trainers.recipes import MUX_STARTS, PHASE12, PHASE12_FIELDS, RECIPES, Recipe, load_recipe, parse_overrides
 
 
 def test_shipped_recipes_load() -> None:
@@ -85,6 +90,34 @@ def test_phase12_digest_ignores_phase3_values() -> None:
     assert load_recipe("smoke", {"finetune_lr": 0.5}).digest(PHASE12_FIELDS) != base.digest(PHASE12_FIELDS)
 
 
+def _changed(value: object, name: str) -> object:
+    """Another valid value of a recipe field."""
+    others = {"muxing_variant": MUXING_VARIANTS, "mux_start": MUX_STARTS}
+    if name in others:
+        return next(option for option in others[name] if option != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, str):
+        return value + "-changed"
+    if value is None:
+        return 1.0
+    return value + 1 if isinstance(value, int) else (value / 2 if value else 0.25)
+
+
+def test_the_phase12_cache_key_hashes_exactly_the_fields_marked_phase12(tmp_path: Path) -> None:
+    base = load_recipe("smoke")
+    key = cache_entry(tmp_path, "rt-polarity", "tiny", 2, base).directory
+    changing = set()
+    for item in fields(Recipe):
+        other = replace(base, **{item.name: _changed(getattr(base, item.name), item.name)})
+        if cache_entry(tmp_path, "rt-polarity", "tiny", 2, other).directory != key:
+            changing.add(item.name)
+    marked = {item.name for item in fields(Recipe) if item.metadata.get(PHASE12)}
+    assert changing == marked == set(PHASE12_FIELDS)
+    assert {"seed", "seq_len", "mux_start", "muxing_variant", "finetune_lr"} <= marked
+    assert not marked & {"prune_steps", "prune_lr", "eval_every", "name", "search_time_budget"}
+
+
 def test_boolean_fields_parse_cli_words() -> None:
     assert load_recipe("smoke", {"prune_hidden": "false"}).prune_hidden is False
     assert load_recipe("smoke", {"prune_hidden": "Yes"}).prune_hidden is True
@@ -93,7 +126,7 @@ def test_boolean_fields_parse_cli_words() -> None:
 
 
 def test_search_time_budget_is_the_default_of_start_and_no_training_value() -> None:
-    from search.commands.study import _time_budget
+    from cli.commands.study import _time_budget
 
     demo = load_recipe("cpu-demo")
     assert demo.search_time_budget == 1200 and load_recipe("paper").search_time_budget is None

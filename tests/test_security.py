@@ -13,8 +13,8 @@ import optuna
 from conftest import REPO, client_env
 from optuna.distributions import CategoricalDistribution
 
-from dashboards.cli import dashboard
-from search.commands.study import model_card
+from cli.commands.dashboard import dashboard
+from cli.commands.study import model_card
 
 PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards", "serving", "benchmarks")
 PICKLE_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
@@ -54,7 +54,7 @@ def test_the_scan_finds_unsafe_loads(tmp_path: Path) -> None:
 
 
 def test_dashboard_and_serve_bind_to_loopback_by_default() -> None:
-    from serving.cli import serve
+    from cli.commands.serve import serve
 
     for command in (dashboard, serve):
         host = next(option for option in command.params if option.name == "host")
@@ -64,7 +64,7 @@ def test_dashboard_and_serve_bind_to_loopback_by_default() -> None:
 LOCAL_RAY = """
 import ray
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
-from search.driver import connect_ray
+from search.ray_session import connect_ray
 with connect_ray():
     print(ray._private.worker.global_worker.node.webui_url or "no dashboard", is_token_auth_enabled())
 """

@@ -42,7 +42,7 @@ def test_serve_best_answers_then_stops_on_ctrl_c(study_with_a_trained_trial: Pat
     run_dir = study_with_a_trained_trial
     (run_dir / "keys.txt").write_text(f"team {KEY}\n")
     port = free_port()
-    command = [sys.executable, "-m", "search.cli", "serve", "--best", "--run-dir", str(run_dir), "--port", str(port),
+    command = [sys.executable, "-m", "cli.main", "serve", "--best", "--run-dir", str(run_dir), "--port", str(port),
                "--keys", str(run_dir / "keys.txt"), "--max-wait-ms", "5"]  # fmt: skip
     log = run_dir / "serve.log"
     with log.open("w") as output:

@@ -91,7 +91,7 @@ def test_round_trip_with_constraints(url: str, study_name: str) -> None:
     assert best == {(1, 0.0), (2, 0.5), (2, 0.7)}  # (5, 0.7) is fastest but infeasible
     frame = storage.points_frame(reopened).set_index(["N", "s"])
     assert list(frame["family"]) == ["dense", "prumux", "prumux", "prumux"]
-    assert frame.loc[(5, 0.7), "feasible"] == False
+    assert not frame.loc[(5, 0.7), "feasible"]
     assert frame.loc[(2, 0.7), "speedup"] == pytest.approx(4.5)
     assert frame.loc[(1, 0.0), "model_dir"] == "/m/0"
     assert storage.accuracy_threshold(reopened) == pytest.approx(THRESHOLD)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.cli import main
+from cli.main import main
 from storage import default_url, open_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ FAST = [
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """`prumux-search ARGS` in a fresh process, as a user runs it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-c", "from search.cli import main; main()", *args]
+    command = [sys.executable, "-c", "from cli.main import main; main()", *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -120,3 +120,13 @@ def test_leave_one_out_on_a_hand_checked_table():
 def test_fit_rejects_bad_points(change, message):
     with pytest.raises(ValueError, match=message):
         AutoPruMUX().fit(change(full_grid()))
+
+
+def test_autoprumux_is_a_scikit_learn_estimator() -> None:
+    from sklearn.base import clone
+
+    model = AutoPruMUX(accuracy_tolerance=0.02)
+    assert model.get_params() == {"accuracy_tolerance": 0.02, "throughput_tolerance": 0.2}
+    assert model.set_params(throughput_tolerance=0.3).throughput_tolerance == 0.3
+    copy = clone(model)
+    assert copy.get_params() == model.get_params() and not hasattr(copy, "points_")

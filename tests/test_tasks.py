@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.cli import main
+from cli.main import main
 from trainers.hub import hub_reachable
 from trainers.tasks import TASKS, TaskData, load_task, task_names
 from trainers.tasks.splits import normalise

@@ -59,7 +59,7 @@ def _run_point(model: Path, N: int, s: float, workdir: Path, overrides: dict) ->
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = "from search.cli import main; main()"
+    code = "from cli.main import main; main()"
     return subprocess.run([sys.executable, "-c", code, "train", *args], env=ENV, capture_output=True, text=True, timeout=300)
 
 

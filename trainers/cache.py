@@ -14,8 +14,9 @@ finds an entry locked waits, logging who holds it, then uses the entry the holde
 An entry counts as present only once its `entry.json` exists; it is written last.
 
 Nodes that share the work dir over a filesystem without reliable locks use another lock
-instead: `use_lock(factory)` makes `locked` (entries and point folders alike) take
-`factory(directory, log)`, e.g. a lease row in the study's database (`storage.leases`).
+instead: the job is given a `LockFactory` (`train_point(..., lock=factory)`), and `locked`
+(entries and point folders alike) takes `factory(directory, log)`, e.g. a lease row in the
+study's database (`storage.leases`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ ENTRY_FILE = "entry.json"
 THROUGHPUT_FILE = "throughput-cache.json"
 
 LockFactory = Callable[[Path, logging.Logger], AbstractContextManager[object]]
-_lock_factory: LockFactory | None = None  # None: the file lock
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,9 @@ class CacheEntry:
         """Mark the entry finished; call after its model is saved in `model_dir`."""
         write_json_atomic(self.record_path, record)
 
-    def locked(self, log: logging.Logger) -> AbstractContextManager[None]:
+    def locked(self, log: logging.Logger, lock: LockFactory | None = None) -> AbstractContextManager[object]:
         """Hold the entry's cross-process lock (see `locked`)."""
-        return locked(self.directory, log)
+        return locked(self.directory, log, lock)
 
 
 def cache_entry(workdir: str | Path, task: str, base_model: str, N: int, recipe: Recipe) -> CacheEntry:
@@ -110,22 +110,10 @@ class ThroughputCache:
             raise ValueError(f"{self.path} is not valid JSON; delete it to measure the dense throughput again") from None
 
 
-def use_lock(factory: LockFactory | None) -> None:
-    """Make `locked` take `factory(directory, log)` in this process; None restores the file lock."""
-    global _lock_factory
-    _lock_factory = factory
-
-
-@contextmanager
-def locked(directory: Path, log: logging.Logger) -> Iterator[None]:
-    """Hold the lock of `directory`: the file lock, or the one set with `use_lock`."""
-    if _lock_factory is None:
-        with file_locked(directory, log):
-            yield
-        return
+def locked(directory: Path, log: logging.Logger, lock: LockFactory | None = None) -> AbstractContextManager[object]:
+    """Hold the lock of `directory`: ``lock(directory, log)``, by default the lock file beside it (`file_locked`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    with _lock_factory(directory, log):
-        yield
+    return (lock or file_locked)(directory, log)
 
 
 @contextmanager

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
+from storage.errors import first_line
+
 PROBE_TIMEOUT_S = 1.5
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -78,8 +80,7 @@ def hub_errors(what: str, alternatives: str) -> Iterator[None]:
     except OSError as error:  # ConnectionError, HTTP errors and missing repositories are all OSErrors
         if offline:
             raise offline_error(what, alternatives) from None
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(
-            f"{what} could not be loaded from the Hugging Face hub: {first_line} "
+            f"{what} could not be loaded from the Hugging Face hub: {first_line(error)} "
             f"(offline alternatives: {alternatives})"
         ) from None

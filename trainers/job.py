@@ -23,7 +23,7 @@ from pathlib import Path
 from trainers.evaluate import check_label_names
 from trainers.models import CheckedModel, check_model
 from trainers.recipes import RECIPES, Recipe, load_recipe, parse_overrides
-from trainers.tasks import TASKS, TaskData, check_task
+from trainers.tasks import TaskData, check_task
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from prumux import PruMUXConfig, PruMUXModel, hardware_name, measure_throughput, prunable_parameters
+from prumux import PruMUXConfig, PruMUXModel, hardware_name, measure_throughput
 from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
 from trainers.data import encode_frame
@@ -111,7 +111,7 @@ def measure_checkpoint(
     config = model.config
     return CheckpointMeasurement(
         model=source, task=task, N=config.num_instances,
-        sparsity=1 - prunable_parameters(config.encoder) / prunable_parameters(config.dense_encoder()),
+        sparsity=config.realised_sparsity,
         val_accuracy=val, test_accuracy=test, throughput=speedup * dense, dense_throughput=dense, speedup=speedup,
         layout=config.layout, seq_len=seq_len, hardware=hardware_name(runtime.device),
     )  # fmt: skip

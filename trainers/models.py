@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.errors import first_line
 from trainers.families import FAMILIES, model_for, tokenizer_for
 from trainers.hub import configure_offline, hub_cached, hub_errors, hub_reachable, offline_error
 
@@ -164,7 +165,7 @@ def _check_saved(name: str, folder: Path, N: int, tokenizer_source: str) -> tupl
     try:
         config = PruMUXConfig.from_dict(json.loads((folder / SAVED_CONFIG).read_text(encoding="utf-8")))
     except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"model folder {name!r}: {SAVED_CONFIG} is not a valid model config ({_first_line(error)})") from None
+        raise ValueError(f"model folder {name!r}: {SAVED_CONFIG} is not a valid model config ({first_line(error, 160)})") from None
     if not (folder / "model.safetensors").is_file():
         raise ValueError(f"model folder {name!r} has no model.safetensors")
     _check_weights(name, folder / "model.safetensors")
@@ -204,7 +205,7 @@ def _check_weights(name: str, path: Path) -> None:
     except ValueError:
         raise
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error type for damaged files
-        raise ValueError(f"model folder {name!r}: {path.name} is damaged ({_first_line(error)})") from None
+        raise ValueError(f"model folder {name!r}: {path.name} is damaged ({first_line(error, 160)})") from None
 
 
 def _loaded(name: str, what: str, load: Any) -> Any:
@@ -214,7 +215,7 @@ def _loaded(name: str, what: str, load: Any) -> Any:
     except ValueError:
         raise
     except Exception as error:  # noqa: BLE001 - transformers raises many kinds for a broken folder
-        raise ValueError(f"base model {name!r}: its {what} cannot be loaded ({_first_line(error)})") from None
+        raise ValueError(f"base model {name!r}: its {what} cannot be loaded ({first_line(error, 160)})") from None
 
 
 def _check_vocabulary(name: str, tokenizer: PreTrainedTokenizerBase, vocab_size: int | None) -> None:
@@ -228,11 +229,6 @@ def _check_vocabulary(name: str, tokenizer: PreTrainedTokenizerBase, vocab_size:
         raise ValueError(
             f"base model {name!r}: its tokenizer has {len(tokenizer)} tokens but the model embeds only {vocab_size}"
         )
-
-
-def _first_line(error: BaseException) -> str:
-    text = " ".join((str(error).strip().splitlines() or [type(error).__name__])[0].split())
-    return text if len(text) <= 160 else text[:159] + "…"
 
 
 def is_available(name: str) -> bool:

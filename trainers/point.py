@@ -20,22 +20,19 @@ stored result.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, prunable_parameters
+from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, prunable_parameters, realised_sparsity
 from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
-from trainers.cache import ThroughputCache, cache_entry, locked, slug, write_json_atomic
+from trainers.cache import LockFactory, ThroughputCache, cache_entry, locked, slug, write_json_atomic
 from trainers.data import EncodedTask, encode_task
 from trainers.evaluate import accuracy, check_label_order
 from trainers.families import model_for, tokenizer_for
-from trainers.job import check_point
+from trainers.job import check_point, check_writable_dir
 from trainers.measure import MEASURE_ROUNDS, side_by_side, throughput
 from trainers.models import load_tokenizer, resolve_model
 from trainers.phases.loop import Runtime, StageContext, save_output
@@ -45,6 +42,7 @@ from trainers.phases.retrieval import train_retrieval
 from trainers.progress import job_log
 from trainers.recipes import Recipe, load_recipe
 from trainers.tasks import TaskSpec, load_task
+from storage.trials import family
 
 PHASES = ("retrieval", "multiplexed", "pruning", "measure")
 RESULT_FILE = "result.json"
@@ -98,11 +96,6 @@ def point_directory(workdir: str | Path, task: str, base_model: str, N: int, s: 
     return Path(workdir).expanduser().resolve() / "points" / slug(task) / slug(base_model) / name
 
 
-def family(N: int, s: float) -> str:
-    """The method a grid point stands for."""
-    return {(False, False): "dense", (False, True): "cofi", (True, False): "datamux", (True, True): "prumux"}[(N > 1, s > 0)]
-
-
 @dataclass(frozen=True)
 class _Job:
     """The identity of one point's job and where it runs."""
@@ -114,6 +107,7 @@ class _Job:
     recipe: Recipe
     workdir: Path
     runtime: Runtime
+    lock: LockFactory | None = None  # the work dir's cross-process lock; None: lock files
 
 
 def train_point(
@@ -127,17 +121,21 @@ def train_point(
     *,
     device: str | None = None,
     bf16: bool = False,
+    lock: LockFactory | None = None,
 ) -> PointResult:
-    """Train (or resume, or reuse) the point (N, s) of `task` on `base_model` and measure it."""
+    """Train (or resume, or reuse) the point (N, s) of `task` on `base_model` and measure it.
+
+    ``lock`` locks the point's folder and the phase 1-2 cache entries while this job uses them
+    (`trainers.cache.locked`; default: lock files, for nodes that share a filesystem with locks)."""
     check_point(N, s)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    job = _Job(task, base_model, N, s, recipe, _writable_workdir(workdir), Runtime.create(device, bf16))
+    job = _Job(task, base_model, N, s, recipe, _writable_workdir(workdir), Runtime.create(device, bf16), lock)
     data = load_task(task, seed=recipe.seed)
     tokenizer = load_tokenizer(tokenizer_for(base_model, N))
     encoded = encode_task(data, tokenizer, recipe)
     label = f"{task}/{base_model}/N={N}/s={s:g}"
     point_dir = point_directory(job.workdir, task, base_model, N, s, recipe)
-    with job_log(job.workdir, label) as log, locked(point_dir, log):
+    with job_log(job.workdir, label) as log, locked(point_dir, log, job.lock):
         if (point_dir / RESULT_FILE).is_file():
             log.info("already trained: %s", point_dir / RESULT_FILE)
             return PointResult.from_dict(json.loads((point_dir / RESULT_FILE).read_text()))
@@ -162,7 +160,7 @@ def _phase12(
     """The cached phase 1-2 model folder (training it under the entry's lock if missing), whether it was a hit,
     and the entry's record (phase seconds, the phases that ran, the starting checkpoint)."""
     entry = cache_entry(job.workdir, job.task, job.base_model, job.N, job.recipe)
-    with entry.locked(ctx.log):
+    with entry.locked(ctx.log, job.lock):
         if entry.exists():
             ctx.log.info("phases 1-2 cache hit: %s", entry.directory)
             record = entry.record()
@@ -261,7 +259,7 @@ def _measure(
     return PointResult(
         task=job.task, base_model=job.base_model, recipe=recipe.name, N=job.N, s=job.s,
         val_accuracy=val, test_accuracy=test, throughput=speedup * reference, dense_throughput=reference,
-        speedup=speedup, sparsity=1 - kept / prunable_parameters(base_encoder), prunable_parameters=kept,
+        speedup=speedup, sparsity=realised_sparsity(model.config.encoder, base_encoder), prunable_parameters=kept,
         total_parameters=sum(p.numel() for p in model.parameters()),
         phase_seconds={phase: round(value, 2) for phase, value in seconds.items()}, model_dir=str(model_dir),
         hardware=hardware_name(job.runtime.device), family=kind, recipe_values=recipe.to_dict(),
@@ -292,11 +290,10 @@ def _saved_config(model_dir: Path) -> PruMUXConfig:
 
 
 def _writable_workdir(workdir: str | Path) -> Path:
-    path = Path(workdir).expanduser().resolve()
+    """The work dir, checked (`check_writable_dir`) and created."""
+    path = check_writable_dir(workdir, "work dir")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OSError(f"cannot create work dir {path}: {error.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OSError(f"work dir {path} is not writable")
     return path

@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from storage.errors import first_line
+
 LOG_FILE = "train.log"
 # The postfix keys shown on a bar, in this order, with their formats.
 POSTFIX_FORMATS = {"loss": "{:.4f}", "accuracy": "{:.3f}", "sparsity": "{:.3f}", "target": "{:.3f}"}
@@ -60,10 +62,9 @@ def job_log(workdir: Path, job: str) -> Iterator[logging.Logger]:
 
 def error_cause(error: BaseException, limit: int = 300) -> str:
     """An exception as one short line for a console or a study: its type and its message's first line."""
-    lines = str(error).strip().splitlines()
-    text = " ".join(lines[0].split()) if lines else ""
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if not str(error).strip():
+        return type(error).__name__
+    return f"{type(error).__name__}: {first_line(error, limit)}"
 
 
 class StageProgress:

@@ -19,7 +19,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,41 +33,50 @@ RECIPES: dict[str, Path] = {path.stem: path for path in sorted(RECIPE_DIR.glob("
 STAGES = ("retrieval", "mlm", "finetune", "prune", "lagrangian_warmup", "pruned_finetune")
 
 
+PHASE12 = "prumux.phase12"  # field metadata key: the field determines the phase 1-2 model
+
+
+def phase12() -> Any:
+    """Mark a recipe field as one that determines the phase 1-2 model (hashed into its cache key)."""
+    return field(metadata={PHASE12: True})
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """All hyperparameters of one (N, s) training job."""
+    """All hyperparameters of one (N, s) training job; ``phase12()`` marks the fields that determine
+    the phase 1-2 model (they, and only they, make its cache key)."""
 
     name: str
     description: str
-    seed: int
-    seq_len: int
-    max_train_examples: int | None  # training rows used (a seeded sample); null = all
+    seed: int = phase12()
+    seq_len: int = phase12()
+    max_train_examples: int | None = phase12()  # training rows used (a seeded sample); null = all
     max_eval_examples: int | None  # rows of validation/test in the final evaluation; null = all
     eval_examples: int | None  # validation rows used by evaluations during training
     eval_every: int  # steps between evaluations during training
     eval_batch_size: int  # mixed sequences per evaluation batch
     checkpoint_every_seconds: float
-    warmup_ratio: float  # linear learning-rate warm-up, as a fraction of each stage
-    weight_decay: float
+    warmup_ratio: float = phase12()  # linear learning-rate warm-up, as a fraction of each stage
+    weight_decay: float = phase12()
     # How an N > 1 model is made from a plain base (MUX-PLM checkpoints keep their own vectors).
-    muxing_variant: str  # gaussian_hadamard (DataMUX's) or shifted_gaussian (1 + deviation: keeps the input readable)
-    mux_start: str  # "base": the base checkpoint; "dense": the search's dense (1, 0) model, trained first if missing
+    muxing_variant: str = phase12()  # gaussian_hadamard (DataMUX's) or shifted_gaussian (1 + deviation: keeps the input readable)
+    mux_start: str = phase12()  # "base": the base checkpoint; "dense": the search's dense (1, 0) model, trained first if missing
     # Phase 1: retrieval warm-up (skipped when N = 1).
-    retrieval_steps: int
-    retrieval_epochs: float | None
-    retrieval_lr: float
-    retrieval_mux_norm: float
-    pretrain_batch_size: int  # retrieval and MLM
+    retrieval_steps: int = phase12()
+    retrieval_epochs: float | None = phase12()
+    retrieval_lr: float = phase12()
+    retrieval_mux_norm: float = phase12()
+    pretrain_batch_size: int = phase12()  # retrieval and MLM
     # Phase 2: optional MLM continuation, then task fine-tuning.
-    mlm_steps: int
-    mlm_epochs: float | None
-    mlm_lr: float
-    mlm_probability: float
-    finetune_steps: int
-    finetune_epochs: float | None
-    finetune_lr: float
-    finetune_batch_size: int  # also the batch of the pruned model's fine-tuning
-    task_mux_norm: float
+    mlm_steps: int = phase12()
+    mlm_epochs: float | None = phase12()
+    mlm_lr: float = phase12()
+    mlm_probability: float = phase12()
+    finetune_steps: int = phase12()
+    finetune_epochs: float | None = phase12()
+    finetune_lr: float = phase12()
+    finetune_batch_size: int = phase12()  # also the batch of the pruned model's fine-tuning
+    task_mux_norm: float = phase12()
     # Phase 3: CoFi pruning with distillation, then fine-tuning of the pruned model.
     prune_steps: int
     prune_epochs: float | None
@@ -141,13 +150,8 @@ class Recipe:
 # Fields that do not change what a job trains: left out of every digest.
 NOT_TRAINING = ("name", "description", "search_time_budget")
 
-# The fields that determine the phase 1-2 model: its cache key hashes exactly these.
-PHASE12_FIELDS = (
-    "seed", "seq_len", "max_train_examples", "warmup_ratio", "weight_decay", "muxing_variant", "mux_start",
-    "retrieval_steps", "retrieval_epochs", "retrieval_lr", "retrieval_mux_norm", "pretrain_batch_size",
-    "mlm_steps", "mlm_epochs", "mlm_lr", "mlm_probability",
-    "finetune_steps", "finetune_epochs", "finetune_lr", "finetune_batch_size", "task_mux_norm",
-)  # fmt: skip
+# The fields that determine the phase 1-2 model (marked ``phase12()``): its cache key hashes exactly these.
+PHASE12_FIELDS = tuple(item.name for item in fields(Recipe) if item.metadata.get(PHASE12))
 
 
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:

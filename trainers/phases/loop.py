@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from prumux import PruMUXModel
+from storage.errors import first_line
 from trainers.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from trainers.data import Batch, BatchStream, EncodedSplit
 from trainers.progress import StageProgress
@@ -157,9 +158,8 @@ def save_output(
         os.replace(tmp, output)
     except (OSError, RuntimeError, SafetensorError) as error:  # torch and safetensors wrap the OSError
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise OSError(
-            f"cannot write the {stage} output {output}: {reason}; a rerun resumes the stage from its last checkpoint"
+            f"cannot write the {stage} output {output}: {first_line(error)}; a rerun resumes the stage from its last checkpoint"
         ) from None
     ctx.checkpoint(stage).unlink(missing_ok=True)
 

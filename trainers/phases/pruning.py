@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from prumux import L0Module, PruMUXModel, prunable_parameters, prune
+from prumux import L0Module, PruMUXModel, prune
+from prumux.config import realised_sparsity as shape_sparsity
 from prumux.l0 import DETERMINISTIC_SHARPNESS, fill_budget
 from prumux.pruning import pruned_encoder_config
 from trainers.data import BatchStream, EncodedTask
@@ -70,7 +71,7 @@ def realised_sparsity(l0: L0Module, masks: dict[str, torch.Tensor] | None = None
     """Fraction of the prunable parameters that `masks` (default: the L0 module's deterministic masks) remove."""
     encoder = l0.encoder_config
     masks = l0.deterministic_masks() if masks is None else masks
-    return 1 - prunable_parameters(pruned_encoder_config(encoder, masks)) / prunable_parameters(encoder)
+    return shape_sparsity(pruned_encoder_config(encoder, masks), encoder)
 
 
 @torch.no_grad()

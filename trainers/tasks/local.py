@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from pyarrow.lib import ArrowException
 
+from storage.errors import first_line
 from trainers.tasks.spec import SPLITS, TaskData, TaskSpec
 from trainers.tasks.splits import split_frame
 
@@ -85,7 +86,7 @@ def _read_file(file: Path) -> pd.DataFrame:
     except OSError as error:
         raise OSError(f"cannot read task file {str(file)!r}: {error.strerror or error}") from None
     except (ValueError, ArrowException) as error:  # what pandas and pyarrow raise on malformed content
-        raise ValueError(f"task file {file.name!r} is not valid {_KINDS[suffix]}: {_brief(_first_line(error))}") from None
+        raise ValueError(f"task file {file.name!r} is not valid {_KINDS[suffix]}: {_brief(first_line(error))}") from None
     return _checked(frame, file)
 
 
@@ -152,10 +153,6 @@ def _complete_splits(frames: dict[str, pd.DataFrame], seed: int, name: str) -> d
 def _brief(text: str, limit: int = 120) -> str:
     """``text`` cut to ``limit`` characters, for messages that quote the user's data."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _label_ids(frames: dict[str, pd.DataFrame]) -> tuple[tuple[str, ...], dict[str, pd.DataFrame]]:

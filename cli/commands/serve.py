@@ -8,8 +8,6 @@ application (and stops the local Ray instance it started).
 from __future__ import annotations
 
 import logging
-import os
-import shlex
 import signal
 import socket
 import tempfile
@@ -21,10 +19,12 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cli.errors import one_line
+
 from serving.keys import LOCAL_TENANT, check_exposure, read_keys
-from storage import mask_url, open_study, points_frame, recommend
+from storage import open_study, points_frame, recommend
 from storage.trials import complete_trial
-from storage.cli_options import study_options
+from cli.options import study_options
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -85,7 +85,7 @@ def serve(run_dir: Path | str, storage: str, study: str, model_dir: str | None, 
                 run(options, spec, host, port)
             except RuntimeError as failed:  # Serve gave up starting a deployment
                 where = "see the replica logs in logs/serve of Ray's session dir"
-                raise click.ClickException(f"{_one_line(failed)} ({where})") from None
+                raise click.ClickException(f"{one_line(failed)} ({where})") from None
             click.echo(f"serving {what} (N={spec.N}, s={spec.s:g}, {spec.task}, length {spec.seq_len}) "
                        f"on {replicas} replica(s), batches of up to {batch_instances(max_batch, spec.N)} instances "
                        f"or {max_wait_ms:g} ms; {tenants}")  # fmt: skip
@@ -133,38 +133,20 @@ def _check_port_free(host: str, port: int) -> None:
 
 @contextmanager
 def _ray(address: str | None) -> Iterator[None]:
-    """Connect to the cluster at ``address`` or start a local one (no dashboard); stop what was started here."""
-    import ray
+    """Connect to the cluster at ``address`` or start a local one (no dashboard); remove the application
+    on exit and stop what was started here (a local instance ends with its Serve proxy and controller)."""
     from ray import serve as ray_serve
 
+    from search.ray_session import connect_ray
     from serving.app import APP_NAME
 
-    if ray.is_initialized():
-        yield
-        ray_serve.delete(APP_NAME)
-        return
-    project = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))
-    _mask_process_title()
-    try:
-        if address:
-            ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": path}}, logging_level="warning",
-                     log_to_driver=False)  # fmt: skip
-        else:
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning",
-                     runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False)  # fmt: skip
-    except ConnectionError as error:
-        raise ValueError(f"cannot connect to Ray at {address}: {str(error).splitlines()[0]}") from None
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines describe our own steps
-    try:
-        yield
-    finally:
-        ray_serve.delete(APP_NAME)
-        ray.shutdown()  # a local instance ends with its Serve proxy and controller
+    with connect_ray(address):
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines describe our own steps
+        try:
+            yield
+        finally:
+            ray_serve.delete(APP_NAME)
 
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _wait_for_stop() -> None:
@@ -178,14 +160,3 @@ def _wait_for_stop() -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-
-def _mask_process_title() -> None:
-    """Hide database passwords of --storage in this process's title (Ray shows it as the job's entrypoint)."""
-    import ray
-
-    try:
-        command = shlex.join(Path("/proc/self/cmdline").read_bytes().decode().rstrip("\0").split("\0"))
-    except OSError:
-        return
-    if mask_url(command) != command:
-        ray._raylet.setproctitle(mask_url(command))

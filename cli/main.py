@@ -3,7 +3,7 @@
 Commands are imported lazily so `prumux-search --help` does not pay for torch or Ray.
 Bad input anywhere (a ValueError or OSError raised by our code) becomes one line on
 stderr and exit status 2, never a traceback. Exit statuses: 0 done, 1 a job that ran and
-failed (`trainers.cli.JobFailed`), 2 bad input, 130 interrupted.
+failed (`cli.errors.JobFailed`), 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,23 +13,25 @@ import sys
 
 import click
 
+from cli.errors import one_line
+
 # command name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
-    "tasks": "trainers.cli:tasks",
-    "models": "trainers.cli:models",
-    "train": "trainers.cli:train",
-    "start": "search.commands.study:start",
-    "status": "search.commands.study:status",
-    "best": "search.commands.study:best",
-    "export": "search.commands.study:export",
-    "import": "search.commands.study:import_points",
-    "evaluate": "search.commands.evaluate:evaluate",
-    "predict": "search.commands.offline:predict",
-    "replay": "search.commands.offline:replay",
-    "dashboard": "dashboards.cli:dashboard",
-    "report": "dashboards.cli:report",
-    "submit": "search.submit:submit",
-    "serve": "serving.cli:serve",
+    "tasks": "cli.commands.train:tasks",
+    "models": "cli.commands.train:models",
+    "train": "cli.commands.train:train",
+    "start": "cli.commands.study:start",
+    "status": "cli.commands.study:status",
+    "best": "cli.commands.study:best",
+    "export": "cli.commands.study:export",
+    "import": "cli.commands.study:import_points",
+    "evaluate": "cli.commands.evaluate:evaluate",
+    "predict": "cli.commands.offline:predict",
+    "replay": "cli.commands.offline:replay",
+    "dashboard": "cli.commands.dashboard:dashboard",
+    "report": "cli.commands.dashboard:report",
+    "submit": "cli.commands.submit:submit",
+    "serve": "cli.commands.serve:serve",
 }
 
 HELP = {
@@ -73,7 +75,6 @@ EXIT_CODES = (
     "1 the search (or training) ran and failed, with one error line naming the cause and the full log; "
     "2 bad input, nothing started or stored; 130 interrupted by Ctrl-C or SIGTERM (a rerun resumes)."
 )
-MAX_ERROR_CHARS = 1000
 
 
 @click.group(cls=LazyGroup, epilog=EXIT_CODES)
@@ -94,13 +95,13 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as error:
-        click.echo(f"error: {_one_line(error.format_message())}", err=True)
+        click.echo(f"error: {one_line(error.format_message())}", err=True)
         sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
     except (ValueError, OSError) as error:
-        click.echo(f"error: {_one_line(error)}", err=True)
+        click.echo(f"error: {one_line(error)}", err=True)
         sys.exit(2)
     except Exception as error:  # noqa: BLE001 - a bug: one line here, the traceback in a file
-        click.echo(f"error: {_one_line(f'{type(error).__name__}: {error}')} (an internal error; "
+        click.echo(f"error: {one_line(f'{type(error).__name__}: {error}')} (an internal error; "
                    f"traceback in {_save_traceback()})", err=True)  # fmt: skip
         sys.exit(1)
 
@@ -114,10 +115,6 @@ def _save_traceback() -> str:
         traceback.print_exc(file=file)
     return file.name
 
-
-def _one_line(error: BaseException | str) -> str:
-    text = " ".join((str(error).strip() or type(error).__name__).split())
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ import click
 from dashboards.report import write_report
 from dashboards.server import NO_AUTH_WARNING
 from dashboards.server import check_host
-from dashboards.server import is_loopback
 from dashboards.server import make_server
 from dashboards.server import server_url
 from storage import mask_url
 from storage import open_artifact_store
 from storage import open_storage
 from storage import open_study
-from storage.cli_options import study_options
+from storage.urls import is_loopback_host
+from cli.options import study_options
 
 
 @click.command()
@@ -31,7 +31,7 @@ def dashboard(run_dir: Path | str, storage: str, study: str, host: str, port: in
     study_id = open_study(rdb, study)._study_id
     server = make_server(rdb, host, port, open_artifact_store(run_dir, create=False))
     url = server_url(server)
-    if not is_loopback(host):
+    if not is_loopback_host(host):
         click.echo(NO_AUTH_WARNING.format(url=url), err=True)
     click.echo(f"serving study {study!r} of {mask_url(storage)} at {url}/dashboard/studies/{study_id}")
     try:

@@ -1,6 +1,6 @@
 """`prumux-search submit`: run a search on a Ray cluster as a Ray Job.
 
-The job's runtime environment carries our five packages (Ray uploads them to every node), so
+The job's runtime environment carries our packages (Ray uploads them to every node), so
 the cluster needs only the dependencies installed. The study must live in a database that
 every node can reach: a SQLite file on this machine is refused for a remote cluster. A
 database password is not sent (Ray shows a job's command line to everyone who can list the
@@ -25,14 +25,16 @@ from urllib.parse import urlparse
 import click
 from click.core import ParameterSource
 
-PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards", "serving")
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+from storage.errors import first_line
+from storage.urls import is_loopback_host
+
+PACKAGES = ("cli", "prumux", "trainers", "search", "storage", "dashboards", "serving")
 
 
 def is_loopback_address(address: str) -> bool:
     """Whether a Ray dashboard address (``http://HOST:PORT``) points at this machine."""
     host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    return is_loopback_host(host)
 
 
 def check_storage_reachable_from_cluster(storage_url: str | None, address: str) -> None:
@@ -51,7 +53,7 @@ def checked_start_arguments(
 ) -> list[str]:
     """Check the search `start_args` define, as `start` would, and return them with every path
     absolute (the run dir included); refuse inputs a remote cluster's nodes cannot read."""
-    from search.commands.study import check_search, start
+    from cli.commands.study import check_search, start
     from storage import parse_url
     from storage.remote import is_uri
     from trainers.job import check_writable_dir
@@ -118,7 +120,7 @@ def build_entrypoint(start_args: tuple[str, ...] | list[str], storage_url: str |
         arguments += ["--run-dir", run_dir]
     if "--ray-address" not in arguments:
         arguments += ["--ray-address", "auto"]
-    return shlex.join(["python3", "-m", "search.cli", *arguments])
+    return shlex.join(["python3", "-m", "cli.main", *arguments])
 
 
 def without_password(storage_url: str | None) -> str | None:
@@ -140,7 +142,7 @@ def runtime_environment() -> dict:
 
     The Jobs API takes package folders (module objects only work with ``ray.init``).
     """
-    project = Path(__file__).resolve().parents[1]
+    project = Path(__file__).resolve().parents[2]
     return {
         "py_modules": [str(project / name) for name in PACKAGES],
         "excludes": ["__pycache__", "*.pyc"],
@@ -201,7 +203,7 @@ def follow_logs(client, job_id: str, poll_seconds: float = 2.0) -> str:
             status = client.get_job_status(job_id)
             logs = client.get_job_logs(job_id)
         except RuntimeError as error:
-            raise ValueError(f"no job {job_id!r} on this cluster: {str(error).splitlines()[0]}") from None
+            raise ValueError(f"no job {job_id!r} on this cluster: {first_line(error)}") from None
         sys.stdout.write(logs[printed:])
         sys.stdout.flush()
         printed = len(logs)

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from search.commands.study import DEFAULT_BUDGET, DEFAULT_GRID_N, DEFAULT_GRID_S
+from cli.commands.study import DEFAULT_BUDGET, DEFAULT_GRID_N, DEFAULT_GRID_S
 from storage import StudySettings, dense_accuracy, import_points, open_study, study_settings
-from storage.cli_options import study_options
+from cli.options import study_options
 from storage.study import find_study
 
 # A realised sparsity this close to a grid value is that grid point.

@@ -13,7 +13,7 @@ from search.grid import THROUGHPUT_COLUMNS, is_feasible, parse_budgets, read_poi
 from search.replay import SAMPLERS, replay_many, summarize
 from search.surrogate import AutoPruMUX
 from storage import open_study, points_frame, study_settings
-from storage.cli_options import study_options
+from cli.options import study_options
 
 FORMATS = click.Choice(["table", "json"])
 

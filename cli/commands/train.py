@@ -6,14 +6,11 @@ from collections.abc import Sequence
 
 import click
 
+from cli.errors import JobFailed
+
 HUB_TASK = "hub, not loaded offline"
 HUB_MODEL = "hub, not available offline"
 
-
-class JobFailed(click.ClickException):
-    """A job that was checked and started, then failed: printed as one `error:` line, exit status 1."""
-
-    exit_code = 1
 
 
 @click.command("tasks")

@@ -19,16 +19,16 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cli import EXIT_CODES
+from cli.main import EXIT_CODES
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
-from storage.cli_options import study_options
+from cli.options import study_options
 from storage.study import find_study
-from storage.trials import complete_trial, dense_accuracy, json_safe
-from trainers.cli import JobFailed
+from storage.trials import complete_trial, dense_accuracy, is_feasible_trial, json_safe
+from cli.errors import JobFailed
 
 if TYPE_CHECKING:
-    from search.console import SearchConsole
+    from cli.console import SearchConsole
     from search.driver import SearchOptions, SearchOutcome
     from dashboards.summary import StudySummary
     from trainers.job import Job
@@ -134,7 +134,7 @@ def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, 
     run directory); relative paths are resolved against the working directory. While trials
     train, one live line per running trial shows its phase, step, last evaluation and ETA.
     """
-    from search.console import SearchConsole
+    from cli.console import SearchConsole
     from search.driver import SearchOptions, run_search
 
     settings, job = check_search(task, model, recipe, overrides, grid_n, grid_s, budget, _command_line())
@@ -256,7 +256,7 @@ def import_points(run_dir: Path | str, storage: str, study: str, task: str, mode
 
     Without --grid-n/--grid-s the grid is the study's, or for a new study the points' N and s values.
     """
-    from search.grid import check_on_grid, grid_axes, read_points
+    from search.grid import check_on_grid, dense_row, grid_axes, read_points
 
     if not points_csv.is_file():
         raise ValueError(f"no such points file: {points_csv}")
@@ -267,9 +267,9 @@ def import_points(run_dir: Path | str, storage: str, study: str, task: str, mode
     grid_s = ",".join(f"{s:g}" for s in axes[1]) if grid_s is None else grid_s
     settings, _ = check_search(task, model, recipe, overrides, grid_n, grid_s, budget, _command_line())
     check_on_grid(points, settings.grid_N, settings.grid_s)
-    dense = points[(points["N"] == 1) & (points["s"] == 0)]
-    opened = open_study(storage, study, settings, create=not dense.empty)
-    dense_point_accuracy = float(dense["accuracy"].iloc[0]) if len(dense) else _study_dense_accuracy(opened)
+    dense = dense_row(points)
+    opened = open_study(storage, study, settings, create=dense is not None)
+    dense_point_accuracy = _study_dense_accuracy(opened) if dense is None else float(dense["accuracy"])
     add_points(opened, points, dense_point_accuracy - settings.budget)
     click.echo(f"imported {len(points)} points into study {study!r}")
 
@@ -286,7 +286,7 @@ def model_card(trial: FrozenTrial, settings: StudySettings | None) -> str:
         ("validation accuracy", trial.values[0]), ("test accuracy", attrs.get("test_accuracy")),
         ("throughput (examples/s)", trial.values[1]), ("speed-up over dense", attrs.get("speedup")),
         ("parameters", attrs.get("total_parameters")), ("measured on", attrs.get("hardware")),
-        ("feasible under the budget", all(v <= 0 for v in trial.constraints.values())),
+        ("feasible under the budget", is_feasible_trial(trial)),
         ("study trial", trial.number),
     ]  # fmt: skip
     table = "\n".join(f"| {label} | {_fmt(value)} |" for label, value in rows)
@@ -335,7 +335,7 @@ def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Stud
         reason = trial.user_attrs.get("failed_because", "")
         console.line(f"trial {trial.number}  {point}  {trial.state.name.lower()}: {reason}")
         return
-    feasible = all(value <= 0 for value in trial.constraints.values())
+    feasible = is_feasible_trial(trial)
     console.line(
         f"trial {trial.number}  {point}  accuracy {trial.values[0]:.4f}  "
         f"speed-up {trial.user_attrs.get('speedup', math.nan):.2f}x  feasible {'yes' if feasible else 'no'}  "
@@ -363,11 +363,13 @@ def _print_frontier(study: optuna.Study) -> None:
 
 
 def _best_figures(summary: StudySummary) -> dict[str, Any]:
+    from search.grid import dense_row
+
     row = summary.recommended
-    dense = summary.points[(summary.points["N"] == 1) & (summary.points["s"] == 0)]
+    dense = dense_row(summary.points)
     return json_safe({
         "trial": int(row["number"]), "N": int(row["N"]), "s": float(row["s"]), "family": row["family"],
-        "accuracy": float(row["accuracy"]), "dense_accuracy": float(dense["accuracy"].iloc[0]) if len(dense) else None,
+        "accuracy": float(row["accuracy"]), "dense_accuracy": None if dense is None else float(dense["accuracy"]),
         "threshold": summary.threshold, "throughput": float(row["throughput"]), "speedup": float(row["speedup"]),
         "model_dir": row.get("model_dir"), "hardware": row.get("hardware"),
     })  # fmt: skip

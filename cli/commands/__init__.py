@@ -1,0 +1,1 @@
+"""Click commands registered lazily by cli/main.py."""

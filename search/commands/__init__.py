@@ -1,1 +1,0 @@
-"""Click commands registered lazily by search/cli.py."""

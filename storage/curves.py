@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import pandas as pd
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -32,6 +33,7 @@ STAGES_ATTR = "curve_stages"
 TOTAL_STEPS_ATTR = "curve_total_steps"
 STOPPED_ATTR = "stopped_because"
 STOP_KINDS = ("threshold", "throughput")
+CURVE_COLUMNS = ("number", "state", "N", "s", "step", "accuracy", "stage", "total_steps", "stopped_because")
 
 
 @dataclass(frozen=True)
@@ -122,3 +124,20 @@ def stopped_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's trials stopped early (PRUNED with a recorded reason)."""
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
     return [trial for trial in pruned if STOPPED_ATTR in trial.user_attrs]
+
+
+def curves_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per evaluation of every trial with a curve (``CURVE_COLUMNS``), by trial and step.
+
+    ``stopped_because`` is the reason of a trial stopped early, else empty.
+    """
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if not trial.intermediate_values or not {"N", "s"} <= trial.params.keys():
+            continue
+        curve = read_curve(trial)
+        reason = trial.user_attrs.get(STOPPED_ATTR, "") if trial.state == TrialState.PRUNED else ""
+        for step, value in zip(curve.steps, curve.accuracies):
+            rows.append((trial.number, trial.state.name, int(trial.params["N"]), float(trial.params["s"]), step,
+                         value, curve.stage_at(step) or "", curve.total_steps, reason))  # fmt: skip
+    return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))

@@ -51,7 +51,8 @@ import numpy as np
 import optuna
 
 from search.grid import FEASIBILITY_TOLERANCE
-from storage.curves import STOP_KINDS, read_curve
+from storage.curves import STOP_KINDS, read_curve, record_stopped
+from storage.trials import TrialRef
 
 TEACHER_STAGE = "finetune"
 UNSTAGED = ""  # the stage name of a curve recorded without stage ranges
@@ -186,16 +187,28 @@ class CurveBound:
         """A conservative upper bound of the point's final validation accuracy."""
         if curve.finished:
             return float(curve.accuracies[-1])
-        parts = curve.segments()
-        bound = self._stage_bound(curve, parts)
-        if curve.s > 0 and parts[0][0] == TEACHER_STAGE:
-            # In phase 2 the stage bound is the teacher's best; after it, the teacher's best is known.
-            teacher = bound if len(parts) == 1 else float(parts[0][3].max())
-            bound = teacher + self.teacher_margin if len(parts) == 1 else min(bound, teacher + self.teacher_margin)
-        return float(min(bound, 1.0))
+        return float(min(self.stage_bound(curve), self.teacher_bound(curve), 1.0))
 
-    def _stage_bound(self, curve: Curve, parts: list) -> float:
-        stage, first, steps, accuracies = parts[-1]
+    def teacher_bound(self, curve: Curve) -> float:
+        """The bound from the phase-2 part alone (inf for s = 0 or a curve without one): it also
+        bounds (N, 0), hence every s of N."""
+        parts = curve.segments()
+        if curve.s == 0 or parts[0][0] != TEACHER_STAGE:
+            return math.inf
+        # While phase 2 trains, the stage bound bounds its best; after it, its best is known.
+        teacher = self._segment_bound(curve) if len(parts) == 1 else float(parts[0][3].max())
+        return teacher + self.teacher_margin
+
+    def stage_bound(self, curve: Curve) -> float:
+        """The bound from the stage the point is in (inf where none applies; in the phase-2 stage
+        of an s > 0 point only the teacher bound applies)."""
+        if curve.s > 0 and curve.stage_at(curve.steps[-1]) == TEACHER_STAGE:
+            return math.inf
+        return self._segment_bound(curve)
+
+    def _segment_bound(self, curve: Curve) -> float:
+        """Bound of the current stage's target: its best (phase 2 of s > 0) or the final accuracy."""
+        stage, first, steps, accuracies = curve.segments()[-1]
         if stage in self.uninformative_stages or curve.steps[-1] < self.min_fraction * curve.total_steps:
             return math.inf
         slope = self._slope(curve)
@@ -238,6 +251,7 @@ class StopDecision:
     kind: str  # "threshold" or "throughput" (storage.curves.STOP_KINDS)
     bound: float  # the accuracy upper bound at the decision
     reason: str  # one line, e.g. "cannot reach 0.779 (bound 0.70)"
+    column: bool = False  # the bound came from the phase-2 curve: it holds for every s of the point's N
 
     def __post_init__(self) -> None:
         if self.kind not in STOP_KINDS:
@@ -255,12 +269,38 @@ def decide_stop(
     (measured or predicted) does not beat ``incumbent_throughput``, the best feasible point's;
     None: keep training."""
     upper = bound.upper_bound(curve)
+    column = curve.s == 0 or bound.teacher_bound(curve) <= upper
     if upper < threshold - FEASIBILITY_TOLERANCE:
-        return StopDecision("threshold", upper, f"cannot reach {threshold:.3f} (bound {upper:.2f})")
+        return StopDecision("threshold", upper, f"cannot reach {threshold:.3f} (bound {upper:.2f})", column)
     if throughput is not None and incumbent_throughput is not None and throughput <= incumbent_throughput:
         reason = f"cannot beat the best feasible {incumbent_throughput:.2f}x (at most {throughput:.2f}x)"
-        return StopDecision("throughput", upper, reason)
+        return StopDecision("throughput", upper, reason, column)
     return None
+
+
+def record_stop(
+    study: optuna.Study,
+    trial: TrialRef,
+    curve: Curve,
+    decision: StopDecision,
+    threshold: float,
+    throughput: float | None,
+    throughput_source: str,
+) -> bool:
+    """Store a RUNNING trial as stopped by ``decision`` (storage.curves.record_stopped), with
+    ``bound_column`` and ``stopped_step`` for the sampler; False if it had finished."""
+    return record_stopped(
+        study,
+        trial,
+        accuracy=float(curve.accuracies[-1]),
+        bound=decision.bound,
+        threshold=threshold,
+        throughput=math.nan if throughput is None else float(throughput),
+        throughput_source=throughput_source,
+        reason=decision.reason,
+        kind=decision.kind,
+        attrs={"bound_column": decision.column, "stopped_step": int(curve.steps[-1])},
+    )
 
 
 def false_stops(decisions: Sequence[tuple[Curve, StopDecision]], finals: dict[tuple[int, float], float], threshold: float) -> int:

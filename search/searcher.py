@@ -42,10 +42,9 @@ from ray.tune.search import Searcher
 from search.sampler import AutoPruMUXSampler, search_space
 from search.stopping import Stop
 from storage import Heartbeat
-from storage.curves import record_stopped
 from storage.leases import study_lease
 from storage.progress import failed_attempts
-from storage.trials import fail_trial, family, trial_id
+from storage.trials import fail_trial, trial_id
 
 # how often a waiting searcher looks at the study again when no trial of its own completes
 RECHECK_SECONDS = 5.0
@@ -111,7 +110,7 @@ class StudySearcher(Searcher):
         if number is None:
             return
         if trial_id in self.stopped:
-            record_early_stop(self.study, self.stopped.pop(trial_id))
+            self.stopped.pop(trial_id).record(self.study)
         elif result and result.get("failed"):  # the worker failed the trial with its cause
             self._stop_on_failure(number)
         elif error and self._fail_if_running(number, self._error_reason(number)):
@@ -177,18 +176,6 @@ class StudySearcher(Searcher):
         if not attempts:
             return "its worker failed after Ray's retries (see Ray's trial logs)"
         return f"{attempts[-1]['cause']} (after Ray's retries; full log: {attempts[-1]['log']})"
-
-
-def record_early_stop(study: optuna.Study, stop: Stop) -> bool:
-    """Store a trial the scheduler stopped as PRUNED with its bound and reason (False: it had finished)."""
-    trial = study._storage.get_trial(trial_id(study, stop.number))
-    N, s = int(trial.params["N"]), float(trial.params["s"])
-    decision = stop.decision
-    return record_stopped(
-        study, stop.number, accuracy=stop.accuracy, bound=decision.bound, threshold=stop.threshold,
-        throughput=stop.throughput, throughput_source="predicted", reason=decision.reason, kind=decision.kind,
-        attrs={"N": N, "s": s, "family": family(N, s), "stopped_at_step": stop.step, "total_steps": stop.total_steps},
-    )  # fmt: skip
 
 
 def trained_count(study: optuna.Study) -> int:

@@ -10,7 +10,9 @@ whether the point is done for:
 - even meeting the threshold, its throughput cannot beat the best feasible point so far (its
   throughput as the Auto-PruMUX model predicts it, optimistically: its margin added).
 
-The dense (1, 0) trial is never stopped (it defines the threshold), and nothing is stopped
+Evaluations reported again (a cached phase 1-2 model's, a resumed stage's) arrive one at a time;
+the curve they make is judged once they are all in, at the trial's next progress report, so a
+prefix that is already complete never looks like a curve cut short. The dense (1, 0) trial is never stopped (it defines the threshold), and nothing is stopped
 before the dense accuracy is known. A STOP reaches the searcher through Tune's
 ``on_trial_complete`` with the last result, as for any stopped trial; Tune hands the scheduler a
 copy of each result, so the decisions are shared with the searcher through ``decisions``
@@ -26,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from search.curves import Curve, CurveBound, StopDecision, decide_stop
+from search.curves import Curve, CurveBound, StopDecision, decide_stop, record_stop
 from search.grid import is_feasible
 from search.sampler import measured_points
 from search.surrogate import AutoPruMUX
@@ -41,15 +43,17 @@ DENSE = (1, 0.0)
 
 @dataclass(frozen=True)
 class Stop:
-    """A trial the scheduler stopped: the decision and what the point had reached."""
+    """A trial the scheduler stopped: its curve so far, the decision, the threshold it was judged by."""
 
     number: int
+    curve: Curve
     decision: StopDecision
-    accuracy: float  # its last evaluation
     threshold: float
-    throughput: float  # predicted by the Auto-PruMUX model
-    step: int
-    total_steps: int
+    throughput: float  # examples/s, as the Auto-PruMUX model predicts it
+
+    def record(self, study: optuna.Study) -> bool:
+        """Store the trial as stopped (PRUNED, with its bound and reason); False if it had finished."""
+        return record_stop(study, self.number, self.curve, self.decision, self.threshold, self.throughput, "predicted")
 
 
 class BudgetStopping(FIFOScheduler):
@@ -75,29 +79,42 @@ class BudgetStopping(FIFOScheduler):
         self.enabled = enabled
         self.decisions: dict[str, Stop] = {}  # Tune trial id -> why it was stopped (read by the searcher)
         self._curves: dict[str, list[tuple[int, float, str]]] = {}
+        self._total_steps: dict[str, int] = {}
+        self._undecided: set[str] = set()  # trials whose curve grew by evaluations reported again
         self._bound: CurveBound | None = None
         self._bound_fitted_on: tuple[int, ...] = ()
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
-        if not result.get("evaluation"):
-            return TrialScheduler.CONTINUE
         rows = self._curves.setdefault(trial.trial_id, [])
-        rows[:] = [row for row in rows if row[0] != int(result["step"])]
-        rows.append((int(result["step"]), float(result["accuracy"]), str(result["stage"])))
-        rows.sort()
-        stop = self.decide(trial.trial_id, result, rows) if self.enabled else None
+        if result.get("evaluation"):
+            rows[:] = [row for row in rows if row[0] != int(result["step"])]
+            rows.append((int(result["step"]), float(result["accuracy"]), str(result["stage"])))
+            rows.sort()
+            self._total_steps[trial.trial_id] = int(result["total_steps"])
+            if result.get("again"):  # a cached or resumed curve arrives one row at a time: judge it whole
+                self._undecided.add(trial.trial_id)
+                return TrialScheduler.CONTINUE
+        elif trial.trial_id not in self._undecided:
+            return TrialScheduler.CONTINUE
+        self._undecided.discard(trial.trial_id)
+        stop = self.decide(result, rows, self._total_steps[trial.trial_id]) if self.enabled and rows else None
         if stop is None:
             return TrialScheduler.CONTINUE
         self.decisions[trial.trial_id] = stop
         return TrialScheduler.STOP
 
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
-        self._curves.pop(trial.trial_id, None)
+        self._forget(trial.trial_id)
 
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
-        self._curves.pop(trial.trial_id, None)
+        self._forget(trial.trial_id)
 
-    def decide(self, trial_id: str, result: dict, rows: list[tuple[int, float, str]]) -> Stop | None:
+    def _forget(self, trial_id: str) -> None:
+        self._curves.pop(trial_id, None)
+        self._total_steps.pop(trial_id, None)
+        self._undecided.discard(trial_id)
+
+    def decide(self, result: dict, rows: list[tuple[int, float, str]], total_steps: int) -> Stop | None:
         """Whether the trial's point, with the curve ``rows`` so far, should stop now."""
         N, s = int(result["N"]), float(result["s"])
         dense = dense_accuracy(self.study)
@@ -105,13 +122,14 @@ class BudgetStopping(FIFOScheduler):
             return None
         threshold = dense - self.budget
         curve = Curve(N=N, s=s, steps=tuple(r[0] for r in rows), accuracies=tuple(r[1] for r in rows),
-                      total_steps=int(result["total_steps"]), stages=_stage_ranges(rows))  # fmt: skip
-        throughput, incumbent = self._throughputs(N, s, threshold)
-        decision = decide_stop(curve, self._fitted_bound(), threshold, throughput, incumbent)
+                      total_steps=total_steps, stages=_stage_ranges(rows))  # fmt: skip
+        throughput, dense_throughput, incumbent = self._throughputs(N, s, threshold)
+        speedup = throughput / dense_throughput
+        best = None if incumbent is None else incumbent / dense_throughput
+        decision = decide_stop(curve, self._fitted_bound(), threshold, speedup, best)
         if decision is None:
             return None
-        return Stop(int(result["trial_number"]), decision, rows[-1][1], threshold, throughput, rows[-1][0],
-                    curve.total_steps)  # fmt: skip
+        return Stop(int(result["trial_number"]), curve, decision, threshold, throughput)
 
     def _fitted_bound(self) -> CurveBound:
         """The curve model, refitted whenever the study has finished another point."""
@@ -122,14 +140,15 @@ class BudgetStopping(FIFOScheduler):
             self._bound, self._bound_fitted_on = CurveBound().fit(curves), numbers
         return self._bound
 
-    def _throughputs(self, N: int, s: float, threshold: float) -> tuple[float, float | None]:
-        """The point's optimistic predicted throughput and the best feasible throughput so far."""
+    def _throughputs(self, N: int, s: float, threshold: float) -> tuple[float, float, float | None]:
+        """The point's optimistic predicted throughput, the dense throughput and the best feasible one so far."""
         measured = measured_points(self.study.get_trials(deepcopy=False))
         feasible = measured[is_feasible(measured["accuracy"].to_numpy(), threshold)]
         incumbent = float(feasible["throughput"].max()) if len(feasible) else None
         prediction = AutoPruMUX().fit(measured).predict(N, s)
         margin = 0.0 if prediction.throughput_measured[0] else self.throughput_margin
-        return float(prediction.throughput[0]) * (1 + margin), incumbent
+        dense = measured[(measured["N"] == 1) & (measured["s"] == 0.0)]["throughput"].iloc[-1]
+        return float(prediction.throughput[0]) * (1 + margin), float(dense), incumbent
 
     def __getstate__(self) -> dict:
         # Tune pickles its scheduler for Tuner.restore, which the driver never uses (the study is the state)

@@ -113,7 +113,8 @@ class TrialCurve:
     """The trial's learning curve: each evaluation into the study and to Tune as it is made.
 
     Tune's results always carry the searcher's metric (``throughput``, NaN until the end) and
-    ``evaluation`` (True for an evaluation, False for a progress report).
+    ``evaluation`` (True for an evaluation, False for a progress report); an evaluation made
+    earlier (a cached or resumed stage's) says ``again``.
     """
 
     def __init__(self, study: optuna.Study, number: int, N: int, s: float) -> None:
@@ -129,7 +130,8 @@ class TrialCurve:
         self._store(write_evaluations, [(evaluation.step, evaluation.accuracy)], evaluation.stage)
         self.last_accuracy = evaluation.accuracy
         tune.report({**self.point, "accuracy": evaluation.accuracy, "throughput": math.nan, "evaluation": True,
-                     "step": evaluation.step, "stage": evaluation.stage, "total_steps": evaluation.total_steps})  # fmt: skip
+                     "again": evaluation.again, "step": evaluation.step, "stage": evaluation.stage,
+                     "total_steps": evaluation.total_steps})  # fmt: skip
 
     def report_progress(self, record: dict[str, Any]) -> None:
         """Send a progress record to Tune (where a stopped trial's training thread ends)."""

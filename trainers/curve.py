@@ -26,6 +26,7 @@ class Evaluation:
     accuracy: float
     stage: str
     total_steps: int  # the step at which the point's training ends
+    again: bool = False  # made earlier (a resumed or cached stage) and reported once more
 
 
 def point_stages(recipe: Recipe, N: int, s: float, train_size: int, trained: Iterable[str]) -> list[tuple[str, int]]:
@@ -56,10 +57,10 @@ class PointCurve:
         self.total_steps_ = offset
         return self
 
-    def __call__(self, stage: str, step: int, accuracy: float) -> None:
+    def __call__(self, stage: str, step: int, accuracy: float, again: bool = False) -> None:
         if stage not in self.offsets_:  # a stage of another job (e.g. the dense model a wider one starts from)
             return
-        evaluation = Evaluation(self.offsets_[stage] + step, accuracy, stage, self.total_steps_)
+        evaluation = Evaluation(self.offsets_[stage] + step, accuracy, stage, self.total_steps_, again)
         self.evaluations_ = [e for e in self.evaluations_ if e.step != evaluation.step] + [evaluation]
         if self.sink is not None:
             self.sink(evaluation)

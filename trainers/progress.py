@@ -27,7 +27,7 @@ STAGE_PHASES = {"retrieval": 1, "mlm": 2, "finetune": 2, "prune": 3, "pruned_fin
 EVALUATION_KEYS = ("accuracy", "sparsity")
 
 ProgressSink = Callable[[dict[str, Any]], None]
-EvaluationSink = Callable[[str, int, float], None]  # stage, step within the stage, validation accuracy
+EvaluationSink = Callable[[str, int, float, bool], None]  # stage, step within the stage, accuracy, reported again
 _sink: ProgressSink | None = None
 _evaluation_sink: EvaluationSink | None = None
 
@@ -58,10 +58,11 @@ def reporting_evaluations(sink: EvaluationSink | None) -> Iterator[None]:
         _evaluation_sink = previous
 
 
-def report_evaluation(stage: str, step: int, accuracy: float) -> None:
-    """Hand one evaluation of ``stage`` (after ``step`` of its steps) to the evaluation sink, if any."""
+def report_evaluation(stage: str, step: int, accuracy: float, again: bool = False) -> None:
+    """Hand one evaluation of ``stage`` (after ``step`` of its steps) to the evaluation sink, if any;
+    ``again``: an evaluation made earlier (a resumed or cached stage), reported once more."""
     if _evaluation_sink is not None:
-        _evaluation_sink(stage, int(step), float(accuracy))
+        _evaluation_sink(stage, int(step), float(accuracy), again)
 
 
 @contextmanager

@@ -157,7 +157,7 @@ def resume_finished(output: Path) -> dict[str, Any] | None:
 
 def _report_again(stage: str, recorded: list[list[float]], into: list[list[float]] | None = None) -> None:
     for step, value in recorded:
-        report_evaluation(stage, int(step), value)
+        report_evaluation(stage, int(step), value, again=True)
         if into is not None:
             into.append([int(step), value])
 

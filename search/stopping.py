@@ -118,7 +118,7 @@ class BudgetStopping(FIFOScheduler):
         """Whether the trial's point, with the curve ``rows`` so far, should stop now."""
         N, s = int(result["N"]), float(result["s"])
         dense = dense_accuracy(self.study)
-        if (N, s) == DENSE or dense is None:
+        if (N, s) == DENSE or dense is None or rows[-1][0] >= total_steps:  # at its last step nothing is saved
             return None
         threshold = dense - self.budget
         curve = Curve(N=N, s=s, steps=tuple(r[0] for r in rows), accuracies=tuple(r[1] for r in rows),

@@ -8,6 +8,13 @@ in the work dir (say, the work dir of a `prumux-search start` run with the same 
 read back, not retrained. `seconds` is the point's own training and measuring time, its phase
 1-2 model's counted in every point that uses it; the script also prints its own wall time.
 
+Beside the table it writes the points' learning curves (`--curves`, default `<out>-curves.csv`):
+rows `N,s,step,accuracy,stage`, each evaluation during training at the point's own step, the last
+row of a point its final validation accuracy (the table's `accuracy`). An (N, 0) curve is the
+phase-2 curve every (N, s) of that N starts with, so the (N, s > 0) rows are only their phase-3
+evaluations (docs/ARCHITECTURE.md, "Curves table"). `prumux-search replay --table T --curves C`
+replays a search on both.
+
     python benchmarks/cpu_demo_grid.py --out benchmarks/tables/cpu-demo-rt-polarity.csv
 """
 
@@ -19,9 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from trainers.point import train_point
+from trainers.curve import PHASE12_STAGES
+from trainers.point import PointResult, train_point
 
 COLUMNS = ["N", "s", "accuracy", "test_accuracy", "throughput", "speedup", "sparsity", "family", "seconds"]
+CURVE_COLUMNS = ["N", "s", "step", "accuracy", "stage"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,13 +42,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--grid-s", default="0,0.5,0.7,0.9")
     parser.add_argument("--workdir", default="prumux-runs/grid")
     parser.add_argument("--out", default="benchmarks/tables/cpu-demo-rt-polarity.csv")
+    parser.add_argument("--curves", default=None, help="the curves table (default: <out>-curves.csv)")
     return parser.parse_args()
+
+
+def curve_rows(result: PointResult) -> list[dict]:
+    """The point's curve rows: its own evaluations (phase 3 only when s > 0), its final accuracy last."""
+    own = [row for row in result.curve if result.s == 0 or row[2] not in PHASE12_STAGES]
+    rows = [{"N": result.N, "s": result.s, "step": step, "accuracy": value, "stage": stage}
+            for step, value, stage in own if step < result.total_steps]  # fmt: skip
+    last_stage = own[-1][2] if own else "finetune"
+    rows.append({"N": result.N, "s": result.s, "step": result.total_steps, "accuracy": result.val_accuracy,
+                 "stage": last_stage})  # fmt: skip
+    return rows
 
 
 def main() -> None:
     args = parse_args()
     grid = [(int(n), float(s)) for n in args.grid_n.split(",") for s in args.grid_s.split(",")]
-    rows, run_started = [], time.perf_counter()
+    curves_out = args.curves or str(Path(args.out).with_suffix("")) + "-curves.csv"
+    rows, curves, run_started = [], [], time.perf_counter()
     for index, (N, s) in enumerate(grid, start=1):
         print(f"[{index}/{len(grid)}] training (N={N}, s={s:g})", flush=True)
         result = train_point(args.task, args.model, N, s, args.recipe, args.workdir)
@@ -50,13 +72,15 @@ def main() -> None:
                 "family": result.family, "seconds": sum(result.phase_seconds.values()),
             }
         )
+        curves += curve_rows(result)
         table = pd.DataFrame(rows, columns=COLUMNS)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out, index=False, float_format="%.6g")
+        pd.DataFrame(curves, columns=CURVE_COLUMNS).to_csv(curves_out, index=False, float_format="%.6g")
     print(f"\n{args.task} / {args.model} / {args.recipe} on {result.hardware}")
     print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     print(f"points' own time: {table.seconds.sum() / 60:.1f} min; this run: {(time.perf_counter() - run_started) / 60:.1f} min")
-    print(f"table written to {args.out}")
+    print(f"table written to {args.out}, curves to {curves_out}")
 
 
 if __name__ == "__main__":

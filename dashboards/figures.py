@@ -1,4 +1,4 @@
-"""The two pictures users decide from: the measured frontier and the surrogate's map."""
+"""The pictures users decide from: the measured frontier, the surrogate's map and the learning curves."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from storage.trials import family as point_family
 
 FAMILIES = {
     "dense": ("dense (1, 0)", "#1f77b4", "diamond"),
@@ -245,3 +247,38 @@ def _marker_trace(positions: pd.DataFrame, role: str, symbol: str, color: str, l
         legendgroup=role,
         meta={"role": role},
     )
+
+
+def learning_curves_figure(curves: pd.DataFrame, threshold: float | None) -> go.Figure:
+    """Validation accuracy against each point's own training step, one line per point.
+
+    ``curves`` is ``storage.curves.curves_frame`` output. A point stopped early ends in a cross
+    (its reason on hover); the accuracy ``threshold`` is drawn across.
+    """
+    figure = go.Figure()
+    for number, rows in curves.groupby("number", sort=True):
+        first = rows.iloc[0]
+        family = point_family(int(first["N"]), float(first["s"]))
+        name, color, _ = FAMILIES[family]
+        stopped = bool(first["stopped_because"])
+        label = f"{point_label(first['N'], first['s'])} trial {number}" + (" stopped" if stopped else "")
+        figure.add_trace(
+            go.Scatter(
+                x=rows["step"], y=rows["accuracy"], mode="lines+markers", name=label,
+                line={"color": color, "dash": "dot" if stopped else "solid"},
+                marker={"size": [5] * (len(rows) - 1) + [12 if stopped else 5],
+                        "symbol": ["circle"] * (len(rows) - 1) + ["x" if stopped else "circle"]},
+                text=[f"{stage}" for stage in rows["stage"]],
+                hovertemplate=f"{label}<br>step %{{x}}<br>accuracy %{{y:.4f}}<br>%{{text}}"
+                + (f"<br>{first['stopped_because']}" if stopped else "") + "<extra></extra>",
+                meta={"role": "stopped" if stopped else "curve", "family": family},
+            )
+        )  # fmt: skip
+    if threshold is not None:
+        figure.add_hline(y=threshold, line={"color": "#444", "dash": "dash"},
+                         annotation_text=f"threshold {threshold:.3f}", annotation_position="bottom right")  # fmt: skip
+    figure.update_layout(
+        template=TEMPLATE, title="Learning curves: validation accuracy during each point's training",
+        xaxis_title="the point's training steps (shared phases 1-2 included)", yaxis_title="validation accuracy",
+    )  # fmt: skip
+    return figure

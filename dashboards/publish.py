@@ -7,6 +7,7 @@ from optuna_dashboard import save_note
 from optuna_dashboard import save_plotly_graph_object
 
 from dashboards.figures import frontier_figure
+from dashboards.figures import learning_curves_figure
 from dashboards.figures import surrogate_figure
 from dashboards.summary import StudySummary
 from dashboards.summary import summarize
@@ -14,6 +15,7 @@ from search.surrogate import AutoPruMUX
 
 FRONTIER_ID = "prumux-frontier"
 SURROGATE_ID = "prumux-surrogate-map"
+CURVES_ID = "prumux-learning-curves"
 
 
 def publish(
@@ -21,7 +23,7 @@ def publish(
     surrogate: AutoPruMUX | None = None,
     next_point: tuple[int, float] | None = None,
 ) -> StudySummary:
-    """Store the frontier figure, the surrogate map and the summary note with ``study``.
+    """Store the frontier figure, the learning curves, the surrogate map and the summary note with ``study``.
 
     Call after every finished trial. ``surrogate`` defaults to one fitted on the study's
     points; the map needs the study's settings (grid, budget) and is skipped without them.
@@ -29,6 +31,9 @@ def publish(
     summary = summarize(study, surrogate)
     frontier = frontier_figure(summary.points, summary.threshold, summary.recommended_point())
     save_plotly_graph_object(study, frontier, graph_object_id=FRONTIER_ID)
+    if len(summary.curves):
+        curves = learning_curves_figure(summary.curves, summary.threshold)
+        save_plotly_graph_object(study, curves, graph_object_id=CURVES_ID)
     if summary.surrogate is not None and summary.settings is not None:
         settings = summary.settings
         surrogate_map = surrogate_figure(

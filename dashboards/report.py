@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboards.figures import frontier_figure
+from dashboards.figures import learning_curves_figure
 from dashboards.figures import point_label
 from dashboards.figures import surrogate_figure
 from dashboards.summary import StudySummary
@@ -54,10 +55,13 @@ def write_report(study: optuna.Study, out_path: str | Path, png_dir: str | Path 
 
 
 def report_figures(summary: StudySummary) -> dict[str, go.Figure]:
-    """The report's figures by file stem: ``frontier`` and, when fitted, ``surrogate-map``."""
+    """The report's figures by file stem: ``frontier``, ``learning-curves`` when trials have curves, and,
+    when fitted, ``surrogate-map``."""
     if summary.points.empty:
         return {}
     figures = {"frontier": frontier_figure(summary.points, summary.threshold, summary.recommended_point())}
+    if len(summary.curves):
+        figures["learning-curves"] = learning_curves_figure(summary.curves, summary.threshold)
     if summary.surrogate is not None and summary.settings is not None:
         settings = summary.settings
         figures["surrogate-map"] = surrogate_figure(

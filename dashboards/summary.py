@@ -17,13 +17,15 @@ from storage import mask_url
 from storage import points_frame
 from storage import recommend
 from storage import study_settings
+from storage.curves import curves_frame
 
 
 @dataclass(frozen=True)
 class StudySummary:
     """A study's settings, trials, measured points, threshold, recommendation and surrogate.
 
-    ``points`` holds the COMPLETE trials, ``trials`` every trial; ``surrogate`` is a fitted
+    ``points`` holds the COMPLETE trials, ``trials`` every trial, ``curves`` every evaluation
+    of the trials' learning curves (``storage.curves.curves_frame``); ``surrogate`` is a fitted
     ``search.AutoPruMUX`` or None when the points cannot be fitted yet.
     """
 
@@ -34,6 +36,7 @@ class StudySummary:
     threshold: float | None
     recommended: pd.Series | None
     surrogate: AutoPruMUX | None
+    curves: pd.DataFrame
 
     def facts(self) -> list[tuple[str, str]]:
         """Label and value pairs describing the search, passwords masked."""
@@ -92,6 +95,7 @@ def summarize(study: optuna.Study, surrogate: AutoPruMUX | None = None) -> Study
         threshold=accuracy_threshold(study),
         recommended=recommend(points),
         surrogate=surrogate if surrogate is not None else fit_surrogate(points),
+        curves=curves_frame(study),
     )
 
 

@@ -40,6 +40,7 @@ from ray import tune
 from search.sampler import AutoPruMUXSampler
 from search.ray_session import connect_ray
 from search.searcher import StudySearcher
+from search.stopping import BudgetStopping
 from search.trainable import PointJob, train_trial
 from storage import (
     Heartbeat,
@@ -85,6 +86,7 @@ class SearchOptions:
     ray_address: str | None = None
     ray_storage: str | None = None  # None: <run_dir>/ray
     cache_lock: str = "auto"  # "file", "database" or "auto" (database unless the study is SQLite)
+    early_stopping: bool = True  # stop a trial whose point cannot reach the threshold or beat the best
 
     def __post_init__(self) -> None:
         if self.cache_lock not in CACHE_LOCKS:
@@ -187,11 +189,13 @@ def run_search(
             settings.budget, options.work_dir_lock, options.work_uri,
         )  # fmt: skip
         with connect_ray(options.ray_address, options.driver_log), Heartbeat(study) as heartbeat:
-            searcher = StudySearcher(study, heartbeat, options.max_trials)
+            stopping = BudgetStopping(study, settings.budget, sampler.throughput_margin, options.early_stopping)
+            searcher = StudySearcher(study, heartbeat, options.max_trials, stopped=stopping.decisions)
             interrupt = _Interrupt(searcher)
             try:
                 with interrupt.on_signals(), _watching(study, on_progress):
-                    tuner = _tuner(job, searcher, options, on_trial, interrupt, trials_time_budget(options, started))
+                    time_budget_s = trials_time_budget(options, started)
+                    tuner = _tuner(job, searcher, stopping, options, on_trial, interrupt, time_budget_s)
                     tuner.fit()
             finally:
                 interrupted = searcher.abandon_running(searcher.interrupted_reason or INTERRUPTED)
@@ -298,6 +302,7 @@ def trials_time_budget(options: SearchOptions, started: float) -> float | None:
 def _tuner(
     job: PointJob,
     searcher: StudySearcher,
+    scheduler: BudgetStopping,
     options: SearchOptions,
     on_trial: TrialHook | None,
     stopper: tune.Stopper,
@@ -312,6 +317,7 @@ def _tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=scheduler,
             num_samples=-1,  # the searcher decides when to stop
             max_concurrent_trials=concurrency,
             reuse_actors=True,  # a worker keeps torch and the tokenizer loaded from one trial to the next

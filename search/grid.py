@@ -83,7 +83,7 @@ def read_points(source: str | Path | pd.DataFrame, columns: Sequence[str] = POIN
 
     Lines starting with ``#`` are comments. Returns the required columns, N as int.
     """
-    frame = _load(source)
+    frame = load_csv(source)
     name = str(source) if not isinstance(source, pd.DataFrame) else "points"
     missing = [column for column in columns if column not in frame.columns]
     if missing:
@@ -123,7 +123,8 @@ def grid_axes(points: pd.DataFrame) -> tuple[list[int], list[float]]:
     return sorted(int(n) for n in points["N"].unique()), sorted(float(s) for s in points["s"].unique())
 
 
-def _load(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+def load_csv(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A CSV (``#`` lines are comments) or a copy of a DataFrame; a one-line ValueError if unreadable."""
     if isinstance(source, pd.DataFrame):
         return source.copy()
     try:

@@ -90,7 +90,7 @@ def replay(
     grid_N, grid_s = require_full_grid(table)
     budget = check_budget(budget)
     best = true_best(table, budget)
-    threshold = _dense_accuracy(table) - budget
+    threshold = dense_accuracy(table) - budget
     chosen = make_sampler(sampler, table, budget, seed)
     study = _create_study(chosen, sampler, storage)
     cap = len(table) if max_trainings is None else min(max_trainings, len(table))
@@ -109,7 +109,7 @@ def replay(
 
     if not (isinstance(chosen, AutoPruMUXSampler) and chosen.is_done(study)):
         study.optimize(objective, n_trials=ASKS_PER_TRAINING * len(table), callbacks=[stop_at_cap, stop_when_done])
-    return _result(sampler, budget, seed, len(table), measured, threshold, best)
+    return search_result(sampler, budget, seed, len(table), measured, threshold, best)
 
 
 def replay_many(
@@ -156,7 +156,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def _dense_accuracy(table: pd.DataFrame) -> float:
+def dense_accuracy(table: pd.DataFrame) -> float:
+    """The table's dense (1, 0) accuracy."""
     return float(dense_row(table)["accuracy"])
 
 
@@ -165,9 +166,10 @@ def _create_study(sampler: optuna.samplers.BaseSampler, name: str, storage) -> o
     return optuna.create_study(storage=storage, sampler=sampler, directions=directions)
 
 
-def _result(sampler, budget, seed, grid_size, measured, threshold, best) -> ReplayResult:
-    frame = pd.DataFrame(measured.values()).reset_index(drop=True)
-    frame[["N", "s"]] = list(measured.keys())
+def search_result(sampler, budget, seed, grid_size, measured, threshold, best) -> ReplayResult:
+    """A search's outcome from the points it measured, in order (``measured``: point -> table row)."""
+    frame = pd.DataFrame([{**row, "N": point[0], "s": point[1]} for point, row in measured.items()])
+    frame = frame if len(frame) else pd.DataFrame(columns=["N", "s", "accuracy", "throughput"])
     feasible = frame[is_feasible(frame["accuracy"].to_numpy(), threshold)]
     chosen = feasible.sort_values(["throughput", "accuracy"], ascending=False).iloc[0] if len(feasible) else None
     recommended = (int(chosen["N"]), float(chosen["s"])) if chosen is not None else (0, 0.0)

@@ -8,7 +8,7 @@ Proposal order:
 
 1. Anchors: the dense point (1, 0), then the far ends of the edges, (1, max s) and
    (max N, 0), which give the additive model both loss curves and the throughput model its
-   range. While the dense accuracy is still unknown (its trial is running), the remaining edge
+   range; an anchor that a point stopped early rules out (below) is skipped. While the dense accuracy is still unknown (its trial is running), the remaining edge
    points, then any untried points, are proposed instead.
 2. Then the candidate (below) with the highest expected gain: the probability that it meets
    the budget times the throughput it would add over the incumbent. The probability takes the
@@ -27,7 +27,16 @@ smaller of
   additive model's, plus ``extrapolation_margin`` (a wide bilinear cell is a chord of a
   concave loss curve, so it errs low), and
 * the monotone cap: the lowest accuracy measured at any (N', s') with N' <= N and s' <= s,
-  plus ``margin`` (more multiplexing or pruning does not gain accuracy, up to run noise).
+  plus ``margin`` (more multiplexing or pruning does not gain accuracy, up to run noise), and
+  the lowest accuracy bound of any such point stopped early (already conservative: no margin).
+
+A point stopped early (a PRUNED trial recorded by ``storage.curves.record_stopped``) is decided:
+it is never proposed again and ``is_done`` counts it. Its ``accuracy_bound`` is a censored
+observation, an upper bound on its accuracy, given to the surrogate (``censored``) and to the
+monotone cap. When its attr ``bound_column`` says the bound came from the phase-2 curve alone
+(an (N, 0) point, or the teacher bound of search.curves), it bounds (N, 0) and so every point of
+N and beyond: a phase-2 curve that cannot reach the threshold rules out its whole N column. Its
+throughput, when ``throughput_source`` is ``measured``, counts as a measured shape.
 
 Where the prediction lies more than ``cliff`` below the cap, the point sits on a drop the
 models cannot place (the paper's non-linear collapses: a cell whose far corner fell to chance
@@ -52,8 +61,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy.special import ndtr
 
-from search.grid import FEASIBILITY_TOLERANCE, check_budget, check_grid, dense_row, is_feasible
-from search.surrogate import AutoPruMUX
+from search.grid import FEASIBILITY_TOLERANCE, THROUGHPUT_COLUMNS, check_budget, check_grid, dense_row, is_feasible
+from search.surrogate import AutoPruMUX, monotone_cap
+from storage.curves import STOPPED_ATTR
 
 TAKEN_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
 
@@ -155,23 +165,27 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         pending trials when ``is_done`` is False); ``exclude`` is the asking trial's number."""
         trials = [t for t in study.get_trials(deepcopy=False) if t.number != exclude]
         measured = measured_points(trials)
-        taken = {_point(t) for t in trials if t.state in TAKEN_STATES} - {None}
+        stopped = stopped_points(trials)
+        taken = {_point(t) for t in trials if t.state in TAKEN_STATES or _is_stopped(t)} - {None}
         for point in self._anchors():
-            if point not in taken:
+            if point not in taken and not _ruled_out(stopped, point):
                 return point
         if dense_row(measured) is None:
             return self._next_without_model(taken)
-        plan = self.plan(measured, taken, self._cheap_Ns(trials))
+        plan = self.plan(measured, taken, self._cheap_Ns(trials), stopped)
         candidates = plan[plan["candidate"]]
         if candidates.empty:
             return None
         best = candidates.iloc[0]
         return int(best["N"]), float(best["s"])
 
-    def plan(self, measured: pd.DataFrame, taken: set, cheap_Ns: set) -> pd.DataFrame:
+    def plan(
+        self, measured: pd.DataFrame, taken: set, cheap_Ns: set, stopped: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """Every untried grid point with predictions, optimistic bounds and ``candidate``,
-        best first."""
-        model = AutoPruMUX().fit(measured, self.throughput)
+        best first; ``stopped`` (``stopped_points``) bounds the points it dominates."""
+        censored = _censored(stopped)
+        model = AutoPruMUX().fit(measured, self._throughputs(stopped), censored)
         threshold = model.dense_accuracy_ - self.budget
         feasible = measured[is_feasible(measured["accuracy"].to_numpy(), threshold)]
         incumbent = feasible["throughput"].max()
@@ -186,7 +200,8 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         )
         additive = model.additive_accuracy(frame["N"].to_numpy(), frame["s"].to_numpy())
         loose = np.maximum(frame["accuracy"], additive) + self.extrapolation_margin
-        cap = _monotone_cap(measured, frame) + self.margin
+        N, s = frame["N"].to_numpy(), frame["s"].to_numpy()
+        cap = np.minimum(monotone_cap(measured, N, s) + self.margin, monotone_cap(censored, N, s))
         steep = cap - frame["accuracy"].to_numpy() > self.cliff
         optimistic = np.where(steep, cap, np.where(reliable, frame["accuracy"] + self.margin, loose))
         frame["optimistic_accuracy"] = np.minimum(optimistic, cap)
@@ -204,6 +219,13 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         frame["expected_gain"] = frame["p_feasible"] * gain.clip(lower=0) * cheap_bonus
         order = frame.sort_values(["candidate", "expected_gain", "score"], ascending=False, kind="stable")
         return order.reset_index(drop=True)
+
+    def _throughputs(self, stopped: pd.DataFrame | None) -> pd.DataFrame | None:
+        """The given throughputs and those measured on stopped points (the given ones first)."""
+        if stopped is None or not stopped["throughput_measured"].any():
+            return self.throughput
+        own = stopped.loc[stopped["throughput_measured"], list(THROUGHPUT_COLUMNS)]
+        return own if self.throughput is None else pd.concat([self.throughput[list(THROUGHPUT_COLUMNS)], own])
 
     def _anchors(self) -> list[tuple[int, float]]:
         anchors = [(1, 0.0), (1, self.grid_s[-1]), (self.grid_N[-1], 0.0)]
@@ -245,6 +267,29 @@ def measured_points(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
     return frame.drop_duplicates(["N", "s"], keep="last").reset_index(drop=True)
 
 
+def stopped_points(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
+    """N, s, accuracy_bound, column (the bound holds for every s of N), throughput,
+    throughput_measured and threshold (the one it was stopped against) of the trials stopped early."""
+    rows = []
+    for trial in trials:
+        if not _is_stopped(trial) or _point(trial) is None:
+            continue
+        attrs = trial.user_attrs
+        throughput = attrs.get("throughput")
+        rows.append(
+            (
+                *_point(trial),
+                float(attrs["accuracy_bound"]),
+                bool(attrs.get("bound_column", False)),
+                np.nan if throughput is None else float(throughput),
+                throughput is not None and attrs.get("throughput_source") == "measured",
+                float(attrs.get("threshold", np.nan)),
+            )
+        )
+    columns = ["N", "s", "accuracy_bound", "column", "throughput", "throughput_measured", "threshold"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
     """``study.optimize`` callback: stop the study once its AutoPruMUXSampler is done."""
     sampler = study.sampler
@@ -259,6 +304,25 @@ def _point(trial: FrozenTrial) -> tuple[int, float] | None:
     return int(params["N"]), float(params["s"])
 
 
+def _is_stopped(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.PRUNED and STOPPED_ATTR in trial.user_attrs and "accuracy_bound" in trial.user_attrs
+
+
+def _censored(stopped: pd.DataFrame | None) -> pd.DataFrame:
+    """Upper bounds (N, s, accuracy) of stopped points; a column bound sits at (N, 0)."""
+    if stopped is None or stopped.empty:
+        return pd.DataFrame({"N": pd.Series(dtype=int), "s": pd.Series(dtype=float), "accuracy": pd.Series(dtype=float)})
+    s = np.where(stopped["column"].to_numpy(bool), 0.0, stopped["s"].to_numpy(float))
+    return pd.DataFrame({"N": stopped["N"].to_numpy(int), "s": s, "accuracy": stopped["accuracy_bound"].to_numpy(float)})
+
+
+def _ruled_out(stopped: pd.DataFrame, point: tuple[int, float]) -> bool:
+    """Whether a point stopped below its threshold bounds ``point`` below it too (an anchor is
+    proposed before the threshold is known, so the stop's own threshold decides)."""
+    below = stopped[stopped["accuracy_bound"] < stopped["threshold"] - FEASIBILITY_TOLERANCE]
+    return bool(np.isfinite(monotone_cap(_censored(below), np.array([point[0]]), np.array([point[1]])))[0])
+
+
 def _tight(measured_axis: np.ndarray, grid_axis: Sequence[float], values: pd.Series) -> np.ndarray:
     """Whether the measured values bracketing each value are its grid neighbours (or itself)."""
     grid = np.asarray(grid_axis, float)
@@ -267,12 +331,3 @@ def _tight(measured_axis: np.ndarray, grid_axis: Sequence[float], values: pd.Ser
     upper = np.array([measured_axis[measured_axis >= v - 1e-12].min(initial=np.inf) for v in x])
     gap = np.searchsorted(grid, upper - 1e-12) - np.searchsorted(grid, lower - 1e-12)
     return np.isfinite(lower) & np.isfinite(upper) & (gap <= 2)
-
-
-def _monotone_cap(measured: pd.DataFrame, points: pd.DataFrame) -> np.ndarray:
-    """Lowest measured accuracy among points with no more N and no more s (inf if none)."""
-    below = (measured["N"].to_numpy()[None, :] <= points["N"].to_numpy()[:, None]) & (
-        measured["s"].to_numpy()[None, :] <= points["s"].to_numpy()[:, None] + 1e-12
-    )
-    accuracy = np.where(below, measured["accuracy"].to_numpy()[None, :], np.inf)
-    return accuracy.min(axis=1)

@@ -9,7 +9,10 @@ Who writes what:
   driver's heartbeat and hands ``{"N", "s", "trial_number"}`` to the trainable.
 - The trainable worker records its own result (values, constraint, user attrs) before it
   reports to Tune, so a finished training is in the study even if the driver dies next.
-- ``on_trial_complete`` fails a trial that Ray gave up on, or that was stopped, if it is still
+- ``on_trial_complete`` records a trial that the scheduler stopped early (``search.stopping``:
+  its point cannot reach the threshold or beat the best) as PRUNED, with its last accuracy, the
+  bound that stopped it, the threshold, its predicted throughput and why; it is never trained
+  again. It fails a trial that Ray gave up on, or that was stopped otherwise, if it is still
   RUNNING in the study: its point may be proposed again and resumes from its checkpoints.
   A trial that errored after Ray's retries, or whose worker found its error deterministic
   (the result says ``failed``; the worker failed the trial with the cause), also ends the
@@ -37,6 +40,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search.sampler import AutoPruMUXSampler, search_space
+from search.stopping import Stop
 from storage import Heartbeat
 from storage.leases import study_lease
 from storage.progress import failed_attempts
@@ -50,7 +54,13 @@ IMPORTED = "import"
 class StudySearcher(Searcher):
     """Propose the study sampler's next (N, s) to Ray Tune; fail trials Ray gives up on."""
 
-    def __init__(self, study: optuna.Study, heartbeat: Heartbeat, max_trials: int | None = None) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        heartbeat: Heartbeat,
+        max_trials: int | None = None,
+        stopped: dict[str, Stop] | None = None,
+    ) -> None:
         super().__init__(metric="throughput", mode="max")
         if not isinstance(study.sampler, AutoPruMUXSampler):
             raise TypeError("the study must be opened with an AutoPruMUXSampler")
@@ -60,6 +70,7 @@ class StudySearcher(Searcher):
         self.stop_reason: str | None = None
         self.interrupted_reason: str | None = None  # set by ``interrupt``: the reason its running trials fail
         self.failed: list[int] = []
+        self.stopped = {} if stopped is None else stopped  # Tune trial id -> the scheduler's early stop (shared)
         self._sampler: AutoPruMUXSampler = study.sampler
         self._distributions = search_space(self._sampler.grid_N, self._sampler.grid_s)
         self._running: dict[str, int] = {}  # Ray Tune trial id -> Optuna trial number
@@ -98,7 +109,9 @@ class StudySearcher(Searcher):
         self._recheck_at = 0.0
         if number is None:
             return
-        if result and result.get("failed"):  # the worker failed the trial with its cause
+        if trial_id in self.stopped:
+            self.stopped.pop(trial_id).record(self.study)
+        elif result and result.get("failed"):  # the worker failed the trial with its cause
             self._stop_on_failure(number)
         elif error and self._fail_if_running(number, self._error_reason(number)):
             self._stop_on_failure(number)
@@ -166,6 +179,6 @@ class StudySearcher(Searcher):
 
 
 def trained_count(study: optuna.Study) -> int:
-    """Points trained or in training in the study (imported points are not counted)."""
-    states = (TrialState.COMPLETE, TrialState.RUNNING)
+    """Points trained, in training or stopped early in the study (imported points are not counted)."""
+    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
     return sum(t.user_attrs.get("source") != IMPORTED for t in study.get_trials(deepcopy=False, states=states))

@@ -11,6 +11,11 @@ Throughput (sec. 4.2): a measured throughput stands for its shape on every task.
 use a FLOP model calibrated on the measured shapes, ``T(N, s) = c * N / (f + (1 - f)(1 - s))``
 (``f`` the share of encoder FLOPs that pruning cannot remove), times the residuals of nearby
 measured shapes.
+
+Censored points (a point stopped early: its final accuracy is at most a bound) are no
+measurement and stay out of both fits; each caps the predicted accuracy of itself and of every
+point at least as multiplexed and as pruned (N' >= N, s' >= s), the monotonicity the additive
+model assumes.
 """
 
 from __future__ import annotations
@@ -86,13 +91,17 @@ class AutoPruMUX(BaseEstimator):
         self.accuracy_tolerance = accuracy_tolerance
         self.throughput_tolerance = throughput_tolerance
 
-    def fit(self, points: pd.DataFrame, throughput: pd.DataFrame | None = None) -> AutoPruMUX:
+    def fit(
+        self, points: pd.DataFrame, throughput: pd.DataFrame | None = None, censored: pd.DataFrame | None = None
+    ) -> AutoPruMUX:
         """Fit on measured points (N, s, accuracy, throughput).
 
         ``throughput`` optionally gives measured throughputs (N, s, throughput) of more shapes,
-        e.g. from another task; the task's own measurements take precedence.
+        e.g. from another task; the task's own measurements take precedence. ``censored``
+        optionally gives upper bounds (N, s, accuracy) of points stopped early.
         """
         points = read_points(points)
+        self.censored_ = _read_censored(censored)
         self.points_ = points
         self.grid_N_ = np.sort(points["N"].unique()).astype(float)
         self.grid_s_ = np.sort(points["s"].unique())
@@ -111,6 +120,7 @@ class AutoPruMUX(BaseEstimator):
             raise ValueError("predict needs N >= 1 and s in [0, 1)")
         bilinear, interpolated = self._bilinear(N, s)
         accuracy = np.where(interpolated, bilinear, self.additive_accuracy(N, s))
+        accuracy = np.minimum(accuracy, monotone_cap(self.censored_, N, s))
         throughput, measured = self._throughput(N, s)
         return Prediction(N, s, accuracy, throughput, interpolated, measured)
 
@@ -209,6 +219,24 @@ class AutoPruMUX(BaseEstimator):
         span_N = max(_u_N(self.grid_N_[-1]) - _u_N(self.grid_N_[0]), _u_N(2.0))
         span_s = max(_u_s(self.grid_s_[-1]) - _u_s(self.grid_s_[0]), _u_s(0.5))
         return np.stack([_u_N(np.asarray(N, float)) / span_N, _u_s(np.asarray(s, float)) / span_s], -1)
+
+
+def monotone_cap(points: pd.DataFrame, N: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Lowest accuracy among ``points`` with no more N and no more s than each (N, s) (inf if none)."""
+    N, s = np.asarray(N, float), np.asarray(s, float)
+    below = (points["N"].to_numpy()[None, :] <= N.reshape(-1, 1)) & (
+        points["s"].to_numpy()[None, :] <= s.reshape(-1, 1) + 1e-12
+    )
+    accuracy = np.where(below, points["accuracy"].to_numpy()[None, :], np.inf)
+    return accuracy.min(axis=1, initial=np.inf).reshape(N.shape)
+
+
+def _read_censored(censored: pd.DataFrame | None) -> pd.DataFrame:
+    """Upper bounds (N, s, accuracy), the lowest kept where a point has several."""
+    if censored is None or censored.empty:
+        return pd.DataFrame({"N": pd.Series(dtype=int), "s": pd.Series(dtype=float), "accuracy": pd.Series(dtype=float)})
+    lowest = censored.sort_values("accuracy").drop_duplicates(["N", "s"])
+    return read_points(lowest.assign(accuracy=lowest["accuracy"].clip(0.0, 1.0)), ("N", "s", "accuracy"))
 
 
 def _as_grid(points: pd.DataFrame, grid_N: np.ndarray, grid_s: np.ndarray, column: str) -> np.ndarray:

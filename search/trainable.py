@@ -17,7 +17,12 @@ dense one, so a worker waits until the dense accuracy is in the study before it 
 its result (the dense trial itself uses its own accuracy).
 
 While it trains, a trial writes its progress (stage, step/total, last evaluation, elapsed, ETA)
-into the study every few seconds (``storage.progress``), where the driver reads it. A failed
+into the study every few seconds (``storage.progress``), where the driver reads it. Each
+evaluation of its point is stored as the trial's learning curve (``storage.curves``: an
+intermediate value at the point's own step, the stage named; the cached phase 1-2 evaluations
+included, and the final accuracy at the last step) and sent to Tune (``tune.report`` with
+``evaluation: True``), whose scheduler (``search.stopping``) may stop the trial. Progress is sent
+to Tune too, so a stopped trial's training thread ends within seconds (at its next report). A failed
 attempt writes its traceback to the work folder's ``train.log`` and its one-line cause into
 the study; an attempt that fails with the cause of an earlier attempt is deterministic (bad
 data, a shape error, out of memory), so instead of raising for Ray to retry into the same
@@ -30,7 +35,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +43,19 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from sqlalchemy.engine import Engine
 
 from storage import Lease, database_engine, open_study, record_result
+from storage.curves import set_total_steps, write_evaluations
 from storage.errors import first_line
 from storage.progress import record_failed_attempt, write_progress
 from storage.remote import RemoteFolder
 from storage.trials import dense_trial, fail_trial, is_dense, is_feasible_trial, json_safe, trial_id
 from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory
+from trainers.curve import Evaluation
 from trainers.point import RESULT_FILE, train_point
 from trainers.progress import LOG_FILE, error_cause, job_log, reporting_progress
 from trainers.recipes import Recipe
@@ -77,12 +85,14 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
     """Train (or resume) the trial's point, record it in the study, report it to Tune."""
     N, s, number = int(config["N"]), float(config["s"]), int(config["trial_number"])
     study = open_study(job.storage_url, job.study_name)
-    progress = ProgressWriter(study, trial_id(study, number), N, s)
+    curve = TrialCurve(study, number, N, s)
+    progress = ProgressWriter(study, trial_id(study, number), N, s, on_write=curve.report_progress)
     try:
         with work_dir_locks(job) as (remote, lock), reporting_progress(progress):
             progress({"stage": "preparing", "phase": None, "step": 0, "total": 0, "eta": None})
-            result = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False,
-                                 lock=lock).to_dict()
+            point = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False,
+                                lock=lock, on_evaluation=curve)  # fmt: skip
+            result = point.to_dict()
     except Exception as error:
         if failed_for_good(study, number, f"N={N}/s={s:g}", error, job):
             tune.report({"trial_number": number, "N": N, "s": s, "accuracy": math.nan, "throughput": math.nan,
@@ -91,6 +101,7 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
         raise
     if remote is not None:
         result["model_dir"] = remote.uri_of(result["model_dir"])
+    curve.finish(result.pop("curve"), result["total_steps"], result["val_accuracy"])
     trial = _stored(study, number)
     if trial.state != TrialState.COMPLETE:  # a retry after the record was written is a no-op
         threshold = result["val_accuracy"] - job.budget if is_dense(N, s) else wait_for_threshold(study, job.budget)
@@ -98,13 +109,72 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
     tune.report(trial_metrics(trial))
 
 
+class TrialCurve:
+    """The trial's learning curve: each evaluation into the study and to Tune as it is made.
+
+    Tune's results always carry the searcher's metric (``throughput``, NaN until the end) and
+    ``evaluation`` (True for an evaluation, False for a progress report); an evaluation made
+    earlier (a cached or resumed stage's) says ``again``.
+    """
+
+    def __init__(self, study: optuna.Study, number: int, N: int, s: float) -> None:
+        self.study, self.number = study, number
+        self.point = {"trial_number": number, "N": N, "s": s}
+        self.last_accuracy = math.nan
+        self._total_steps: int | None = None
+
+    def __call__(self, evaluation: Evaluation) -> None:
+        if evaluation.total_steps != self._total_steps:
+            self._store(set_total_steps, evaluation.total_steps)
+            self._total_steps = evaluation.total_steps
+        self._store(write_evaluations, [(evaluation.step, evaluation.accuracy)], evaluation.stage)
+        self.last_accuracy = evaluation.accuracy
+        tune.report({**self.point, "accuracy": evaluation.accuracy, "throughput": math.nan, "evaluation": True,
+                     "again": evaluation.again, "step": evaluation.step, "stage": evaluation.stage,
+                     "total_steps": evaluation.total_steps})  # fmt: skip
+
+    def report_progress(self, record: dict[str, Any]) -> None:
+        """Send a progress record to Tune (where a stopped trial's training thread ends)."""
+        tune.report({**self.point, "accuracy": self.last_accuracy, "throughput": math.nan, "evaluation": False,
+                     "step": record.get("step", 0), "stage": record.get("stage", "")})  # fmt: skip
+
+    def finish(self, rows: list[list], total_steps: int, final_accuracy: float) -> None:
+        """Store the whole curve of a trained point, its last step holding the final validation accuracy."""
+        by_stage: dict[str, list[tuple[int, float]]] = {}
+        for step, value, stage in rows:
+            by_stage.setdefault(stage, []).append((int(step), float(value)))
+        for stage, evaluations in by_stage.items():
+            self._store(write_evaluations, evaluations, stage)
+        if total_steps:
+            self._store(set_total_steps, total_steps)
+            self._store(write_evaluations, [(total_steps, final_accuracy)])
+
+    def _store(self, write, *args) -> None:
+        try:
+            write(self.study, self.number, *args)
+        except UpdateFinishedTrialError:  # the trial was stopped (PRUNED) or recorded meanwhile
+            pass
+        except Exception as error:  # noqa: BLE001 - a curve is for watching and stopping; it must never stop a training
+            logging.getLogger(__name__).warning("curve not written: %s", first_line(error))
+
+
 class ProgressWriter:
     """A progress sink that writes a trial's records into the study: the first of each stage,
-    a stage's last step, and otherwise at most every ``every_s`` seconds."""
+    a stage's last step, and otherwise at most every ``every_s`` seconds; ``on_write`` is called
+    with each record written."""
 
-    def __init__(self, study: optuna.Study, trial_identifier: int, N: int, s: float, every_s: float = PROGRESS_EVERY_S):
+    def __init__(
+        self,
+        study: optuna.Study,
+        trial_identifier: int,
+        N: int,
+        s: float,
+        every_s: float = PROGRESS_EVERY_S,
+        on_write: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.study, self.trial_identifier, self.point = study, trial_identifier, {"N": N, "s": s}
         self.every_s = every_s
+        self.on_write = on_write
         self.started = time.monotonic()
         self._written_at = -float("inf")
         self._stage: str | None = None
@@ -120,6 +190,8 @@ class ProgressWriter:
             write_progress(self.study, self.trial_identifier, json_safe(full))
         except Exception as error:  # noqa: BLE001 - progress is for watching; it must never stop a training
             logging.getLogger(__name__).warning("progress not written: %s", first_line(error))
+        if self.on_write is not None:
+            self.on_write(full)
 
 
 def failed_for_good(study: optuna.Study, number: int, point: str, error: Exception, job: PointJob) -> bool:

@@ -10,7 +10,9 @@ import pytest
 from optuna.trial import TrialState
 
 from search import AutoPruMUXSampler, SearchDone, stop_when_done, suggest_point
+from search.curves import Curve, StopDecision, record_stop
 from search.grid import read_points, require_full_grid
+from search.sampler import measured_points, stopped_points
 from search.replay import true_best
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -145,3 +147,68 @@ def test_a_likely_modest_gain_goes_before_a_long_shot() -> None:
     assert candidates["expected_gain"].is_monotonic_decreasing
     faster_long_shot = candidates[candidates["N"] == 2]
     assert (faster_long_shot["throughput"] > candidates["throughput"].iloc[0]).any()
+
+
+def stop_point(study: optuna.Study, point: tuple[int, float], grid, bound: float, step: int = 40, throughput=None):
+    """Train ``point`` to ``step`` on a flat curve and record it stopped, as the live scheduler does."""
+    study.enqueue_trial({"N": point[0], "s": point[1]})
+    trial = study.ask()
+    suggest_point(trial, *grid)
+    total = 100 if point[1] == 0 else 280
+    curve = Curve(point[0], point[1], (step // 2, step), (bound - 0.1, bound - 0.1), total, ((step // 2, "finetune"),))
+    decision = StopDecision("threshold", bound, f"cannot reach 0.814 (bound {bound:.2f})", column=point[1] == 0)
+    assert record_stop(study, trial, curve, decision, 0.814, throughput, "measured" if throughput else "predicted")
+    return trial
+
+
+def test_a_stopped_phase2_point_rules_out_its_N_column_and_beyond(table):
+    grid = require_full_grid(table)
+    sampler = AutoPruMUXSampler(*grid, 0.03)
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "maximize"])
+    stop_point(study, (2, 0.0), grid, bound=0.79)
+    study.optimize(objective_for(table), n_trials=len(table), callbacks=[stop_when_done])
+    trained = points_of(study)
+    assert trained.count((2, 0.0)) == 1  # never proposed again: its only trial is the stopped one
+    assert [point for point in trained if point[0] >= 2] == [(2, 0.0)]
+    assert sampler.is_done(study)
+    assert study.trials[0].state == TrialState.PRUNED and study.trials[0].user_attrs["bound_column"] is True
+    # The same search without the stop trains multiplexed points (the true best at 3% is N = 2).
+    assert any(point[0] >= 2 for point in points_of(run(table, 0.03)))
+
+
+def test_a_stopped_pruned_point_caps_the_more_pruned_and_more_multiplexed(table):
+    grid = require_full_grid(table)
+    sampler = AutoPruMUXSampler(*grid, 0.03)
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "maximize"])
+    for point in [(1, 0.0), (1, 0.95), (10, 0.0), (1, 0.6), (2, 0.0)]:
+        study.enqueue_trial({"N": point[0], "s": point[1]})
+        study.optimize(objective_for(table), n_trials=1)
+    stop_point(study, (1, 0.8), grid, bound=0.80, step=220, throughput=4.1)
+    trials = study.get_trials(deepcopy=False)
+    stopped = stopped_points(trials)
+    assert stopped[["N", "s", "accuracy_bound", "column"]].values.tolist() == [[1, 0.8, 0.80, False]]
+    taken = {(t.params["N"], t.params["s"]) for t in trials}
+    plan = sampler.plan(measured_points(trials), taken, set(), stopped).set_index(["N", "s"])
+    dominated = [(n, s) for n, s in plan.index if n >= 1 and s >= 0.8]
+    assert dominated and (plan.loc[dominated, "optimistic_accuracy"] <= 0.80 + 1e-12).all()
+    assert not plan.loc[dominated, "candidate"].any()
+    free = plan.loc[[(1, 0.75), (2, 0.75)], "optimistic_accuracy"]
+    assert (free > 0.80).all() and plan.loc[(1, 0.75), "candidate"]
+    # Its measured throughput is a measured shape for the throughput model.
+    assert sampler._throughputs(stopped).values.tolist() == [[1, 0.8, 4.1]]
+
+
+def test_a_resumed_search_keeps_its_stopped_points(table, tmp_path):
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    small = table[table["N"].isin([1, 2]) & table["s"].isin([0.0, 0.6])].reset_index(drop=True)
+    grid = require_full_grid(small)
+    first = optuna.create_study(storage=url, study_name="r", directions=["maximize", "maximize"])
+    for point in [(1, 0.0), (1, 0.6)]:
+        first.enqueue_trial({"N": point[0], "s": point[1]})
+        first.optimize(objective_for(small), n_trials=1)
+    stop_point(first, (2, 0.0), grid, bound=0.70)
+    # A new driver on the same storage: the stopped point stays decided and rules out (2, 0.6).
+    sampler = AutoPruMUXSampler(*grid, 0.03)
+    resumed = optuna.load_study(study_name="r", storage=url, sampler=sampler)
+    assert sampler.next_point(resumed) is None and sampler.is_done(resumed)
+    assert [t.state for t in resumed.trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]

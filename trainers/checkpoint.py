@@ -23,15 +23,19 @@ FORMAT = "prumux-checkpoint/1"
 _REQUIRED = ("format", "job", "step", "elapsed", "state", "rng")
 
 
-def save_checkpoint(path: str | Path, job: str, step: int, elapsed: float, state: dict[str, Any]) -> None:
-    """Atomically write `state` (name -> state dict) at `step` of the job identified by `job`.
+def save_checkpoint(
+    path: str | Path, job: str, step: int, elapsed: float, state: dict[str, Any], extra: dict[str, Any] | None = None
+) -> None:
+    """Atomically write `state` (name -> state dict) at `step` of the job identified by `job`, with
+    `extra` payload entries (plain data, e.g. the stage's evaluations so far).
 
     A write that fails (a full disk, a file-size limit) raises a one-line OSError and leaves the
     previous checkpoint at `path` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "job": job, "step": step, "elapsed": elapsed, "state": state, "rng": rng_state()}
+    payload = {**(extra or {}), "format": FORMAT, "job": job, "step": step, "elapsed": elapsed, "state": state,
+               "rng": rng_state()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:

@@ -15,12 +15,17 @@ Phases 1-2 come from the work dir's cache (trained under its lock when missing);
 lives in the point's own folder under the point's lock. Every stage resumes from its
 checkpoint, so rerunning a killed job continues it; rerunning a finished job returns its
 stored result.
+
+Every evaluation reaches ``on_evaluation`` at the point's own cumulative step
+(``trainers.curve``), the cached phase 1-2 evaluations included, and the whole curve is kept in
+the result (``curve``: ``[step, accuracy, stage]`` rows, ``total_steps``).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,17 +34,18 @@ from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, prun
 from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
 from trainers.cache import LockFactory, ThroughputCache, cache_entry, locked, slug, write_json_atomic
+from trainers.curve import Evaluation, PointCurve, point_stages
 from trainers.data import EncodedTask, encode_task
 from trainers.evaluate import accuracy, check_label_order
 from trainers.families import model_for, tokenizer_for
 from trainers.job import check_point, check_writable_dir
 from trainers.measure import MEASURE_ROUNDS, side_by_side, throughput
 from trainers.models import load_tokenizer, resolve_model
-from trainers.phases.loop import Runtime, StageContext, save_output
+from trainers.phases.loop import Runtime, StageContext, resume_finished, save_output
 from trainers.phases.multiplexed import train_multiplexed
 from trainers.phases.pruning import train_pruned
 from trainers.phases.retrieval import train_retrieval
-from trainers.progress import job_log
+from trainers.progress import job_log, reporting_evaluations
 from trainers.recipes import Recipe, load_recipe
 from trainers.tasks import TaskSpec, load_task
 from storage.trials import family
@@ -81,6 +87,8 @@ class PointResult:
     recipe_values: dict[str, Any] = field(default_factory=dict)
     checkpoint: str = ""  # the checkpoint phases 1-2 started from
     phases: dict[str, str] = field(default_factory=dict)  # retrieval, mlm, finetune, pruning: trained/skipped/evaluated
+    total_steps: int = 0  # the point's own training steps, shared phases 1-2 included
+    curve: list[list] = field(default_factory=list)  # [step, validation accuracy, stage] per evaluation, by step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,8 +130,10 @@ def train_point(
     device: str | None = None,
     bf16: bool = False,
     lock: LockFactory | None = None,
+    on_evaluation: Callable[[Evaluation], None] | None = None,
 ) -> PointResult:
-    """Train (or resume, or reuse) the point (N, s) of `task` on `base_model` and measure it.
+    """Train (or resume, or reuse) the point (N, s) of `task` on `base_model` and measure it;
+    hand every evaluation to `on_evaluation` as it is made.
 
     ``lock`` locks the point's folder and the phase 1-2 cache entries while this job uses them
     (`trainers.cache.locked`; default: lock files, for nodes that share a filesystem with locks)."""
@@ -135,13 +145,14 @@ def train_point(
     encoded = encode_task(data, tokenizer, recipe)
     label = f"{task}/{base_model}/N={N}/s={s:g}"
     point_dir = point_directory(job.workdir, task, base_model, N, s, recipe)
-    with job_log(job.workdir, label) as log, locked(point_dir, log, job.lock):
+    curve = PointCurve(on_evaluation)
+    with job_log(job.workdir, label) as log, locked(point_dir, log, job.lock), reporting_evaluations(curve):
         if (point_dir / RESULT_FILE).is_file():
             log.info("already trained: %s", point_dir / RESULT_FILE)
             return PointResult.from_dict(json.loads((point_dir / RESULT_FILE).read_text()))
         ctx = StageContext(recipe, job.runtime, point_dir, label, log, progress)
         seconds = dict.fromkeys(PHASES, 0.0)
-        phase2_dir, cache_hit, record = _phase12(job, data.spec, encoded, tokenizer, ctx, seconds)
+        phase2_dir, cache_hit, record = _phase12(job, data.spec, encoded, tokenizer, ctx, seconds, curve)
         model_dir = phase2_dir
         if s > 0:
             _, seconds["pruning"] = train_pruned(phase2_dir, s, encoded, ctx)
@@ -149,28 +160,41 @@ def train_point(
         result = _measure(job, encoded, model_dir, _saved_config(phase2_dir).dense_encoder(), seconds, log)
         result.cache_hit, result.checkpoint = cache_hit, record["checkpoint"]
         result.phases = record["phases"] | {"pruning": TRAINED if s > 0 else SKIPPED}
+        result.total_steps, result.curve = curve.total_steps_, curve.rows()
         write_json_atomic(point_dir / RESULT_FILE, result.to_dict())
         log.info("result: %s", json.dumps(result.to_dict()))
         return result
 
 
 def _phase12(
-    job: _Job, spec: TaskSpec, encoded: EncodedTask, tokenizer, ctx: StageContext, seconds: dict[str, float]
+    job: _Job,
+    spec: TaskSpec,
+    encoded: EncodedTask,
+    tokenizer,
+    ctx: StageContext,
+    seconds: dict[str, float],
+    curve: PointCurve | None = None,
 ) -> tuple[Path, bool, dict[str, Any]]:
     """The cached phase 1-2 model folder (training it under the entry's lock if missing), whether it was a hit,
-    and the entry's record (phase seconds, the phases that ran, the starting checkpoint)."""
+    and the entry's record (phase seconds, the phases that ran, the starting checkpoint); `curve` is given
+    the point's stages once the phases are known."""
     entry = cache_entry(job.workdir, job.task, job.base_model, job.N, job.recipe)
     with entry.locked(ctx.log, job.lock):
         if entry.exists():
             ctx.log.info("phases 1-2 cache hit: %s", entry.directory)
-            record = entry.record()
+            record = {"checkpoint": "", "phases": {}} | entry.record()
             seconds.update(record["phase_seconds"])
-            return entry.model_dir, True, {"checkpoint": "", "phases": {}} | record
+            if curve is not None:
+                curve.plan(_point_stages(job, len(encoded.train), record["phases"]))
+                resume_finished(entry.model_dir)  # the cached fine-tuning's evaluations, reported again
+            return entry.model_dir, True, record
         ctx.log.info("phases 1-2 cache miss: training %s", entry.directory)
         entry_ctx = StageContext(job.recipe, job.runtime, entry.directory, f"{ctx.job} phase1-2", ctx.log, ctx.progress)
         special = list(tokenizer.all_special_ids)
         start = _starting_point(job, spec, encoded, tokenizer, ctx)
         model, phases = start.model, start.phases(job.N, job.recipe)
+        if curve is not None:
+            curve.plan(_point_stages(job, len(encoded.train), phases))
         if phases["retrieval"] == TRAINED:
             model, seconds["retrieval"] = train_retrieval(model, encoded.train, special, entry_ctx)
         if phases["finetune"] == EVALUATED:
@@ -185,6 +209,11 @@ def _phase12(
         }  # fmt: skip
         entry.commit(record)
         return entry.model_dir, False, record
+
+
+def _point_stages(job: _Job, train_size: int, phases: dict[str, str]) -> list[tuple[str, int]]:
+    trained = [stage for stage, state in phases.items() if state == TRAINED]
+    return point_stages(job.recipe, job.N, job.s, train_size, trained)
 
 
 @dataclass
@@ -220,7 +249,9 @@ def _starting_point(job: _Job, spec: TaskSpec, encoded: EncodedTask, tokenizer, 
         stored_N, head = info.config.num_instances if info.multiplexed else 1, info.has_task_head
     multiplexed, fine_tuned = stored_N > 1, head and stored_N == job.N  # a dense classifier widened to N is trained
     if job.N > 1 and not multiplexed and recipe.mux_start == "dense":
-        source, _, _ = _phase12(replace(job, N=1, s=0.0), spec, encoded, tokenizer, ctx, dict.fromkeys(PHASES, 0.0))
+        with reporting_evaluations(None):  # the dense model's curve is the dense point's, not this one's
+            dense = replace(job, N=1, s=0.0)
+            source, _, _ = _phase12(dense, spec, encoded, tokenizer, ctx, dict.fromkeys(PHASES, 0.0))
         fine_tuned = False  # its head is the dense model's, trained again with the new mux and demux
     model = PruMUXModel.from_pretrained(
         source, num_instances=job.N, num_labels=spec.num_labels, mux_norm=recipe.task_mux_norm, seed=recipe.seed,

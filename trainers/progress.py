@@ -4,6 +4,8 @@ progress records for whoever watches the job from elsewhere.
 Several jobs may share a work dir, so every log line names the job and its process id.
 A search's trial sets a progress sink (``reporting_progress``); every stage then sends it a
 record per step (the search's trainable writes them, throttled, into the study for the driver).
+An evaluation sink (``reporting_evaluations``) receives each evaluation a stage makes (stage,
+step within the stage, validation accuracy): a point's learning curve.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ STAGE_PHASES = {"retrieval": 1, "mlm": 2, "finetune": 2, "prune": 3, "pruned_fin
 EVALUATION_KEYS = ("accuracy", "sparsity")
 
 ProgressSink = Callable[[dict[str, Any]], None]
+EvaluationSink = Callable[[str, int, float, bool], None]  # stage, step within the stage, accuracy, reported again
 _sink: ProgressSink | None = None
+_evaluation_sink: EvaluationSink | None = None
 
 
 @contextmanager
@@ -43,6 +47,24 @@ def reporting_progress(sink: ProgressSink) -> Iterator[None]:
         yield
     finally:
         _sink = None
+
+
+@contextmanager
+def reporting_evaluations(sink: EvaluationSink | None) -> Iterator[None]:
+    """Send every stage's evaluations in this process to ``sink`` while the block runs (None: to nobody)."""
+    global _evaluation_sink
+    previous, _evaluation_sink = _evaluation_sink, sink
+    try:
+        yield
+    finally:
+        _evaluation_sink = previous
+
+
+def report_evaluation(stage: str, step: int, accuracy: float, again: bool = False) -> None:
+    """Hand one evaluation of ``stage`` (after ``step`` of its steps) to the evaluation sink, if any;
+    ``again``: an evaluation made earlier (a resumed or cached stage), reported once more."""
+    if _evaluation_sink is not None:
+        _evaluation_sink(stage, int(step), float(accuracy), again)
 
 
 @contextmanager

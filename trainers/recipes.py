@@ -31,6 +31,15 @@ RECIPES: dict[str, Path] = {path.stem: path for path in sorted(RECIPE_DIR.glob("
 
 # The stages whose length is set by `<stage>_steps` / `<stage>_epochs`.
 STAGES = ("retrieval", "mlm", "finetune", "prune", "lagrangian_warmup", "pruned_finetune")
+# The batch-size field (mixed sequences per step) of each stage.
+STAGE_BATCH = {
+    "retrieval": "pretrain_batch_size",
+    "mlm": "pretrain_batch_size",
+    "finetune": "finetune_batch_size",
+    "prune": "prune_batch_size",
+    "lagrangian_warmup": "prune_batch_size",
+    "pruned_finetune": "finetune_batch_size",
+}
 
 
 PHASE12 = "prumux.phase12"  # field metadata key: the field determines the phase 1-2 model
@@ -132,6 +141,14 @@ class Recipe:
         if epochs is None:
             return getattr(self, f"{stage}_steps")
         return math.ceil(epochs * train_size / batch_rows)
+
+    def stage_steps(self, stage: str, train_size: int, N: int) -> int:
+        """Optimiser steps of `stage` for a model of width N (its batches hold `batch_size * N` rows)."""
+        return self.steps(stage, train_size, self.batch_rows(stage, N))
+
+    def batch_rows(self, stage: str, N: int) -> int:
+        """Instance rows in one training batch of `stage` at width N."""
+        return getattr(self, STAGE_BATCH[stage]) * N
 
     def runs(self, stage: str) -> bool:
         """Whether `stage` has any steps (set by `<stage>_steps` or `<stage>_epochs`)."""

@@ -11,6 +11,8 @@ import pandas as pd
 
 from search.grid import THROUGHPUT_COLUMNS, is_feasible, parse_budgets, read_points
 from search.replay import SAMPLERS, replay_many, summarize
+from search.replay_curves import METHODS as CURVE_METHODS
+from search.replay_curves import replay_tables, summarize_curves
 from search.surrogate import AutoPruMUX
 from storage import open_study, points_frame, study_settings
 from cli.options import study_options
@@ -73,22 +75,36 @@ def predict(points_path, run_dir, storage, study, budget, budgets_text, throughp
     type=click.Path(dir_okay=False),
     help="CSV measuring every (N, s) of a grid.",
 )
+@click.option(
+    "--curves",
+    "curves_path",
+    type=click.Path(dir_okay=False),
+    help="CSV of the grid's learning curves (N, s, step, accuracy[, stage]): replay in training steps, with early stopping.",
+)
 @budget_options
-@click.option("--sampler", type=click.Choice([*SAMPLERS, "all"]), default="all", show_default=True)
+@click.option(
+    "--sampler", type=click.Choice([*dict.fromkeys([*SAMPLERS, *CURVE_METHODS]), "all"]), default="all", show_default=True
+)
 @click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1), help="Seeds per baseline sampler.")
 @click.option(
     "--trainings",
     type=click.IntRange(min=1),
-    help="Trainings per baseline search [default: as many as AutoPruMUX used].",
+    help="Trainings per baseline search [default: as many as AutoPruMUX used; with --curves: the grid's size].",
 )
 @click.option("--format", "output", type=FORMATS, default="table", show_default=True)
-def replay(table_path, budget, budgets_text, sampler, seeds, trainings, output) -> None:
+def replay(table_path, curves_path, budget, budgets_text, sampler, seeds, trainings, output) -> None:
     """Replay searches against a fully measured grid and compare the samplers."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per replayed trial drowns the table
     budgets = _budgets(budget, budgets_text)
-    samplers = SAMPLERS if sampler == "all" else ("autoprumux", sampler) if sampler != "autoprumux" else ("autoprumux",)
-    results = replay_many(read_points(table_path), budgets, samplers, seeds, trainings)
-    summary = summarize(results)
+    if curves_path is not None:
+        results = replay_tables(table_path, curves_path, budgets, sampler, seeds, trainings)
+        summary = summarize_curves(results)
+    else:
+        if sampler not in (*SAMPLERS, "all"):
+            raise ValueError(f"--sampler {sampler} needs --curves")
+        samplers = SAMPLERS if sampler == "all" else ("autoprumux", sampler) if sampler != "autoprumux" else ("autoprumux",)
+        results = replay_many(read_points(table_path), budgets, samplers, seeds, trainings)
+        summary = summarize(results)
     if output == "json":
         click.echo(
             json.dumps({"summary": summary.to_dict("records"), "searches": results.to_dict("records")}, indent=2)

@@ -23,6 +23,7 @@ from cli.main import EXIT_CODES
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
 from cli.options import study_options
+from storage.curves import STOPPED_ATTR
 from storage.study import find_study
 from storage.trials import complete_trial, dense_accuracy, is_feasible_trial, json_safe
 from cli.errors import JobFailed
@@ -331,6 +332,11 @@ def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Stud
     from search.searcher import trained_count
 
     point = f"N={trial.params['N']} s={trial.params['s']:g}"
+    if STOPPED_ATTR in trial.user_attrs and trial.state == TrialState.PRUNED:
+        console.line(f"trial {trial.number}  {point}  stopped: {trial.user_attrs[STOPPED_ATTR]}  "
+                     f"trainings used {trained_count(study)}")  # fmt: skip
+        publish(study)
+        return
     if trial.state != TrialState.COMPLETE:
         reason = trial.user_attrs.get("failed_because", "")
         console.line(f"trial {trial.number}  {point}  {trial.state.name.lower()}: {reason}")

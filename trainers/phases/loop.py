@@ -5,6 +5,11 @@ A stage is a fixed number of optimiser steps. It checkpoints every
 steps, shows a progress bar and logs. Its result is an output folder written through a
 temporary folder and one rename, with `stage.json` inside; a stage whose output exists is
 finished and never runs again.
+
+Every evaluation's validation accuracy goes to the evaluation sink (`trainers.progress`) and is
+kept with the stage: in its checkpoint, then in `stage.json` (`evaluations`: [[step, accuracy],
+...]). A resumed or finished stage reports its earlier evaluations again, so whoever listens
+sees the whole curve however often the job was restarted.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,11 +38,12 @@ from prumux import PruMUXModel
 from storage.errors import first_line
 from trainers.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from trainers.data import Batch, BatchStream, EncodedSplit
-from trainers.progress import StageProgress
+from trainers.progress import StageProgress, report_evaluation
 from trainers.recipes import Recipe
 
 MAX_GRAD_NORM = 1.0
 STAGE_RECORD = "stage.json"
+EVALUATIONS = "evaluations"
 
 
 class Stateful(Protocol):
@@ -78,6 +84,7 @@ class StageContext:
     job: str
     log: logging.Logger
     progress: bool = True
+    evaluations: dict[str, list[list[float]]] = field(default_factory=dict)  # stage -> [[step, accuracy], ...]
 
     def output(self, name: str) -> Path:
         return self.directory / name
@@ -98,12 +105,15 @@ def run_stage(
     checkpoint = ctx.checkpoint(stage)
     job = f"{ctx.job}/{stage}"
     first, elapsed = 0, 0.0
+    evaluations = ctx.evaluations.setdefault(stage, [])
+    evaluations.clear()
     if checkpoint.exists():
         payload = load_checkpoint(checkpoint, job)
         for name, item in state.items():
             item.load_state_dict(payload["state"][name])
         restore_rng_state(payload["rng"])
         first, elapsed = payload["step"], payload["elapsed"]
+        _report_again(stage, payload.get(EVALUATIONS, []), evaluations)
         ctx.log.info("resumed %s from step %d of %d (%s)", stage, first, steps, checkpoint)
     else:
         seed_stage(ctx, stage)
@@ -116,11 +126,14 @@ def run_stage(
             done = index + 1
             if evaluate is not None and (done % ctx.recipe.eval_every == 0 or done == steps):
                 metrics |= evaluate(done)
+                evaluations.append([done, metrics["accuracy"]])
+                report_evaluation(stage, done, metrics["accuracy"])
                 ctx.log.info("%s step %d: %s", stage, done, _format(metrics))
             bar.update(done, metrics)
             if time.monotonic() - last_saved >= ctx.recipe.checkpoint_every_seconds and done < steps:
                 now = time.monotonic()
-                save_checkpoint(checkpoint, job, done, elapsed + now - started, {k: v.state_dict() for k, v in state.items()})
+                states = {k: v.state_dict() for k, v in state.items()}
+                save_checkpoint(checkpoint, job, done, elapsed + now - started, states, {EVALUATIONS: evaluations})
                 last_saved = time.monotonic()
     finally:
         bar.close()
@@ -133,6 +146,21 @@ def finished(output: Path) -> dict[str, Any] | None:
     """The record of a finished stage output, or None if the stage has not finished."""
     record = output / STAGE_RECORD
     return json.loads(record.read_text()) if record.is_file() else None
+
+
+def resume_finished(output: Path) -> dict[str, Any] | None:
+    """Like `finished`, and a finished stage reports its recorded evaluations again."""
+    record = finished(output)
+    if record is not None and "stage" in record:
+        _report_again(record["stage"], record.get(EVALUATIONS, []))
+    return record
+
+
+def _report_again(stage: str, recorded: list[list[float]], into: list[list[float]] | None = None) -> None:
+    for step, value in recorded:
+        report_evaluation(stage, int(step), value, again=True)
+        if into is not None:
+            into.append([int(step), value])
 
 
 def save_output(
@@ -150,6 +178,7 @@ def save_output(
     """
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    record = {"stage": stage, **record, EVALUATIONS: ctx.evaluations.get(stage, [])}
     try:
         model.save_pretrained(tmp)
         for name, value in (extras or {}).items():
@@ -179,7 +208,7 @@ def train_model_stage(
     """One stage optimising `loss_of(batch)` over all of the model's weights, its mux vectors at `mux_norm`
     (None: as they are)."""
     output = ctx.output(output_name)
-    if record := finished(output):
+    if record := resume_finished(output):
         return PruMUXModel.from_pretrained(output).to(ctx.runtime.device), record["seconds"]
     recipe = ctx.recipe
     if mux_norm is not None:

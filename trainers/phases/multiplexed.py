@@ -50,7 +50,7 @@ def _train_mlm(
             mlm_probability=recipe.mlm_probability,
         )  # fmt: skip
 
-    rows = recipe.pretrain_batch_size * model.config.num_instances
+    rows = recipe.batch_rows(MLM, model.config.num_instances)
     return train_model_stage(model, MLM, MLM, train, rows, recipe.mlm_lr, _task_norm(model, recipe), loss, None, ctx)
 
 
@@ -64,7 +64,7 @@ def _finetune(model: PruMUXModel, task: EncodedTask, ctx: StageContext) -> tuple
     def evaluate(step: int) -> dict[str, float]:
         return {"accuracy": accuracy(model, validation, recipe.eval_batch_size)}
 
-    rows = recipe.finetune_batch_size * model.config.num_instances
+    rows = recipe.batch_rows(FINETUNE, model.config.num_instances)
     return train_model_stage(
         model, FINETUNE, FINETUNE_OUTPUT, task.train, rows, recipe.finetune_lr, _task_norm(model, recipe), loss, evaluate,
         ctx,

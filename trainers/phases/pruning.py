@@ -30,7 +30,7 @@ from trainers.phases.loop import (
     StageContext,
     adamw,
     backward_and_step,
-    finished,
+    resume_finished,
     linear_schedule,
     run_stage,
     save_output,
@@ -107,13 +107,13 @@ def _prune(
     teacher_dir: Path, teacher: PruMUXModel, sparsity: float, task: EncodedTask, ctx: StageContext
 ) -> tuple[PruMUXModel, LayerDistiller, float]:
     output, recipe, device = ctx.output(PRUNED_OUTPUT), ctx.recipe, ctx.runtime.device
-    if record := finished(output):
+    if record := resume_finished(output):
         pruned, distiller = _load_pruned(output, teacher, device)
         return pruned, distiller, record["seconds"]
     seed_stage(ctx, PRUNE)
     student = PruMUXModel.from_pretrained(teacher_dir).to(device).train()
     l0 = L0Module(student.config.encoder, droprate_init=recipe.droprate_init).to(device)
-    rows = recipe.prune_batch_size * student.config.num_instances
+    rows = recipe.batch_rows(PRUNE, student.config.num_instances)
     stream = BatchStream(task.train, rows, recipe.seed)
     _start_masks(l0, teacher, stream, ctx)
     with torch.no_grad():  # the initial masks' (seeded, so also on resume)
@@ -189,11 +189,11 @@ def _finetune_pruned(
     model: PruMUXModel, distiller: LayerDistiller, teacher: PruMUXModel, task: EncodedTask, ctx: StageContext
 ) -> tuple[PruMUXModel, float]:
     output, recipe, device = ctx.output(FINAL_OUTPUT), ctx.recipe, ctx.runtime.device
-    if record := finished(output):
+    if record := resume_finished(output):
         return PruMUXModel.from_pretrained(output).to(device), record["seconds"]
     seed_stage(ctx, PRUNED_FINETUNE)
     model.to(device).train()
-    rows = recipe.finetune_batch_size * model.config.num_instances
+    rows = recipe.batch_rows(PRUNED_FINETUNE, model.config.num_instances)
     steps = recipe.steps(PRUNED_FINETUNE, len(task.train), rows)
     stream = BatchStream(task.train, rows, recipe.seed)
     weights = list(model.parameters()) + list(distiller.parameters())

@@ -1,0 +1,312 @@
+"""A point's learning curve and the decision to stop training it early.
+
+A ``Curve`` is a point's validation accuracy after each evaluation, at the point's own cumulative
+training step, with the stage each step range belongs to (``finetune``: phase 2; for s > 0 then
+``prune``: the sparsity ramp with distillation; ``pruned_finetune``: the pruned model's recovery).
+
+``CurveBound`` is a conservative upper bound of a point's *final* validation accuracy from its
+curve so far, fitted on the curves this study has already trained to their end. It is the
+smaller of two bounds (each only where it applies):
+
+* **Teacher bound** (s > 0, once the phase-2 part is complete): pruning with distillation rarely
+  ends above the teacher, the phase-2 model, so the final accuracy is at most the best phase-2
+  accuracy plus ``teacher_margin``. While phase 2 still trains, its own stage bound (below) plus
+  ``teacher_margin``.
+* **Stage bound** of the stage the point is in: the best accuracy of that stage so far plus the
+  larger of
+
+  - the *empirical gap*: over the finished curves, at the same step offset into the same stage,
+    ``target - best so far`` (target: the point's final accuracy in the stage it ends with; the
+    stage's best in the phase-2 stage, which bounds an (N, 0) point's final accuracy and is what
+    the teacher bound of an (N, s > 0) point needs),
+    taken at the ``quantile`` (``higher`` interpolation, so below 20 curves it is their largest
+    gap). Curves sharing one phase-2 prefix count once. With fewer than ``min_curves`` finished
+    stages to learn from, ``default_gap`` (wide) instead;
+  - the *linear extrapolation*: the steepest recent chord of the curve (over ``slope_window``
+    evaluation intervals) carried to the end of the stage. A saturating (concave) curve lies
+    below its chords' extensions, so a slow starter that still climbs keeps a high bound
+    whatever the finished curves did,
+
+  plus ``margin`` (evaluation noise). A stage's offsets count from its first recorded step (the
+  step of its first evaluation, as storage.curves records stage ranges); every point of a study
+  follows one recipe, so equal offsets are equal progress. There is no stage bound before ``min_fraction`` of the
+  point's training steps nor on the stage's first evaluation when it has no predecessor.
+
+The ``prune`` stage gets no stage bound at all: while the sparsity target ramps up accuracy dips
+and recovers later in ``pruned_finetune``, so its accuracies say little about the final one; only
+the teacher bound (and the throughput rule) can stop a point there.
+
+``decide_stop`` stops a point whose bound falls below the threshold (kind ``threshold``), or
+whose throughput, even meeting the threshold, cannot beat the best feasible point so far (kind
+``throughput``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+
+from search.grid import FEASIBILITY_TOLERANCE
+from storage.curves import STOP_KINDS, read_curve, record_stopped
+from storage.trials import TrialRef
+
+TEACHER_STAGE = "finetune"
+UNSTAGED = ""  # the stage name of a curve recorded without stage ranges
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A point's validation accuracy after each evaluation so far (steps: the point's own cumulative training steps)."""
+
+    N: int
+    s: float
+    steps: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    total_steps: int  # the step at which the point's training ends
+    stages: tuple[tuple[int, str], ...] = ()  # (first_step, stage name) ranges: finetune, prune, pruned_finetune
+
+    def __post_init__(self) -> None:
+        if not self.steps or len(self.steps) != len(self.accuracies):
+            raise ValueError(f"curve of (N={self.N}, s={self.s:g}) needs as many accuracies as steps, at least one")
+        if any(later <= earlier for earlier, later in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"curve of (N={self.N}, s={self.s:g}): steps must increase")
+        if self.total_steps < self.steps[-1]:
+            raise ValueError(f"curve of (N={self.N}, s={self.s:g}) goes past its total steps {self.total_steps}")
+
+    @classmethod
+    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> Curve | None:
+        """The trial's curve as stored (storage.curves); None if it has none or no total steps."""
+        params = trial.params or trial.system_attrs.get("fixed_params", {})
+        stored = read_curve(trial)
+        if not stored.steps or stored.total_steps is None or "N" not in params or "s" not in params:
+            return None
+        return cls(int(params["N"]), float(params["s"]), stored.steps, stored.accuracies, stored.total_steps, stored.stages)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the curve reaches the point's last training step."""
+        return self.steps[-1] >= self.total_steps
+
+    def upto(self, step: int) -> Curve:
+        """The curve as it was after training to ``step`` (its evaluations at steps <= step)."""
+        keep = sum(1 for value in self.steps if value <= step)
+        if keep == 0:
+            raise ValueError(f"curve of (N={self.N}, s={self.s:g}) has no evaluation by step {step}")
+        stages = tuple(item for item in self.stages if item[0] <= self.steps[keep - 1])
+        return Curve(self.N, self.s, self.steps[:keep], self.accuracies[:keep], self.total_steps, stages)
+
+    def stage_at(self, step: int) -> str:
+        """The stage the point was training at ``step``."""
+        named = [stage for first, stage in self.stages if first <= step]
+        return named[-1] if named else UNSTAGED
+
+    def segments(self) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
+        """The curve split by stage: (stage, first step, steps, accuracies), in order."""
+        names = [self.stage_at(step) for step in self.steps]
+        steps, accuracies = np.asarray(self.steps), np.asarray(self.accuracies, float)
+        out, start = [], 0
+        for index in range(1, len(names) + 1):
+            if index == len(names) or names[index] != names[start]:
+                first = max((f for f, stage in self.stages if stage == names[start] and f <= steps[start]), default=0)
+                out.append((names[start], int(first), steps[start:index], accuracies[start:index]))
+                start = index
+        return out
+
+
+class CurveBound:
+    """Conservative upper bound of a point's final accuracy from its curve so far.
+
+    Parameters
+    ----------
+    quantile:
+        Quantile of the finished curves' gaps (``higher`` interpolation) at the same stage offset.
+    margin:
+        Accuracy added to every stage bound (evaluation noise).
+    default_gap:
+        Gap assumed while fewer than ``min_curves`` finished curves show the stage.
+    min_curves:
+        Finished stages needed before their empirical gaps replace ``default_gap``.
+    teacher_margin:
+        How far above its best phase-2 accuracy a pruned (s > 0) point may end.
+    slope_window:
+        Evaluation intervals over which the steepest recent chord is taken.
+    min_fraction:
+        Share of a point's training steps before which no stage bound applies.
+    uninformative_stages:
+        Stages whose accuracies bound nothing (the sparsity ramp's dip).
+    """
+
+    def __init__(
+        self,
+        quantile: float = 0.95,
+        margin: float = 0.01,
+        default_gap: float = 0.1,
+        min_curves: int = 2,
+        teacher_margin: float = 0.01,
+        slope_window: int = 2,
+        min_fraction: float = 0.25,
+        uninformative_stages: Sequence[str] = ("prune",),
+    ) -> None:
+        self.quantile = quantile
+        self.margin = margin
+        self.default_gap = default_gap
+        self.min_curves = min_curves
+        self.teacher_margin = teacher_margin
+        self.slope_window = slope_window
+        self.min_fraction = min_fraction
+        self.uninformative_stages = tuple(uninformative_stages)
+
+    def fit(self, finished: Sequence[Curve]) -> CurveBound:
+        """Learn the gaps of curves trained to their end (last entry = final accuracy)."""
+        segments: dict[str, dict[tuple, tuple[np.ndarray, np.ndarray, float]]] = {}
+        lengths: dict[str, int] = {}
+        for number, curve in enumerate(finished):
+            if not curve.finished:
+                raise ValueError(f"curve of (N={curve.N}, s={curve.s:g}) is not finished")
+            parts = curve.segments()
+            for index, (stage, first, steps, accuracies) in enumerate(parts):
+                last = index == len(parts) - 1
+                end = curve.total_steps if last else parts[index + 1][1]
+                lengths[stage] = max(lengths.get(stage, 0), end - first)
+                if stage in self.uninformative_stages:
+                    continue
+                target = accuracies[-1] if last and stage != TEACHER_STAGE else accuracies.max()
+                # A phase-2 prefix shared by every s of its N counts once.
+                key = (curve.N, tuple(steps), tuple(accuracies)) if stage == TEACHER_STAGE else (number, index)
+                segments.setdefault(stage, {})[key] = (steps - first, np.maximum.accumulate(accuracies), float(target))
+        self.segments_ = {stage: list(found.values()) for stage, found in segments.items()}
+        self.stage_lengths_ = lengths
+        self.n_curves_ = len(finished)
+        return self
+
+    def upper_bound(self, curve: Curve) -> float:
+        """A conservative upper bound of the point's final validation accuracy."""
+        if curve.finished:
+            return float(curve.accuracies[-1])
+        return float(min(self.stage_bound(curve), self.teacher_bound(curve), 1.0))
+
+    def teacher_bound(self, curve: Curve) -> float:
+        """The bound from the phase-2 part alone (inf for s = 0 or a curve without one): it also
+        bounds (N, 0), hence every s of N."""
+        parts = curve.segments()
+        if curve.s == 0 or parts[0][0] != TEACHER_STAGE:
+            return math.inf
+        # While phase 2 trains, the stage bound bounds its best; after it, its best is known.
+        teacher = self._segment_bound(curve) if len(parts) == 1 else float(parts[0][3].max())
+        return teacher + self.teacher_margin
+
+    def stage_bound(self, curve: Curve) -> float:
+        """The bound from the stage the point is in (inf where none applies; in the phase-2 stage
+        of an s > 0 point only the teacher bound applies)."""
+        if curve.s > 0 and curve.stage_at(curve.steps[-1]) == TEACHER_STAGE:
+            return math.inf
+        return self._segment_bound(curve)
+
+    def _segment_bound(self, curve: Curve) -> float:
+        """Bound of the current stage's target: its best (phase 2 of s > 0) or the final accuracy."""
+        stage, first, steps, accuracies = curve.segments()[-1]
+        if stage in self.uninformative_stages or curve.steps[-1] < self.min_fraction * curve.total_steps:
+            return math.inf
+        slope = self._slope(curve)
+        if slope is None:
+            return math.inf
+        last_stage = not (stage == TEACHER_STAGE and curve.s > 0)
+        end = curve.total_steps if last_stage else first + self._length(stage, curve)
+        extrapolated = slope * max(end - curve.steps[-1], 0)
+        best = float(accuracies.max())
+        return best + max(self._gap(stage, curve.steps[-1] - first), extrapolated) + self.margin
+
+    def _slope(self, curve: Curve) -> float | None:
+        """Steepest chord over the last ``slope_window`` intervals (None with one evaluation)."""
+        if len(curve.steps) < 2:
+            return None
+        steps = np.asarray(curve.steps[-self.slope_window - 1 :], float)
+        accuracies = np.asarray(curve.accuracies[-self.slope_window - 1 :], float)
+        return max(float((np.diff(accuracies) / np.diff(steps)).max()), 0.0)
+
+    def _gap(self, stage: str, offset: int) -> float:
+        gaps = [
+            target - best[np.searchsorted(offsets, offset, side="right") - 1]
+            for offsets, best, target in getattr(self, "segments_", {}).get(stage, [])
+            if offsets[0] <= offset
+        ]
+        if len(gaps) < self.min_curves:
+            return self.default_gap
+        return max(float(np.quantile(gaps, self.quantile, method="higher")), 0.0)
+
+    def _length(self, stage: str, curve: Curve) -> int:
+        """Steps of ``stage`` as the finished curves trained it (the rest of the point if unknown)."""
+        known = getattr(self, "stage_lengths_", {}).get(stage)
+        return known if known is not None else curve.total_steps
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """Why a running point stops: it cannot reach the threshold, or cannot beat the incumbent."""
+
+    kind: str  # "threshold" or "throughput" (storage.curves.STOP_KINDS)
+    bound: float  # the accuracy upper bound at the decision
+    reason: str  # one line, e.g. "cannot reach 0.779 (bound 0.70)"
+    column: bool = False  # the bound came from the phase-2 curve: it holds for every s of the point's N
+
+    def __post_init__(self) -> None:
+        if self.kind not in STOP_KINDS:
+            raise ValueError(f"stop kind must be one of {', '.join(STOP_KINDS)}, got {self.kind!r}")
+
+
+def decide_stop(
+    curve: Curve,
+    bound: CurveBound,
+    threshold: float,
+    throughput: float | None = None,
+    incumbent_throughput: float | None = None,
+) -> StopDecision | None:
+    """Stop when the point's accuracy bound is below ``threshold``, or when its ``throughput``
+    (measured or predicted) does not beat ``incumbent_throughput``, the best feasible point's;
+    None: keep training."""
+    upper = bound.upper_bound(curve)
+    column = curve.s == 0 or bound.teacher_bound(curve) <= upper
+    if upper < threshold - FEASIBILITY_TOLERANCE:
+        return StopDecision("threshold", upper, f"cannot reach {threshold:.3f} (bound {upper:.2f})", column)
+    if throughput is not None and incumbent_throughput is not None and throughput <= incumbent_throughput:
+        reason = f"cannot beat the best feasible {incumbent_throughput:.2f}x (at most {throughput:.2f}x)"
+        return StopDecision("throughput", upper, reason, column)
+    return None
+
+
+def record_stop(
+    study: optuna.Study,
+    trial: TrialRef,
+    curve: Curve,
+    decision: StopDecision,
+    threshold: float,
+    throughput: float | None,
+    throughput_source: str,
+) -> bool:
+    """Store a RUNNING trial as stopped by ``decision`` (storage.curves.record_stopped), with
+    ``bound_column`` and ``stopped_step`` for the sampler; False if it had finished."""
+    return record_stopped(
+        study,
+        trial,
+        accuracy=float(curve.accuracies[-1]),
+        bound=decision.bound,
+        threshold=threshold,
+        throughput=math.nan if throughput is None else float(throughput),
+        throughput_source=throughput_source,
+        reason=decision.reason,
+        kind=decision.kind,
+        attrs={"bound_column": decision.column, "stopped_step": int(curve.steps[-1])},
+    )
+
+
+def false_stops(decisions: Sequence[tuple[Curve, StopDecision]], finals: dict[tuple[int, float], float], threshold: float) -> int:
+    """Threshold stops whose point, trained to its end, would have met ``threshold``."""
+    return sum(
+        1
+        for curve, decision in decisions
+        if decision.kind == "threshold" and finals[(curve.N, curve.s)] >= threshold - FEASIBILITY_TOLERANCE
+    )

@@ -1,0 +1,103 @@
+"""Early stopping in a real search: curves in the study, a hopeless point stopped and stored PRUNED.
+
+The task is made so that the tiny random BERT learns it at N = 1 (a cue word decides the label:
+dense accuracy 1.0) and cannot at N = 2 in the few steps of the recipe (it stays at the majority
+class), so with a 5-point budget the (2, 0) point cannot reach the threshold from its first
+evaluations on.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.driver import SearchOptions, run_search
+from storage import StudySettings, default_url
+from storage.curves import STOPPED_ATTR, read_curve
+from trainers.recipes import load_recipe
+
+RECIPE = {
+    "max_train_examples": 256, "max_eval_examples": 64, "eval_examples": 32, "eval_every": 10,
+    "retrieval_steps": 6, "mlm_steps": 0, "finetune_steps": 60, "finetune_batch_size": 16, "finetune_lr": 0.01,
+    "prune_steps": 8, "lagrangian_warmup_steps": 4, "pruned_finetune_steps": 4,
+}  # fmt: skip
+BUDGET = 0.05
+
+
+@pytest.fixture(scope="module")
+def cue_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(0)
+    words = "the a movie film story plot acting scene music time people way".split()
+    path = tmp_path_factory.mktemp("cue-task") / "cue.csv"
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text", "label"])
+        for _ in range(400):
+            label = rng.randint(0, 1)
+            text = rng.choices(words, k=6)
+            text.insert(rng.randint(0, 6), rng.choice(["excellent", "wonderful", "great"] if label else ["awful", "terrible", "boring"]))
+            writer.writerow([" ".join(text), "pos" if label else "neg"])
+    return path
+
+
+def search(run_dir: Path, task: Path, model: Path, **options):
+    settings = StudySettings(str(task), str(model), "smoke+cue", BUDGET, (1, 2), (0.0, 0.5))
+    lines: list[tuple[int, str]] = []
+    outcome = run_search(
+        settings, load_recipe("smoke", RECIPE),
+        SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="cue", **options),
+        on_trial=lambda trial, study: lines.append((trial.number, trial.state.name)),
+    )  # fmt: skip
+    return outcome, lines
+
+
+def points(study: optuna.Study) -> dict[tuple[int, float], optuna.trial.FrozenTrial]:
+    return {(t.params["N"], t.params["s"]): t for t in study.get_trials()}
+
+
+def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
+    local_ray, tiny_bert_dir: Path, cue_task: Path, tmp_path: Path
+) -> None:
+    outcome, _ = search(tmp_path, cue_task, tiny_bert_dir)
+
+    study = optuna.load_study(study_name="cue", storage=default_url(tmp_path))  # the stock API reads it back
+    trials = points(study)
+    dense, mux = trials[(1, 0.0)], trials[(2, 0.0)]
+    assert dense.state == TrialState.COMPLETE and dense.values[0] == 1.0
+    curve = read_curve(dense)
+    assert curve.steps == (10, 20, 30, 40, 50, 60) and curve.total_steps == 60
+    assert dense.intermediate_values[60] == dense.values[0]  # the last step holds the final accuracy
+    assert curve.stages == ((10, "finetune"),)
+
+    threshold = dense.values[0] - BUDGET
+    assert mux.state == TrialState.PRUNED
+    assert mux.user_attrs[STOPPED_ATTR].startswith(f"cannot reach {threshold:.3f} (bound ")
+    assert mux.user_attrs["accuracy_bound"] < threshold
+    assert mux.user_attrs["threshold"] == pytest.approx(threshold)
+    assert mux.user_attrs["stopped_kind"] == "threshold"
+    assert mux.user_attrs["throughput"] > 0 and mux.user_attrs["throughput_source"] == "predicted"
+    stopped = read_curve(mux)
+    assert stopped.steps and max(stopped.steps) < stopped.total_steps  # stopped before its last step
+    assert mux.user_attrs["val_accuracy"] == stopped.accuracies[-1]
+    assert (2, 0.5) not in trials  # the phase-2 curve of N = 2 ruled out its whole column
+    assert outcome.stop_reason == "the search is done"
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
+
+    again, lines = search(tmp_path, cue_task, tiny_bert_dir)  # a resumed search keeps its stopped trial
+    assert points(optuna.load_study(study_name="cue", storage=default_url(tmp_path)))[(2, 0.0)].state == TrialState.PRUNED
+    assert lines == [] and again.stop_reason == "the search is done"
+
+
+def test_without_early_stopping_every_point_trains_to_its_end(
+    local_ray, tiny_bert_dir: Path, cue_task: Path, tmp_path: Path
+) -> None:
+    search(tmp_path, cue_task, tiny_bert_dir, early_stopping=False, max_trials=3)
+
+    mux = points(optuna.load_study(study_name="cue", storage=default_url(tmp_path)))[(2, 0.0)]
+    assert mux.state == TrialState.COMPLETE
+    assert max(mux.intermediate_values) == read_curve(mux).total_steps

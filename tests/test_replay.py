@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from search import replay, replay_many, summarize
-from search.cli import main
+from cli.main import main
 from search.curve_table import read_curves
 from search.grid import read_points
 from search.replay_curves import StepLedger, grid_steps, replay_curves, replay_curves_many, summarize_curves

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -51,7 +52,7 @@ class CurveReplayResult(ReplayResult):
     steps: int
     grid_steps: int  # what the exhaustive grid spends
     stopped: int  # points stopped early (by our bound, a pruner or a scheduler)
-    false_stops: int  # our threshold stops whose point would have met the threshold
+    false_stops: int  # stops whose point would have met the threshold (ours: threshold stops only)
 
 
 class StepLedger:
@@ -96,6 +97,12 @@ class _Search:
         self.started: set[Point] = set()
         self.stops: list[tuple[Curve, StopDecision]] = []
         self.stopped = 0
+        self.pruned: list[Point] = []  # points a baseline's pruner or scheduler stopped
+
+    def prune(self, point: Point) -> None:
+        """A baseline's pruner or scheduler stopped ``point``."""
+        self.stopped += 1
+        self.pruned.append(point)
 
     def finish(self, point: Point) -> pd.Series:
         self.ledger.train(point, self.curves[point].total_steps)
@@ -138,7 +145,8 @@ def replay_curves(
         steps=search.ledger.steps,
         grid_steps=grid_steps(curves),
         stopped=search.stopped,
-        false_stops=false_stops(search.stops, finals, search.threshold),
+        false_stops=false_stops(search.stops, finals, search.threshold)
+        + int(is_feasible(np.array([finals[point] for point in search.pruned]), search.threshold).sum()),
     )
 
 
@@ -239,7 +247,7 @@ def _optuna_pruned(search: _Search, budget: float, seed: int, pruner, trials: in
             search.ledger.train(point, step)
             trial.report(accuracy, step)
             if step < curve.total_steps and trial.should_prune():
-                search.stopped += 1
+                search.prune(point)
                 raise optuna.TrialPruned()
         row = search.finish(point)
         trial.set_constraint("accuracy", search.threshold - row["accuracy"])

@@ -84,4 +84,4 @@ def _record(search, result) -> None:
         return
     if reached:
         search.ledger.train(point, reached)
-    search.stopped += 1
+    search.prune(point)

@@ -101,3 +101,41 @@ def test_without_early_stopping_every_point_trains_to_its_end(
     mux = points(optuna.load_study(study_name="cue", storage=default_url(tmp_path)))[(2, 0.0)]
     assert mux.state == TrialState.COMPLETE
     assert max(mux.intermediate_values) == read_curve(mux).total_steps
+
+
+def hand_made_study(tmp_path: Path) -> optuna.Study:
+    """A dense point with its curve and a point stopped early, recorded as the search records them."""
+    from search.sampler import search_space
+    from storage import open_study, record_result
+    from storage.curves import record_stopped, set_total_steps, write_evaluations
+
+    study = open_study(default_url(tmp_path), "hand", create=True)
+    space = search_space((1, 2), (0.0, 0.5))
+    study.enqueue_trial({"N": 1, "s": 0.0})
+    dense = study.ask(space)
+    write_evaluations(study, dense.number, [(10, 0.7), (20, 0.8)], "finetune")
+    set_total_steps(study, dense.number, 20)
+    record_result(study, dense.number, {"val_accuracy": 0.8, "throughput": 100.0, "speedup": 1.0}, 0.75)
+    study.enqueue_trial({"N": 2, "s": 0.0})
+    stopped = study.ask(space)
+    write_evaluations(study, stopped.number, [(10, 0.55), (20, 0.56)], "finetune")
+    set_total_steps(study, stopped.number, 80)
+    record_stopped(study, stopped.number, accuracy=0.56, bound=0.7, threshold=0.75, throughput=190.0,
+                   throughput_source="predicted", reason="cannot reach 0.750 (bound 0.70)", kind="threshold")  # fmt: skip
+    return study
+
+
+def test_a_stopped_trial_gets_its_console_line_and_its_curve_in_the_report(tmp_path: Path) -> None:
+    import io
+
+    from cli.commands.study import _report_trial
+    from cli.console import SearchConsole
+    from dashboards.report import write_report
+
+    study = hand_made_study(tmp_path)
+    stream = io.StringIO()
+    _report_trial(SearchConsole(stream, live=False), study.trials[1], study)
+    assert "trial 1  N=2 s=0  stopped: cannot reach 0.750 (bound 0.70)" in stream.getvalue()
+
+    page = write_report(study, tmp_path / "report.html").read_text()
+    assert "Learning curves" in page and "cannot reach 0.750 (bound 0.70)" in page

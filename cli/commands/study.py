@@ -125,10 +125,13 @@ def _command_line() -> str:
 @click.option("--cache-lock", type=click.Choice(["auto", "file", "database"]), default="auto", show_default=True,
               help="Lock of the shared phase 1-2 cache: lock files, or leases in the study's database for a run "
                    "dir shared by cluster nodes (auto: database unless the study is SQLite).")
+@click.option("--early-stopping/--no-early-stopping", default=True, show_default=True,
+              help="Stop a trial once its learning curve shows its point cannot reach the budget's threshold, "
+                   "or cannot beat the best feasible point (it is stored PRUNED with its bound).")
 def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, recipe: str, overrides: tuple[str, ...],
           grid_n: str | None, grid_s: str | None, budget: float, max_trials: int | None, time_budget: float | None,
           concurrency: int | None, cpus_per_trial: float | None, gpus_per_trial: float | None,
-          max_failures: int, ray_address: str | None, cache_lock: str) -> None:  # fmt: skip
+          max_failures: int, ray_address: str | None, cache_lock: str, early_stopping: bool) -> None:  # fmt: skip
     """Run (or resume) an Auto-PruMUX search: one Ray Tune trial per (N, s) point.
 
     Every input is checked first (task data, base model and tokenizer, recipe, grid, budget,
@@ -144,7 +147,7 @@ def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, 
         run_dir=str(run_dir), storage_url=storage, study_name=study, concurrency=concurrency,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_trials=max_trials,
         time_budget_s=_time_budget(time_budget, job.recipe), max_failures=max_failures, ray_address=ray_address,
-        cache_lock=cache_lock,
+        cache_lock=cache_lock, early_stopping=early_stopping,
     )  # fmt: skip
     console = SearchConsole()
     console.line(f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "

@@ -38,6 +38,7 @@ import ray
 from optuna.trial import FrozenTrial
 from ray import tune
 
+from search.lost_nodes import LostNodeNotice, Say
 from search.sampler import AutoPruMUXSampler
 from search.searcher import StudySearcher
 from search.trainable import PointJob, train_trial
@@ -164,9 +165,11 @@ def run_search(
     options: SearchOptions,
     on_trial: TrialHook | None = None,
     on_progress: ProgressHook | None = None,
+    on_notice: Say | None = None,
 ) -> SearchOutcome:
-    """Run (or resume) the search defined by ``settings``; call ``on_trial`` per finished trial and
-    ``on_progress`` about every second with the progress records of the running trials.
+    """Run (or resume) the search defined by ``settings``; call ``on_trial`` per finished trial,
+    ``on_progress`` about every second with the progress records of the running trials, and
+    ``on_notice`` with a line when a trial is retried because its node was lost.
 
     A study stored with other settings, or a SQLite study another live driver runs, raises
     ``ValueError`` and is left untouched.
@@ -191,7 +194,8 @@ def run_search(
             interrupt = _Interrupt(searcher)
             try:
                 with interrupt.on_signals(), _watching(study, on_progress):
-                    tuner = _tuner(job, searcher, options, on_trial, interrupt, trials_time_budget(options, started))
+                    budget_s = trials_time_budget(options, started)
+                    tuner = _tuner(job, searcher, options, on_trial, interrupt, budget_s, on_notice)
                     tuner.fit()
             finally:
                 interrupted = searcher.abandon_running(searcher.interrupted_reason or INTERRUPTED)
@@ -377,6 +381,7 @@ def _tuner(
     on_trial: TrialHook | None,
     stopper: tune.Stopper,
     time_budget_s: float | None,
+    on_notice: Say | None = None,
 ) -> tune.Tuner:
     resources, concurrency = trial_resources(options)
     # Tune's newer console output prints its own tables even at verbose=0; the progress
@@ -397,7 +402,10 @@ def _tuner(
             storage_path=options.tune_storage,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             stop=stopper,
-            callbacks=[_TrialReporter(searcher, on_trial)] if on_trial else None,
+            callbacks=[
+                *([_TrialReporter(searcher, on_trial)] if on_trial else []),
+                *([LostNodeNotice(on_notice)] if on_notice else []),
+            ],
             verbose=0,
         ),
     )

@@ -43,6 +43,7 @@ THROUGHPUT_FILE = "throughput-cache.json"
 
 LockFactory = Callable[[Path, logging.Logger], AbstractContextManager[object]]
 _lock_factory: LockFactory | None = None  # None: the file lock
+_origin: dict[str, str] = {}  # set with `record_origin`: where this process trains, beside host and pid
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,10 @@ class CacheEntry:
         return json.loads(self.record_path.read_text())
 
     def commit(self, record: dict[str, Any]) -> None:
-        """Mark the entry finished; call after its model is saved in `model_dir`."""
-        write_json_atomic(self.record_path, record)
+        """Mark the entry finished; call after its model is saved in `model_dir`. The record
+        gets ``trained_by``: this host, pid and what `record_origin` set (e.g. the cluster node)."""
+        origin = {"host": socket.gethostname(), "pid": os.getpid(), **_origin}
+        write_json_atomic(self.record_path, record | {"trained_by": origin})
 
     def locked(self, log: logging.Logger) -> AbstractContextManager[None]:
         """Hold the entry's cross-process lock (see `locked`)."""
@@ -114,6 +117,11 @@ def use_lock(factory: LockFactory | None) -> None:
     """Make `locked` take `factory(directory, log)` in this process; None restores the file lock."""
     global _lock_factory
     _lock_factory = factory
+
+
+def record_origin(**where: str) -> None:
+    """Say where this process trains (e.g. ``node="10.0.0.3"``): committed entries record it."""
+    _origin.update(where)
 
 
 @contextmanager

@@ -38,7 +38,7 @@ import ray
 from optuna.trial import FrozenTrial
 from ray import tune
 
-from search.lost_nodes import LostNodeNotice, Say
+from search.lost_nodes import LostNodeNotice, Say, notices_to_log
 from search.sampler import AutoPruMUXSampler
 from search.searcher import StudySearcher
 from search.trainable import PointJob, train_trial
@@ -189,7 +189,7 @@ def run_search(
             options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir),
             settings.budget, options.work_dir_lock, options.work_uri,
         )  # fmt: skip
-        with connect_ray(options.ray_address, options.driver_log), Heartbeat(study) as heartbeat:
+        with connect_ray(options.ray_address, options.driver_log), notices_to_log(), Heartbeat(study) as heartbeat:
             searcher = StudySearcher(study, heartbeat, options.max_trials)
             interrupt = _Interrupt(searcher)
             try:

@@ -40,13 +40,15 @@ from test_remote_run_dir import s3_uri  # noqa: F401 - the module's S3 server
 from benchmarks.local_cluster import LocalCluster, Node, kill_pids
 from storage import open_study
 from storage.remote import child_uri, mirror_dir
+from storage.study import find_study
 
 pytestmark = pytest.mark.timeout(600)
-# phase 1-2 models reused across points and nodes: every N > 1 starts from the dense model
-# phase 3 long enough for a fault after a checkpoint even on a loaded machine (a few steps a second)
-CLUSTER_SEARCH = [*SEARCH, "--set", "prune_steps=120", "--set", "lagrangian_warmup_steps=10", "--set", "mux_start=dense",
+# two trials at once, every N > 1 starting from the dense model (phase 1-2 models shared across
+# points and nodes), phase 3 long enough for a fault after a checkpoint even on a loaded machine
+CLUSTER_SEARCH = [*SEARCH, "--set", "prune_steps=200", "--set", "lagrangian_warmup_steps=10", "--set", "mux_start=dense",
                   "--concurrency", "2"]  # fmt: skip
 PRUNED = "N=1/s=0.5"
+COMPARED = ("val_accuracy", "test_accuracy", "sparsity")  # printed: this run's / the undisturbed run's
 
 
 @pytest.fixture(scope="module")
@@ -169,18 +171,36 @@ def pushed(run_uri: str, pattern: str) -> list[str]:
     return [info.path[len(root) + 1 :] for info in listed if re.search(pattern, info.path)]
 
 
-def lease_holders(postgres_url: str, key_part: str) -> list[str]:
-    """The holders of the leases whose key contains ``key_part`` now."""
+def lease_holders(postgres_url: str, key_part: str) -> dict[str, str]:
+    """The leases whose key contains ``key_part`` now: key -> holder (other tests may hold some too)."""
     engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text("SELECT holder FROM prumux_leases WHERE key LIKE :key"),
+            rows = connection.execute(sqlalchemy.text("SELECT key, holder FROM prumux_leases WHERE key LIKE :key"),
                                       {"key": f"%{key_part}%"}).fetchall()  # fmt: skip
     except sqlalchemy.exc.ProgrammingError:  # no lease table yet
-        return []
+        return {}
     finally:
         engine.dispose()
-    return [row[0] for row in rows]
+    return dict(rows)
+
+
+def holder_other_than(postgres_url: str, key: str, pid: int) -> str | None:
+    """The holder of the lease ``key`` now, unless there is none or it is process ``pid``."""
+    holder = lease_holders(postgres_url, key).get(key)
+    return holder if holder and f"-{pid}-" not in holder else None
+
+
+def pruning_with_a_checkpoint(run_uri: str, postgres_url: str, study: str) -> bool:
+    """Whether the (1, 0.5) trial runs and has pushed a phase-3 checkpoint."""
+    checkpoint = pushed(run_uri, r"/points/.*/N1-s0\.5-.*/checkpoints/.*\.pt$")
+    return bool(checkpoint) and (1, 0.5) in [(t.params["N"], t.params["s"]) for t in running(postgres_url, study)]
+
+
+def running(postgres_url: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's RUNNING trials (none while the job has not created the study yet)."""
+    found = find_study(postgres_url, study)
+    return found.get_trials(states=(TrialState.RUNNING,)) if found else []
 
 
 def finished(postgres_url: str, study: str) -> dict[tuple[int, float], optuna.trial.FrozenTrial]:
@@ -235,20 +255,20 @@ def test_a_node_lost_mid_trial(
 ) -> None:
     run_uri = child_uri(s3_uri, "node-lost")
     watch = Watch(cluster, submit(cluster, run_uri, postgres_url, fresh_postgres_study_name, tiny_bert_dir))
-    watch.until(lambda: pushed(run_uri, r"/points/.*/N1-s0\.5-.*/checkpoints/.*\.pt$"))  # its first checkpoint
+    watch.until(lambda: pruning_with_a_checkpoint(run_uri, postgres_url, fresh_postgres_study_name))
     victim = next(node for node in cluster.workers if any(f"{PRUNED}: prune step" in line for line in node_log(node, run_uri)))
     line = next(line for line in node_log(victim, run_uri) if f"{PRUNED}: prune step" in line)
     pid = int(re.search(r"pid=(\d+)", line).group(1))
     assert pid in victim.raylet_and_workers()  # the trial's worker, on that node
-    holders = lease_holders(postgres_url, "N1-s0.5-")
-    assert len(holders) == 1 and f"-{pid}-" in holders[0]
+    [lease] = [key for key, holder in lease_holders(postgres_url, "/N1-s0.5-").items() if f"-{pid}-" in holder]
 
     killed = kill_pids(victim.raylet_and_workers())
     lost_at = time.monotonic()
-    taken_over = watch.until(lambda: [h for h in lease_holders(postgres_url, "N1-s0.5-") if f"-{pid}-" not in h])
+    taken_over = watch.until(lambda: holder_other_than(postgres_url, lease, pid))
     taken_over_after = time.monotonic() - lost_at
     output = watch.to_the_end()
     victim.kill()
+    print(output, driver_log(cluster, run_uri)[-6000:], sep="\n")
 
     assert output.rstrip().endswith("SUCCEEDED"), output[-3000:]
     trials = finished(postgres_url, fresh_postgres_study_name)
@@ -262,12 +282,12 @@ def test_a_node_lost_mid_trial(
     reference = undisturbed["trials"]
     assert set(trials) == set(reference)
     assert {p: t.values[0] for p, t in trials.items()} == {p: t.values[0] for p, t in reference.items()}
+    for point, trial in sorted(trials.items()):
+        print(point, *(f"{key} {trial.user_attrs[key]} / {reference[point].user_attrs[key]}" for key in COMPARED))
     trained_once(cluster, run_uri)
     print(f"node {victim.ip} (pids {killed}) lost; the lease was "
           f"taken over after {taken_over_after:.0f} s by {taken_over}; {resumed[0]}; the search ended "
           f"{time.monotonic() - lost_at:.0f} s after the loss")  # fmt: skip
-    print(output)
-    print(driver_log(cluster, run_uri)[-5000:])
 
 
 def test_a_node_joining_mid_search_then_the_driver_killed(
@@ -279,10 +299,10 @@ def test_a_node_joining_mid_search_then_the_driver_killed(
         node.kill()  # (the node-lost test leaves one already)
     run_uri, study = child_uri(s3_uri, "driver-killed"), fresh_postgres_study_name
     first = Watch(cluster, submit(cluster, run_uri, postgres_url, study, tiny_bert_dir))
-    first.until(lambda: open_study(postgres_url, study).get_trials(states=(TrialState.RUNNING,)))
+    first.until(lambda: running(postgres_url, study))
     joined = cluster.add_workers(1)[0]
     first.until(lambda: node_log(joined, run_uri))  # the node that joined trains a point
-    first.until(lambda: pushed(run_uri, r"/points/.*/N1-s0\.5-.*/checkpoints/.*\.pt$"))
+    first.until(lambda: pruning_with_a_checkpoint(run_uri, postgres_url, study))
     drivers = {pid: command for pid, command in cluster.head.processes().items() if "search.cli start" in command}
     assert drivers  # the job's driver (and the shell that runs it), on the head
     kill_pids(drivers)
@@ -292,7 +312,7 @@ def test_a_node_joining_mid_search_then_the_driver_killed(
         assert time.monotonic() < deadline, "the job outlived its driver"
         time.sleep(1)
     assert status == "FAILED"
-    left_running = open_study(postgres_url, study).get_trials(states=(TrialState.RUNNING,))
+    left_running = running(postgres_url, study)
     assert (1, 0.5) in [(t.params["N"], t.params["s"]) for t in left_running]
 
     second = Watch(cluster, submit(cluster, run_uri, postgres_url, study, tiny_bert_dir))

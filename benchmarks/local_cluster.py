@@ -6,7 +6,7 @@ PYTHONPATH=. python3 benchmarks/local_cluster.py --workers 2     # head 127.0.0.
 
 Every node is its own `ray start --block` with its own node IP, temp dir, ports, TMPDIR (so no
 node reads another's local mirror of a URI run dir) and resources: one CPU and a custom
-resource ``node:<ip>``-like name per worker (``node-3`` for 127.0.0.3). The head has no CPUs,
+resource that names each worker (``node-3`` for 127.0.0.3). The head has no CPUs,
 so trials run only on the workers, and its dashboard (Jobs API) listens on 127.0.0.1.
 
 Why not 127.0.0.1 for the nodes: Ray 2.60 replaces the node IP 127.0.0.1 (and ``localhost``,

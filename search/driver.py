@@ -37,6 +37,7 @@ import ray
 from optuna.trial import FrozenTrial
 from ray import tune
 
+from search.lost_nodes import LostNodeNotice, Say, notices_to_log
 from search.sampler import AutoPruMUXSampler
 from search.ray_session import connect_ray
 from search.searcher import StudySearcher
@@ -166,9 +167,11 @@ def run_search(
     options: SearchOptions,
     on_trial: TrialHook | None = None,
     on_progress: ProgressHook | None = None,
+    on_notice: Say | None = None,
 ) -> SearchOutcome:
-    """Run (or resume) the search defined by ``settings``; call ``on_trial`` per finished trial and
-    ``on_progress`` about every second with the progress records of the running trials.
+    """Run (or resume) the search defined by ``settings``; call ``on_trial`` per finished trial,
+    ``on_progress`` about every second with the progress records of the running trials, and
+    ``on_notice`` with a line when a trial is retried because its node was lost.
 
     A study stored with other settings, or a SQLite study another live driver runs, raises
     ``ValueError`` and is left untouched.
@@ -188,14 +191,14 @@ def run_search(
             options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir),
             settings.budget, options.work_dir_lock, options.work_uri,
         )  # fmt: skip
-        with connect_ray(options.ray_address, options.driver_log), Heartbeat(study) as heartbeat:
+        with connect_ray(options.ray_address, options.driver_log), notices_to_log(), Heartbeat(study) as heartbeat:
             stopping = BudgetStopping(study, settings.budget, sampler.throughput_margin, options.early_stopping)
             searcher = StudySearcher(study, heartbeat, options.max_trials, stopped=stopping.decisions)
             interrupt = _Interrupt(searcher)
             try:
                 with interrupt.on_signals(), _watching(study, on_progress):
-                    time_budget_s = trials_time_budget(options, started)
-                    tuner = _tuner(job, searcher, stopping, options, on_trial, interrupt, time_budget_s)
+                    budget_s = trials_time_budget(options, started)
+                    tuner = _tuner(job, searcher, stopping, options, on_trial, interrupt, budget_s, on_notice)
                     tuner.fit()
             finally:
                 interrupted = searcher.abandon_running(searcher.interrupted_reason or INTERRUPTED)
@@ -307,6 +310,7 @@ def _tuner(
     on_trial: TrialHook | None,
     stopper: tune.Stopper,
     time_budget_s: float | None,
+    on_notice: Say | None = None,
 ) -> tune.Tuner:
     resources, concurrency = trial_resources(options)
     # Tune's newer console output prints its own tables even at verbose=0; the progress
@@ -328,7 +332,10 @@ def _tuner(
             storage_path=options.tune_storage,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             stop=stopper,
-            callbacks=[_TrialReporter(searcher, on_trial)] if on_trial else None,
+            callbacks=[
+                *([_TrialReporter(searcher, on_trial)] if on_trial else []),
+                *([LostNodeNotice(on_notice)] if on_notice else []),
+            ],
             verbose=0,
         ),
     )

@@ -37,11 +37,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
@@ -52,9 +53,9 @@ from storage import Lease, database_engine, open_study, record_result
 from storage.curves import set_total_steps, write_evaluations
 from storage.errors import first_line
 from storage.progress import record_failed_attempt, write_progress
-from storage.remote import RemoteFolder
+from storage.remote import RemoteFolder, mirror_dir
 from storage.trials import dense_trial, fail_trial, is_dense, is_feasible_trial, json_safe, trial_id
-from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory
+from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory, record_origin
 from trainers.curve import Evaluation
 from trainers.point import RESULT_FILE, train_point
 from trainers.progress import LOG_FILE, error_cause, job_log, reporting_progress
@@ -84,9 +85,12 @@ class PointJob:
 def train_trial(config: dict[str, Any], job: PointJob) -> None:
     """Train (or resume) the trial's point, record it in the study, report it to Tune."""
     N, s, number = int(config["N"]), float(config["s"]), int(config["trial_number"])
+    job = on_this_node(job)
     study = open_study(job.storage_url, job.study_name)
     curve = TrialCurve(study, number, N, s)
     progress = ProgressWriter(study, trial_id(study, number), N, s, on_write=curve.report_progress)
+    node = ray.util.get_node_ip_address()  # recorded with the result and with the cache entries trained here
+    record_origin(node=node)
     try:
         with work_dir_locks(job) as (remote, lock), reporting_progress(progress):
             progress({"stage": "preparing", "phase": None, "step": 0, "total": 0, "eta": None})
@@ -102,6 +106,7 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
     if remote is not None:
         result["model_dir"] = remote.uri_of(result["model_dir"])
     curve.finish(result.pop("curve"), result["total_steps"], result["val_accuracy"])
+    result["node"] = node
     trial = _stored(study, number)
     if trial.state != TrialState.COMPLETE:  # a retry after the record was written is a no-op
         threshold = result["val_accuracy"] - job.budget if is_dense(N, s) else wait_for_threshold(study, job.budget)
@@ -156,6 +161,15 @@ class TrialCurve:
             pass
         except Exception as error:  # noqa: BLE001 - a curve is for watching and stopping; it must never stop a training
             logging.getLogger(__name__).warning("curve not written: %s", first_line(error))
+
+
+def on_this_node(job: PointJob) -> PointJob:
+    """``job`` with the mirror of a work folder at a URI in this node's temporary folder rather
+    than the driver's (nodes share no disk, and their temporary folders may differ)."""
+    if job.work_uri is None:
+        return job
+    run_location = job.work_uri.partition("?")[0].rstrip("/").removesuffix("/work")  # the driver's child_uri(run, "work")
+    return replace(job, workdir=str(mirror_dir(run_location) / "work"))
 
 
 class ProgressWriter:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.local_cluster import descendants
+
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("PRUMUX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -164,25 +166,6 @@ class RayHead:
     def processes(self) -> dict[int, str]:
         """The head's processes (raylet, GCS, workers, ...) alive now: pid -> command line."""
         return descendants(self.process.pid)
-
-
-def descendants(root: int) -> dict[int, str]:
-    """Every live descendant of process ``root``: pid -> command line (from /proc)."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except (ValueError, OSError):
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = {}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found.update((pid, commands[pid]) for pid in children)
-        frontier += children
-    return found
 
 
 S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}

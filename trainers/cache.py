@@ -43,6 +43,7 @@ ENTRY_FILE = "entry.json"
 THROUGHPUT_FILE = "throughput-cache.json"
 
 LockFactory = Callable[[Path, logging.Logger], AbstractContextManager[object]]
+_origin: dict[str, str] = {}  # set with `record_origin`: where this process trains, beside host and pid
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,10 @@ class CacheEntry:
         return json.loads(self.record_path.read_text())
 
     def commit(self, record: dict[str, Any]) -> None:
-        """Mark the entry finished; call after its model is saved in `model_dir`."""
-        write_json_atomic(self.record_path, record)
+        """Mark the entry finished; call after its model is saved in `model_dir`. The record
+        gets ``trained_by``: this host, pid and what `record_origin` set (e.g. the cluster node)."""
+        origin = {"host": socket.gethostname(), "pid": os.getpid(), **_origin}
+        write_json_atomic(self.record_path, record | {"trained_by": origin})
 
     def locked(self, log: logging.Logger, lock: LockFactory | None = None) -> AbstractContextManager[object]:
         """Hold the entry's cross-process lock (see `locked`)."""
@@ -108,6 +111,11 @@ class ThroughputCache:
             return {}
         except json.JSONDecodeError:
             raise ValueError(f"{self.path} is not valid JSON; delete it to measure the dense throughput again") from None
+
+
+def record_origin(**where: str) -> None:
+    """Say where this process trains (e.g. ``node="10.0.0.3"``): committed entries record it."""
+    _origin.update(where)
 
 
 def locked(directory: Path, log: logging.Logger, lock: LockFactory | None = None) -> AbstractContextManager[object]:

@@ -154,7 +154,7 @@ def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, 
                  f"recipe {settings.recipe}, budget {settings.budget:g}")  # fmt: skip
     try:
         outcome = run_search(settings, job.recipe, options, on_trial=functools.partial(_report_trial, console),
-                             on_progress=console.progress)  # fmt: skip
+                             on_progress=console.progress, on_notice=console.line)  # fmt: skip
     finally:
         console.close()
     _report_outcome(outcome, options)

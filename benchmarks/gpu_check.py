@@ -41,10 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 import muxbert_gpu
 import throughput
+import torch
+
 from prumux import Encoder, hardware_name
 from prumux.throughput import synchronize
 
@@ -81,12 +81,29 @@ class Plan:
 
 FULL = Plan(bert_config(768, 12, 12, 3072, 30522, 512), 128, 10, 3, "bfloat16", ((1, 2, 5), (0.0, 0.5, 0.8)))
 QUICK = Plan(
-    bert_config(64, 2, 4, 128, 1200, 64), 32, 1, 1, "float32", ((1, 2), (0.0, 0.5)),
-    recipe_overrides={"max_train_examples": 64, "max_eval_examples": 64, "eval_examples": 32, "eval_every": 4,
-                      "retrieval_steps": 6, "mlm_steps": 2, "finetune_steps": 8, "prune_steps": 8,
-                      "lagrangian_warmup_steps": 4, "pruned_finetune_steps": 2, "throughput_batches": 1},
-    search_budget_s=None, requests=24, clients=4,
-)  # fmt: skip
+    bert_config(64, 2, 4, 128, 1200, 64),
+    32,
+    1,
+    1,
+    "float32",
+    ((1, 2), (0.0, 0.5)),
+    recipe_overrides={
+        "max_train_examples": 64,
+        "max_eval_examples": 64,
+        "eval_examples": 32,
+        "eval_every": 4,
+        "retrieval_steps": 6,
+        "mlm_steps": 2,
+        "finetune_steps": 8,
+        "prune_steps": 8,
+        "lagrangian_warmup_steps": 4,
+        "pruned_finetune_steps": 2,
+        "throughput_batches": 1,
+    },
+    search_budget_s=None,
+    requests=24,
+    clients=4,
+)
 
 
 @dataclass
@@ -122,11 +139,17 @@ def encoder_section(plan: Plan, device: torch.device) -> Section:
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1000, config.vocab_size, (128, plan.seq_len), generator=generator).to(device)
     mask = torch.ones_like(input_ids)
-    forwards = {"ours": lambda ids, m: ours(ids, m), "BertModel": lambda ids, m: theirs(input_ids=ids, attention_mask=m)}
-    section.lines += [f"{hardware_name(device)}; {config.num_hidden_layers} layers, hidden {config.hidden_size}; batch 128, "
-                      f"length {plan.seq_len}; {plan.batches} timed batch(es), best of {plan.rounds} interleaved round(s)", "",
-                      "| dtype | ours (examples/s) | BertModel (examples/s) | ours / BertModel | rel. difference of outputs |",
-                      "|---|---|---|---|---|"]  # fmt: skip
+    forwards = {
+        "ours": lambda ids, m: ours(ids, m),
+        "BertModel": lambda ids, m: theirs(input_ids=ids, attention_mask=m),
+    }
+    section.lines += [
+        f"{hardware_name(device)}; {config.num_hidden_layers} layers, hidden {config.hidden_size}; batch 128, "
+        f"length {plan.seq_len}; {plan.batches} timed batch(es), best of {plan.rounds} interleaved round(s)",
+        "",
+        "| dtype | ours (examples/s) | BertModel (examples/s) | ours / BertModel | rel. difference of outputs |",
+        "|---|---|---|---|---|",
+    ]
     for name, dtype in DTYPES.items():
         ours.to(device=device, dtype=dtype)
         theirs.to(device=device, dtype=dtype)
@@ -137,7 +160,9 @@ def encoder_section(plan: Plan, device: torch.device) -> Section:
             for key, forward in forwards.items():
                 best[key] = max(best[key], examples_per_second(forward, input_ids, mask, plan.batches))
         ratio = best["ours"] / best["BertModel"]
-        section.lines.append(f"| {name} | {best['ours']:,.0f} | {best['BertModel']:,.0f} | {ratio:.2f}x | {difference:.1e} |")
+        section.lines.append(
+            f"| {name} | {best['ours']:,.0f} | {best['BertModel']:,.0f} | {ratio:.2f}x | {difference:.1e} |"
+        )
         if ratio < ENCODER_RATIO_FLOOR:
             section.short.append(f"our encoder runs at {ratio:.2f}x BertModel in {name}")
     return section
@@ -154,8 +179,12 @@ def throughput_section(plan: Plan, device: torch.device) -> Section:
     budget = Namespace(rounds=plan.rounds, num_batches=plan.batches, warmup=1, seq_len=plan.seq_len, time_budget=None)
     results, rounds = throughput.measure_rounds(models, budget)
     dense = (results[(1, 0.0)].examples_per_second, models[(1, 0.0)])
-    section.lines += [f"{hardware_name(device)}; {plan.throughput_dtype}; batches of 128 N instances, length {plan.seq_len}; "
-                      f"{plan.batches} timed batch(es), best of {rounds} interleaved round(s)", "", throughput.TABLE_HEADER]  # fmt: skip
+    section.lines += [
+        f"{hardware_name(device)}; {plan.throughput_dtype}; batches of 128 N instances, length {plan.seq_len}; "
+        f"{plan.batches} timed batch(es), best of {rounds} interleaved round(s)",
+        "",
+        throughput.TABLE_HEADER,
+    ]
     for point, model in models.items():
         row = throughput.table_row(point, model, results[point], dense, plan.seq_len)
         section.lines.append(row)
@@ -178,25 +207,45 @@ def search_section(plan: Plan, device: torch.device, folder: Path) -> Section:
     run_dir = folder / "search"
     grid_N, grid_s = plan.search_grid
     settings = StudySettings("rt-polarity", str(model_dir), "smoke", BUDGET, grid_N, grid_s)
-    share = {"gpus_per_trial": 1 / TRIALS_AT_ONCE} if device.type == "cuda" else \
-        {"gpus_per_trial": 0.0, "cpus_per_trial": 0.5, "concurrency": TRIALS_AT_ONCE}  # fmt: skip
-    options = SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="gpu-check",
-                            time_budget_s=plan.search_budget_s, **share)  # fmt: skip
+    share = (
+        {"gpus_per_trial": 1 / TRIALS_AT_ONCE}
+        if device.type == "cuda"
+        else {"gpus_per_trial": 0.0, "cpus_per_trial": 0.5, "concurrency": TRIALS_AT_ONCE}
+    )
+    options = SearchOptions(
+        run_dir=str(run_dir),
+        storage_url=default_url(run_dir),
+        study_name="gpu-check",
+        time_budget_s=plan.search_budget_s,
+        **share,
+    )
     outcome = run_search(settings, load_recipe("smoke", plan.recipe_overrides), options)
     trials = outcome.study.get_trials(deepcopy=False)
     expected = hardware_name(device) if device.type == "cuda" else None
     at_once = most_at_once([(t.datetime_start, t.datetime_complete) for t in trials])
-    section.lines += [f"grid N {grid_N} x s {grid_s}; {', '.join(f'{k} {v:g}' for k, v in share.items())}; "
-                      f"outcome: {outcome.stop_reason} in {outcome.seconds:.0f} s; most trials running at once: {at_once}", "",
-                      "| trial | N | s | state | hardware | accuracy | instances/s | seconds |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    section.lines += [
+        f"grid N {grid_N} x s {grid_s}; {', '.join(f'{k} {v:g}' for k, v in share.items())}; "
+        f"outcome: {outcome.stop_reason} in {outcome.seconds:.0f} s; most trials running at once: {at_once}",
+        "",
+        "| trial | N | s | state | hardware | accuracy | instances/s | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for trial in trials:
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else float("nan")
+        seconds = (
+            (trial.datetime_complete - trial.datetime_start).total_seconds()
+            if trial.datetime_complete
+            else float("nan")
+        )
         accuracy, speed = trial.values or (float("nan"), float("nan"))
-        section.lines.append(f"| {trial.number} | {trial.params['N']} | {trial.params['s']:g} | {trial.state.name} | "
-                             f"{trial.user_attrs.get('hardware', '-')} | {accuracy:.3f} | {speed:,.0f} | {seconds:.0f} |")  # fmt: skip
+        section.lines.append(
+            f"| {trial.number} | {trial.params['N']} | {trial.params['s']:g} | {trial.state.name} | "
+            f"{trial.user_attrs.get('hardware', '-')} | {accuracy:.3f} | {speed:,.0f} | {seconds:.0f} |"
+        )
     states = {trial.state.name for trial in trials}
     if states != {"COMPLETE"} or outcome.failed or outcome.interrupted:
-        section.short.append(f"the study did not complete cleanly: states {sorted(states)}, stop: {outcome.stop_reason}")
+        section.short.append(
+            f"the study did not complete cleanly: states {sorted(states)}, stop: {outcome.stop_reason}"
+        )
     if expected and any(trial.user_attrs.get("hardware") != expected for trial in trials):
         section.short.append(f"not every trial recorded {expected} as its hardware")
     if at_once < TRIALS_AT_ONCE:
@@ -226,8 +275,9 @@ def serving_section(plan: Plan, device: torch.device, work_dir: Path) -> Section
     folders = serve_load.servable_folders(Namespace(points=str(work_dir)))
     models = [serve_load.Served(path.name, path, read_servable(path)) for path in (folders[0], folders[-1])]
     serve_load.model_level(models, threads=1, device=str(device))
-    args = Namespace(tenants=[1], max_wait_ms=10.0, threads=1, max_batch=None, clients=plan.clients,
-                     requests=plan.requests, inputs=8)  # fmt: skip
+    args = Namespace(
+        tenants=[1], max_wait_ms=10.0, threads=1, max_batch=None, clients=plan.clients, requests=plan.requests, inputs=8
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=serve_load.logging_config(False))
     try:
@@ -269,8 +319,12 @@ def run_section(name: str, make: Callable[[], Section]) -> Section:
 
 def report(sections: list[Section], device: torch.device, command: str, seconds: float) -> str:
     """The whole report in markdown."""
-    lines = [f"# GPU check, {datetime.date.today().isoformat()}: {hardware_name(device)}", "",
-             f"`{command}`; torch {torch.__version__}; {seconds:.0f} s in all", ""]  # fmt: skip
+    lines = [
+        f"# GPU check, {datetime.date.today().isoformat()}: {hardware_name(device)}",
+        "",
+        f"`{command}`; torch {torch.__version__}; {seconds:.0f} s in all",
+        "",
+    ]
     for section in sections:
         lines += [f"## {section.title}", "", *section.lines, ""]
     short = [item for section in sections for item in section.short]
@@ -282,8 +336,9 @@ def parse_args(argv: list[str]) -> Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:K]")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one batch, a shortened smoke recipe")
-    parser.add_argument("--out", type=Path, help="also write the report here [default on CUDA: "
-                        "benchmarks/tables/gpu-<date>.md]")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, help="also write the report here [default on CUDA: benchmarks/tables/gpu-<date>.md]"
+    )
     args = parser.parse_args(argv)
     if args.device != "cpu" and not args.device.startswith("cuda"):
         parser.error(f"--device must be cpu or cuda[:K], got {args.device!r}")
@@ -342,9 +397,15 @@ def start_ray(plan: Plan, device: torch.device, folder: Path) -> None:
     import ray
 
     python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2 if plan is QUICK else os.cpu_count(), num_gpus=int(device.type == "cuda"),
-             include_dashboard=False, log_to_driver=False, logging_level="warning", _temp_dir=str(folder / "ray"),
-             runtime_env={"env_vars": {"PYTHONPATH": python_path}})  # fmt: skip
+    ray.init(
+        num_cpus=2 if plan is QUICK else os.cpu_count(),
+        num_gpus=int(device.type == "cuda"),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="warning",
+        _temp_dir=str(folder / "ray"),
+        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+    )
 
 
 def failed(section: Section) -> bool:

@@ -29,7 +29,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -40,9 +39,13 @@ HEAD_IP = "127.0.0.2"
 DEFAULT_PORT_BASE = 64220  # the head's GCS; node i takes 10 ports from base + 10 (i + 1), its workers' from base + 100
 WORKER_PORTS = 50  # per node
 NODE_PORT_OPTIONS = (
-    "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port", "--metrics-export-port",
-)  # fmt: skip
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
 OBJECT_STORE_BYTES = 200 * 2**20  # the search passes little through it; Ray's default takes 30% of the memory
 HEAD_PORT_OPTIONS = ("--port", "--dashboard-port", "--ray-client-server-port")
 
@@ -132,10 +135,17 @@ class LocalCluster:
         started = []
         for _ in range(count):
             ip = f"127.0.0.{int(HEAD_IP.rsplit('.', 1)[1]) + len(self.nodes)}"
-            options = ["--address", self.address, "--num-cpus", str(cpus), "--resources", json.dumps({node_resource(ip): 1})]
+            options = [
+                "--address",
+                self.address,
+                "--num-cpus",
+                str(cpus),
+                "--resources",
+                json.dumps({node_resource(ip): 1}),
+            ]
             started.append(self._start(ip, len(self.nodes), options))
         for node in started:
-            self._wait(lambda: node.ip in self.alive_ips(), node, timeout, f"node {node.ip} in the cluster")
+            self._wait(lambda ip=node.ip: ip in self.alive_ips(), node, timeout, f"node {node.ip} in the cluster")
         return started
 
     def api(self, path: str) -> dict:
@@ -178,12 +188,31 @@ class LocalCluster:
         temp_dir, tmp_dir = self.root / f"n{index}", self.root / f"n{index}-tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         command = [
-            "ray", "start", "--block", "--node-ip-address", ip, "--temp-dir", str(temp_dir), "--disable-usage-stats",
-            "--object-store-memory", str(OBJECT_STORE_BYTES), "--min-worker-port", str(workers), "--max-worker-port", str(workers + WORKER_PORTS - 1), *_words(ports), *options,
-        ]  # fmt: skip
+            "ray",
+            "start",
+            "--block",
+            "--node-ip-address",
+            ip,
+            "--temp-dir",
+            str(temp_dir),
+            "--disable-usage-stats",
+            "--object-store-memory",
+            str(OBJECT_STORE_BYTES),
+            "--min-worker-port",
+            str(workers),
+            "--max-worker-port",
+            str(workers + WORKER_PORTS - 1),
+            *_words(ports),
+            *options,
+        ]
         with (self.root / f"n{index}.log").open("w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                       env={**self.env, "TMPDIR": str(tmp_dir)})  # fmt: skip
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**self.env, "TMPDIR": str(tmp_dir)},
+            )
         node = Node(ip, process, temp_dir, tmp_dir)
         self.nodes.append(node)
         return node

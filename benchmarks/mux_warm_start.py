@@ -79,7 +79,12 @@ def dense_model(workdir: Path, recipe: Recipe) -> tuple[Path, float]:
 def start_model(variant: Variant, n: int, norm: float, dense_dir: Path, seed: int) -> PruMUXModel:
     source = dense_dir if variant.start == "dense" else resolve_model(MODEL)
     return PruMUXModel.from_pretrained(
-        source, num_instances=n, num_labels=2, mux_norm=variant.norm or norm, seed=seed, muxing_variant=variant.muxing_variant
+        source,
+        num_instances=n,
+        num_labels=2,
+        mux_norm=variant.norm or norm,
+        seed=seed,
+        muxing_variant=variant.muxing_variant,
     )
 
 
@@ -109,12 +114,20 @@ def distillation(states: Tensor, logits: Tensor, teacher: PruMUXModel, batch: Ba
 
 
 def train_variant(
-    model: PruMUXModel, variant: Variant, task: EncodedTask, recipe: Recipe, steps: list[int], teacher: PruMUXModel | None
+    model: PruMUXModel,
+    variant: Variant,
+    task: EncodedTask,
+    recipe: Recipe,
+    steps: list[int],
+    teacher: PruMUXModel | None,
 ) -> list[dict]:
     total = max(steps)
     new = [p for name, p in model.named_parameters() if name.startswith(NEW_PARTS) and p.requires_grad]
     old = [p for name, p in model.named_parameters() if not name.startswith(NEW_PARTS) and p.requires_grad]
-    groups = [{"params": old, "lr": recipe.finetune_lr}, {"params": new, "lr": variant.new_parts_lr or recipe.finetune_lr}]
+    groups = [
+        {"params": old, "lr": recipe.finetune_lr},
+        {"params": new, "lr": variant.new_parts_lr or recipe.finetune_lr},
+    ]
     optimizer = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
     scheduler = linear_schedule(optimizer, total, recipe.warmup_ratio)
     stream = BatchStream(task.train, recipe.finetune_batch_size * model.num_instances, recipe.seed)
@@ -135,8 +148,13 @@ def train_variant(
         scheduler.step()
         trained += time.monotonic() - started
         if step + 1 in steps:
-            rows.append({"steps": step + 1, "accuracy": accuracy(model, task.validation, recipe.eval_batch_size),
-                         "seconds": trained})  # fmt: skip
+            rows.append(
+                {
+                    "steps": step + 1,
+                    "accuracy": accuracy(model, task.validation, recipe.eval_batch_size),
+                    "seconds": trained,
+                }
+            )
             model.train()
     return rows
 
@@ -146,7 +164,9 @@ def main() -> None:
     parser.add_argument("--widths", default="2,5,10")
     parser.add_argument("--steps", default="50,100,200,400")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--norm", type=float, default=None, help="shifted vectors' deviation norm [default: cpu-demo's]")
+    parser.add_argument(
+        "--norm", type=float, default=None, help="shifted vectors' deviation norm [default: cpu-demo's]"
+    )
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--workdir", default=None, help="where the dense model is trained (reused when there)")
     parser.add_argument("--quick", action="store_true")

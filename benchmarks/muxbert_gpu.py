@@ -31,7 +31,9 @@ from reference_models import bert_config, mux_config, mux_plm_state, save_checkp
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def build_models(folder: Path, shape: dict, widths: list[int], sparsities: list[float]) -> dict[tuple[int, float], PruMUXModel]:
+def build_models(
+    folder: Path, shape: dict, widths: list[int], sparsities: list[float]
+) -> dict[tuple[int, float], PruMUXModel]:
     """The dense model and every (N, s): each N >= 2 loaded from its own published-layout checkpoint
     folder; N = 1 is the dense BERT of that shape, pruned too when `widths` holds 1 (CoFi's points)."""
     models: dict[tuple[int, float], PruMUXModel] = {}
@@ -57,8 +59,9 @@ def measure(models: dict, device: str, dtype: torch.dtype, seq_len: int, batches
     best: dict[tuple[int, float], float] = {}
     for round_index in range(rounds):
         for point, model in models.items():
-            result = measure_throughput(model, seq_len, num_batches=batches, warmup=1 if round_index == 0 else 0,
-                                        device=device, dtype=dtype)  # fmt: skip
+            result = measure_throughput(
+                model, seq_len, num_batches=batches, warmup=1 if round_index == 0 else 0, device=device, dtype=dtype
+            )
             best[point] = max(best.get(point, 0.0), result.examples_per_second)
     return best
 
@@ -83,9 +86,11 @@ def main() -> None:
     built = time.perf_counter() - started
     best = measure(models, args.device, DTYPES[args.dtype], seq_len, batches, rounds)
     dense = best[(1, 0.0)]
-    print(f"{hardware_name(torch.device(args.device))}, {args.dtype}, length {seq_len}, batch 128 N, "
-          f"best of {rounds} rounds x {batches} batches (built in {built:.0f} s, measured in "
-          f"{time.perf_counter() - started - built:.0f} s)")  # fmt: skip
+    print(
+        f"{hardware_name(torch.device(args.device))}, {args.dtype}, length {seq_len}, batch 128 N, "
+        f"best of {rounds} rounds x {batches} batches (built in {built:.0f} s, measured in "
+        f"{time.perf_counter() - started - built:.0f} s)"
+    )
     print("| N | s | examples/s | speed-up over dense BERT-base |\n|---|---|---|---|")
     for (n, s), value in sorted(best.items()):
         print(f"| {n} | {s:g} | {value:,.0f} | {value / dense:.2f}x |")

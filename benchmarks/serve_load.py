@@ -81,8 +81,15 @@ def model_level(models: list[Served], threads: int, rounds: int = 2, device: str
             served.model_level = max(served.model_level, result.examples_per_second)
 
 
-async def load(url: str, texts: list[str], keys: list[str], requests: int, clients: int, per_request: int,
-               interval_s: float | None = None) -> dict:  # fmt: skip
+async def load(
+    url: str,
+    texts: list[str],
+    keys: list[str],
+    requests: int,
+    clients: int,
+    per_request: int,
+    interval_s: float | None = None,
+) -> dict:
     """Send ``requests`` requests of ``per_request`` texts: ``clients`` closed-loop clients, or open loop
     every ``interval_s``; return wall seconds, latencies and statuses."""
     latencies, statuses = [], []
@@ -132,9 +139,13 @@ def measure_served(served: Served, args: argparse.Namespace, texts: list[str], u
 
     tenants = max(args.tenants)
     options = ServeOptions(
-        model=str(served.folder), keys={key_digest(key): f"tenant{i}" for i, key in enumerate(TENANT_KEYS[:tenants])},
-        max_wait_ms=args.max_wait_ms, cpus_per_replica=args.threads, record_groups=True, max_batch=args.max_batch,
-    )  # fmt: skip
+        model=str(served.folder),
+        keys={key_digest(key): f"tenant{i}" for i, key in enumerate(TENANT_KEYS[:tenants])},
+        max_wait_ms=args.max_wait_ms,
+        cpus_per_replica=args.threads,
+        record_groups=True,
+        max_batch=args.max_batch,
+    )
     serve.run(build_app(options, prepare(options)), name=APP_NAME, route_prefix="/")
     handle = serve.get_deployment_handle("Classifier", APP_NAME)
     asyncio.run(load(url, texts, TENANT_KEYS[:1], 2 * args.clients, args.clients, args.inputs))  # warm-up
@@ -148,8 +159,15 @@ def measure_served(served: Served, args: argparse.Namespace, texts: list[str], u
     serve.delete(APP_NAME)
 
 
-def phase(served: Served, url: str, handle, texts: list[str], keys: list[str], args: argparse.Namespace,
-          interval_s: float | None) -> dict:  # fmt: skip
+def phase(
+    served: Served,
+    url: str,
+    handle,
+    texts: list[str],
+    keys: list[str],
+    args: argparse.Namespace,
+    interval_s: float | None,
+) -> dict:
     before, passes_before = stats(url), len(handle.recorded_groups.remote().result())
     run = asyncio.run(load(url, texts, keys, args.requests, args.clients, args.inputs, interval_s))
     after, passes = stats(url), handle.recorded_groups.remote().result()[passes_before:]
@@ -157,12 +175,15 @@ def phase(served: Served, url: str, handle, texts: list[str], keys: list[str], a
     ok = sum(status == 200 for status in run["statuses"])
     return {
         "load": "saturation" if interval_s is None else f"half rate ({1 / interval_s:.1f} req/s)",
-        "requests_per_s": ok / run["seconds"], "instances_per_s": ok * args.inputs / run["seconds"],
+        "requests_per_s": ok / run["seconds"],
+        "instances_per_s": ok * args.inputs / run["seconds"],
         **{key: value for key, value in latency_percentiles(run["latencies"]).items() if key != "p95"},
         "batch_fill": (after["batched_instances"] - before["batched_instances"]) / (groups * served.spec.N),
-        "groups": groups, "groups_padded": after["groups_padded"] - before["groups_padded"],
-        "mixed_groups": mixed_groups(passes), "errors": len(run["statuses"]) - ok,
-    }  # fmt: skip
+        "groups": groups,
+        "groups_padded": after["groups_padded"] - before["groups_padded"],
+        "mixed_groups": mixed_groups(passes),
+        "errors": len(run["statuses"]) - ok,
+    }
 
 
 def report(models: list[Served], args: argparse.Namespace, device: str = "cpu") -> str:
@@ -187,8 +208,11 @@ def report(models: list[Served], args: argparse.Namespace, device: str = "cpu") 
                 f"{bound} | {row['batch_fill']:.3f} | {row['groups_padded']}/{row['groups']} | {row['mixed_groups']} | "
                 f"{f'{e2e:.2f}x' if saturation else '-'} | {level:.2f}x | {f'{e2e / level:.0%}' if saturation else '-'} |"
             )
-    lines += ["", "model-level instances/s (measure_throughput): "
-              + ", ".join(f"{served.name} {served.model_level:.0f}" for served in models)]  # fmt: skip
+    lines += [
+        "",
+        "model-level instances/s (measure_throughput): "
+        + ", ".join(f"{served.name} {served.model_level:.0f}" for served in models),
+    ]
     return "\n".join(lines)
 
 
@@ -222,8 +246,13 @@ def main() -> None:
     print(f"model-level throughput of {len(models)} models ...", file=sys.stderr, flush=True)
     model_level(models, args.threads)
     project = str(Path(__file__).resolve().parents[1])
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning",
-             runtime_env={"env_vars": {"PYTHONPATH": project}})  # fmt: skip
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="warning",
+        runtime_env={"env_vars": {"PYTHONPATH": project}},
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": args.port}, logging_config=logging_config(False))
     try:
         for served in models:

@@ -101,8 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {one_line(error)}", err=True)
         sys.exit(2)
     except Exception as error:  # noqa: BLE001 - a bug: one line here, the traceback in a file
-        click.echo(f"error: {one_line(f'{type(error).__name__}: {error}')} (an internal error; "
-                   f"traceback in {_save_traceback()})", err=True)  # fmt: skip
+        click.echo(
+            f"error: {one_line(f'{type(error).__name__}: {error}')} (an internal error; "
+            f"traceback in {_save_traceback()})",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -114,7 +117,6 @@ def _save_traceback() -> str:
     with tempfile.NamedTemporaryFile("w", prefix="prumux-search-error-", suffix=".log", delete=False) as file:
         traceback.print_exc(file=file)
     return file.name
-
 
 
 if __name__ == "__main__":

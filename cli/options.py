@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from storage.remote import is_uri
-from storage.urls import default_url
-from storage.urls import parse_url
+from storage.urls import default_url, parse_url
 
 DEFAULT_RUN_DIR = "./prumux-runs"
 DEFAULT_STUDY = "prumux"

@@ -264,21 +264,33 @@ def learning_curves_figure(curves: pd.DataFrame, threshold: float | None) -> go.
         label = f"{point_label(first['N'], first['s'])} trial {number}" + (" stopped" if stopped else "")
         figure.add_trace(
             go.Scatter(
-                x=rows["step"], y=rows["accuracy"], mode="lines+markers", name=label,
+                x=rows["step"],
+                y=rows["accuracy"],
+                mode="lines+markers",
+                name=label,
                 line={"color": color, "dash": "dot" if stopped else "solid"},
-                marker={"size": [5] * (len(rows) - 1) + [12 if stopped else 5],
-                        "symbol": ["circle"] * (len(rows) - 1) + ["x" if stopped else "circle"]},
+                marker={
+                    "size": [5] * (len(rows) - 1) + [12 if stopped else 5],
+                    "symbol": ["circle"] * (len(rows) - 1) + ["x" if stopped else "circle"],
+                },
                 text=[f"{stage}" for stage in rows["stage"]],
                 hovertemplate=f"{label}<br>step %{{x}}<br>accuracy %{{y:.4f}}<br>%{{text}}"
-                + (f"<br>{first['stopped_because']}" if stopped else "") + "<extra></extra>",
+                + (f"<br>{first['stopped_because']}" if stopped else "")
+                + "<extra></extra>",
                 meta={"role": "stopped" if stopped else "curve", "family": family},
             )
-        )  # fmt: skip
+        )
     if threshold is not None:
-        figure.add_hline(y=threshold, line={"color": "#444", "dash": "dash"},
-                         annotation_text=f"threshold {threshold:.3f}", annotation_position="bottom right")  # fmt: skip
+        figure.add_hline(
+            y=threshold,
+            line={"color": "#444", "dash": "dash"},
+            annotation_text=f"threshold {threshold:.3f}",
+            annotation_position="bottom right",
+        )
     figure.update_layout(
-        template=TEMPLATE, title="Learning curves: validation accuracy during each point's training",
-        xaxis_title="the point's training steps (shared phases 1-2 included)", yaxis_title="validation accuracy",
-    )  # fmt: skip
+        template=TEMPLATE,
+        title="Learning curves: validation accuracy during each point's training",
+        xaxis_title="the point's training steps (shared phases 1-2 included)",
+        yaxis_title="validation accuracy",
+    )
     return figure

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import optuna
-from optuna_dashboard import save_note
-from optuna_dashboard import save_plotly_graph_object
+from optuna_dashboard import save_note, save_plotly_graph_object
 
-from dashboards.figures import frontier_figure
-from dashboards.figures import learning_curves_figure
-from dashboards.figures import surrogate_figure
-from dashboards.summary import StudySummary
-from dashboards.summary import summarize
+from dashboards.figures import frontier_figure, learning_curves_figure, surrogate_figure
+from dashboards.summary import StudySummary, summarize
 from search.surrogate import AutoPruMUX
 
 FRONTIER_ID = "prumux-frontier"

@@ -10,12 +10,8 @@ import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboards.figures import frontier_figure
-from dashboards.figures import learning_curves_figure
-from dashboards.figures import point_label
-from dashboards.figures import surrogate_figure
-from dashboards.summary import StudySummary
-from dashboards.summary import summarize
+from dashboards.figures import frontier_figure, learning_curves_figure, point_label, surrogate_figure
+from dashboards.summary import StudySummary, summarize
 from search.grid import dense_row, is_feasible
 
 BUDGETS = tuple(round(0.01 * k, 2) for k in range(11))
@@ -95,7 +91,9 @@ def top_per_budget(points: pd.DataFrame, budgets: tuple[float, ...], k: int = 3)
     rows = []
     for budget in budgets:
         threshold = dense_accuracy - budget
-        within = points[is_feasible(points["accuracy"].to_numpy(), threshold)].sort_values(["throughput", "accuracy"], ascending=False)
+        within = points[is_feasible(points["accuracy"].to_numpy(), threshold)].sort_values(
+            ["throughput", "accuracy"], ascending=False
+        )
         best = [f"{point_label(r.N, r.s)} {r.speedup:.2f}x" for r in within.head(k).itertuples()]
         rows.append({"budget": budget, "threshold": threshold, **{f"#{i + 1}": p for i, p in enumerate(best)}})
     return pd.DataFrame(rows)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import socket
 from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.simple_server import make_server as make_wsgi_server
 
 import optuna_dashboard

@@ -11,12 +11,7 @@ from optuna.trial import TrialState
 
 from dashboards.figures import point_label
 from search.surrogate import AutoPruMUX
-from storage import StudySettings
-from storage import accuracy_threshold
-from storage import mask_url
-from storage import points_frame
-from storage import recommend
-from storage import study_settings
+from storage import StudySettings, accuracy_threshold, mask_url, points_frame, recommend, study_settings
 from storage.curves import curves_frame
 
 

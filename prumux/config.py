@@ -100,7 +100,9 @@ class EncoderConfig:
     def uniform_shape(self) -> list[int]:
         """[layers, hidden, heads, FFN] of an encoder whose layers all have the same shape."""
         if not self.is_uniform() or not self.num_layers:
-            raise ValueError("only an encoder whose layers all have the same shape has one [layers, hidden, heads, FFN]")
+            raise ValueError(
+                "only an encoder whose layers all have the same shape has one [layers, hidden, heads, FFN]"
+            )
         return [self.num_layers, self.hidden_size, self.num_heads[0], self.intermediate_sizes[0]]
 
     def mask_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from prumux.config import EncoderConfig
 
+
 def masked_layer_norm(x: Tensor, norm: nn.LayerNorm, hidden_z: Tensor | None) -> Tensor:
     """LayerNorm over the dims kept by hidden_z (weighted by it), output gated by hidden_z."""
     if hidden_z is None:

@@ -146,12 +146,18 @@ def unit_costs(hidden: int, head_dim: int) -> tuple[int, int]:
     return 4 * hidden * head_dim + 3 * head_dim, 2 * hidden + 1
 
 
-def fill_budget(head_scores: Tensor, ffn_scores: Tensor, hidden: int, head_dim: int, budget: float) -> tuple[Tensor, Tensor]:
+def fill_budget(
+    head_scores: Tensor, ffn_scores: Tensor, hidden: int, head_dim: int, budget: float
+) -> tuple[Tensor, Tensor]:
     """Boolean keep-masks of heads [layers, heads] and FFN dims [layers, d_ff], taken by score while they fit in
     `budget` prunable parameters; the first unit of a layer's block also pays for the block's output bias."""
     costs = unit_costs(hidden, head_dim)
-    units = [(score, 0, layer, index) for layer, row in enumerate(head_scores.tolist()) for index, score in enumerate(row)]
-    units += [(score, 1, layer, index) for layer, row in enumerate(ffn_scores.tolist()) for index, score in enumerate(row)]
+    units = [
+        (score, 0, layer, index) for layer, row in enumerate(head_scores.tolist()) for index, score in enumerate(row)
+    ]
+    units += [
+        (score, 1, layer, index) for layer, row in enumerate(ffn_scores.tolist()) for index, score in enumerate(row)
+    ]
     units.sort(reverse=True)
     kept = [torch.zeros(head_scores.shape, dtype=torch.bool), torch.zeros(ffn_scores.shape, dtype=torch.bool)]
     opened: set[tuple[int, int]] = set()

@@ -56,16 +56,27 @@ class PruMUXModel(nn.Module):
         reference = config.is_reference_layout
         self.encoder = Encoder(enc)
         self.multiplexer = Multiplexer(
-            config.num_instances, enc.embedding_width, config.muxing_variant, config.mux_norm, seed, scale_single=reference
+            config.num_instances,
+            enc.embedding_width,
+            config.muxing_variant,
+            config.mux_norm,
+            seed,
+            scale_single=reference,
         )
         self.demultiplexer = (
             Demultiplexer(
-                config.num_instances, enc.hidden_size, config.hidden_size, config.demux_index_size, config.demux_layers,
-                reference=reference, dropout=enc.hidden_dropout if reference else 0.0, eps=enc.layer_norm_eps,
+                config.num_instances,
+                enc.hidden_size,
+                config.hidden_size,
+                config.demux_index_size,
+                config.demux_layers,
+                reference=reference,
+                dropout=enc.hidden_dropout if reference else 0.0,
+                eps=enc.layer_norm_eps,
             )
             if config.has_demultiplexer
             else None
-        )  # fmt: skip
+        )
         head_input = config.head_input_size
         kind = config.classifier_head
         self.pooler = nn.Linear(head_input, config.hidden_size) if kind == "pooler" else None
@@ -74,9 +85,12 @@ class PruMUXModel(nn.Module):
         self.classifier = nn.Linear(config.hidden_size if kind != "linear" else head_input, config.num_labels)
         if reference:
             self.token_head = RetrievalHead(
-                config.demux_layers + 2, config.hidden_size, enc.vocab_size, enc.layer_norm_eps,
+                config.demux_layers + 2,
+                config.hidden_size,
+                enc.vocab_size,
+                enc.layer_norm_eps,
                 generic=config.token_head == "mux-plm-generic",
-            )  # fmt: skip
+            )
         else:
             self.token_head = TokenHead(head_input, config.hidden_size, enc.vocab_size, enc.layer_norm_eps)
         self._init_weights(seed)
@@ -273,7 +287,9 @@ class PruMUXModel(nn.Module):
         n = self.num_instances
         return self._token_loss(batch, row // n, position, row % n, input_ids[row, position])
 
-    def _token_loss(self, batch: MixedBatch, group: Tensor, position: Tensor, instance: Tensor, targets: Tensor) -> Tensor:
+    def _token_loss(
+        self, batch: MixedBatch, group: Tensor, position: Tensor, instance: Tensor, targets: Tensor
+    ) -> Tensor:
         if targets.numel() == 0:
             return batch.last.sum() * 0.0
         return F.cross_entropy(self._token_logits_at(batch, group, position, instance), targets)
@@ -282,7 +298,9 @@ class PruMUXModel(nn.Module):
         """[M, vocab] token-head logits of instance `instance[m]` at (`group[m]`, `position[m]`) of the mix."""
         states = batch.last[group, position]
         if self.config.is_reference_layout:
-            return self.token_head(self.demultiplexer.project_input(states, instance, batch.hidden_z), self.demultiplexer)
+            return self.token_head(
+                self.demultiplexer.project_input(states, instance, batch.hidden_z), self.demultiplexer
+            )
         if self.demultiplexer is not None:
             states = self.demultiplexer.select(states, instance)
         return self.token_head(states)

@@ -47,7 +47,9 @@ def read_curves(source: str | Path | pd.DataFrame, points: pd.DataFrame) -> dict
     values = values.assign(N=values["N"].astype(int), step=values["step"].astype(int), s=values["s"].round(9))
     values["stage"] = frame["stage"].to_numpy() if staged else None
     points = read_points(points)
-    groups = {(int(n), float(s)): rows.sort_values("step", kind="stable") for (n, s), rows in values.groupby(["N", "s"])}
+    groups = {
+        (int(n), float(s)): rows.sort_values("step", kind="stable") for (n, s), rows in values.groupby(["N", "s"])
+    }
     curves = {}
     for N, s, final in points[["N", "s", "accuracy"]].itertuples(index=False):
         key = (int(N), round(float(s), 9))
@@ -97,4 +99,8 @@ def _stage_ranges(rows: pd.DataFrame, s: float, steps: tuple[int, ...], end: int
         names = [PREFIX_STAGE if step <= end or s == 0 else AFTER_PREFIX_STAGE for step in steps]
     else:
         names = [PREFIX_STAGE if step <= end else stage for step, stage in zip(steps, rows["stage"])]
-    return tuple((step, stage) for index, (step, stage) in enumerate(zip(steps, names)) if index == 0 or names[index - 1] != stage)
+    return tuple(
+        (step, stage)
+        for index, (step, stage) in enumerate(zip(steps, names))
+        if index == 0 or names[index - 1] != stage
+    )

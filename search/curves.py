@@ -84,7 +84,9 @@ class Curve:
         stored = read_curve(trial)
         if not stored.steps or stored.total_steps is None or "N" not in params or "s" not in params:
             return None
-        return cls(int(params["N"]), float(params["s"]), stored.steps, stored.accuracies, stored.total_steps, stored.stages)
+        return cls(
+            int(params["N"]), float(params["s"]), stored.steps, stored.accuracies, stored.total_steps, stored.stages
+        )
 
     @property
     def finished(self) -> bool:
@@ -303,7 +305,9 @@ def record_stop(
     )
 
 
-def false_stops(decisions: Sequence[tuple[Curve, StopDecision]], finals: dict[tuple[int, float], float], threshold: float) -> int:
+def false_stops(
+    decisions: Sequence[tuple[Curve, StopDecision]], finals: dict[tuple[int, float], float], threshold: float
+) -> int:
     """Threshold stops whose point, trained to its end, would have met ``threshold``."""
     return sum(
         1

@@ -38,8 +38,8 @@ from optuna.trial import FrozenTrial
 from ray import tune
 
 from search.lost_nodes import LostNodeNotice, Say, notices_to_log
-from search.sampler import AutoPruMUXSampler
 from search.ray_session import connect_ray
+from search.sampler import AutoPruMUXSampler
 from search.searcher import StudySearcher
 from search.stopping import BudgetStopping
 from search.trainable import PointJob, train_trial
@@ -179,18 +179,27 @@ def run_search(
     started = time.monotonic()
     workdir = options.work_dir
     sampler = AutoPruMUXSampler(
-        settings.grid_N, settings.grid_s, settings.budget,
+        settings.grid_N,
+        settings.grid_s,
+        settings.budget,
         is_cheap=functools.partial(_has_phase12_model, options, settings.task, settings.base_model, recipe),
-    )  # fmt: skip
+    )
     if find_study(options.storage_url, options.study_name) is not None:  # other settings: refused, nothing written
         open_study(options.storage_url, options.study_name, settings)
     with sole_driver(options.storage_url, options.study_name, settings.command):
         study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
         resumed_failed = fail_stale_trials(study)
         job = PointJob(
-            options.storage_url, options.study_name, settings.task, settings.base_model, recipe, str(workdir),
-            settings.budget, options.work_dir_lock, options.work_uri,
-        )  # fmt: skip
+            options.storage_url,
+            options.study_name,
+            settings.task,
+            settings.base_model,
+            recipe,
+            str(workdir),
+            settings.budget,
+            options.work_dir_lock,
+            options.work_uri,
+        )
         with connect_ray(options.ray_address, options.driver_log), notices_to_log(), Heartbeat(study) as heartbeat:
             stopping = BudgetStopping(study, settings.budget, sampler.throughput_margin, options.early_stopping)
             searcher = StudySearcher(study, heartbeat, options.max_trials, stopped=stopping.decisions)
@@ -256,8 +265,11 @@ def _watching(study: optuna.Study, on_progress: ProgressHook | None) -> Iterator
         yield
         return
     poll = Periodic(
-        lambda: on_progress(running_progress(study)), PROGRESS_POLL_S, name="prumux-progress",
-        failed="progress not read", logger=logging.getLogger(__name__),  # a missed refresh must not end the search
+        lambda: on_progress(running_progress(study)),
+        PROGRESS_POLL_S,
+        name="prumux-progress",
+        failed="progress not read",
+        logger=logging.getLogger(__name__),  # a missed refresh must not end the search
     )
     with poll:
         yield

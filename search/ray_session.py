@@ -43,9 +43,13 @@ def connect_ray(address: str | None = None, log: Path | None = None) -> Iterator
                 ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **logging_options)
             else:
                 ray.init(
-                    address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                    log_to_driver=False, **logging_options,
-                )  # fmt: skip
+                    address="local",
+                    num_cpus=os.cpu_count(),
+                    include_dashboard=False,
+                    runtime_env=runtime_env,
+                    log_to_driver=False,
+                    **logging_options,
+                )
         except ConnectionError as error:
             raise ValueError(f"cannot connect to Ray at {address}: {first_line(error)}") from None
         try:
@@ -97,5 +101,3 @@ def _python_path() -> str:
     project = str(Path(__file__).resolve().parents[1])
     existing = os.environ.get("PYTHONPATH")
     return f"{project}{os.pathsep}{existing}" if existing else project
-
-

@@ -270,4 +270,3 @@ def _ray_if_needed(methods: Sequence[str]):
     from search.replay_ray import local_ray
 
     return local_ray()
-

@@ -67,7 +67,9 @@ def ray_search(search, method: str, seed: int, trials: int) -> None:
         tuner = tune.Tuner(
             trainable,
             param_space={"N": tune.choice(search.grid_N), "s": tune.choice(search.grid_s)},
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials, reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, num_samples=trials, reuse_actors=True
+            ),
             run_config=tune.RunConfig(storage_path=storage, name="replay", verbose=0),
         )
         results = tuner.fit()

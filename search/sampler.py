@@ -305,15 +305,21 @@ def _point(trial: FrozenTrial) -> tuple[int, float] | None:
 
 
 def _is_stopped(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.PRUNED and STOPPED_ATTR in trial.user_attrs and "accuracy_bound" in trial.user_attrs
+    return (
+        trial.state == TrialState.PRUNED and STOPPED_ATTR in trial.user_attrs and "accuracy_bound" in trial.user_attrs
+    )
 
 
 def _censored(stopped: pd.DataFrame | None) -> pd.DataFrame:
     """Upper bounds (N, s, accuracy) of stopped points; a column bound sits at (N, 0)."""
     if stopped is None or stopped.empty:
-        return pd.DataFrame({"N": pd.Series(dtype=int), "s": pd.Series(dtype=float), "accuracy": pd.Series(dtype=float)})
+        return pd.DataFrame(
+            {"N": pd.Series(dtype=int), "s": pd.Series(dtype=float), "accuracy": pd.Series(dtype=float)}
+        )
     s = np.where(stopped["column"].to_numpy(bool), 0.0, stopped["s"].to_numpy(float))
-    return pd.DataFrame({"N": stopped["N"].to_numpy(int), "s": s, "accuracy": stopped["accuracy_bound"].to_numpy(float)})
+    return pd.DataFrame(
+        {"N": stopped["N"].to_numpy(int), "s": s, "accuracy": stopped["accuracy_bound"].to_numpy(float)}
+    )
 
 
 def _ruled_out(stopped: pd.DataFrame, point: tuple[int, float]) -> bool:

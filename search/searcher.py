@@ -120,7 +120,9 @@ class StudySearcher(Searcher):
 
     def interrupt(self, signal_name: str) -> None:
         """Propose nothing more: the run was interrupted (its running trials resume on the next start)."""
-        self.interrupted_reason = f"interrupted by {signal_name}; its point resumes from its checkpoints on the next start"
+        self.interrupted_reason = (
+            f"interrupted by {signal_name}; its point resumes from its checkpoints on the next start"
+        )
         self.stop_reason = f"interrupted by {signal_name}"
 
     def abandon_running(self, reason: str) -> list[int]:

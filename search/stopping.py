@@ -120,8 +120,14 @@ class BudgetStopping(FIFOScheduler):
             return None
         dense_accuracy, dense_throughput = dense.values
         threshold = dense_accuracy - self.budget
-        curve = Curve(N=N, s=s, steps=tuple(r[0] for r in rows), accuracies=tuple(r[1] for r in rows),
-                      total_steps=total_steps, stages=_stage_ranges(rows))  # fmt: skip
+        curve = Curve(
+            N=N,
+            s=s,
+            steps=tuple(r[0] for r in rows),
+            accuracies=tuple(r[1] for r in rows),
+            total_steps=total_steps,
+            stages=_stage_ranges(rows),
+        )
         throughput, incumbent = self._throughputs(N, s, threshold)
         speedup = throughput / dense_throughput
         best = None if incumbent is None else incumbent / dense_throughput

@@ -234,7 +234,9 @@ def monotone_cap(points: pd.DataFrame, N: np.ndarray, s: np.ndarray) -> np.ndarr
 def _read_censored(censored: pd.DataFrame | None) -> pd.DataFrame:
     """Upper bounds (N, s, accuracy), the lowest kept where a point has several."""
     if censored is None or censored.empty:
-        return pd.DataFrame({"N": pd.Series(dtype=int), "s": pd.Series(dtype=float), "accuracy": pd.Series(dtype=float)})
+        return pd.DataFrame(
+            {"N": pd.Series(dtype=int), "s": pd.Series(dtype=float), "accuracy": pd.Series(dtype=float)}
+        )
     lowest = censored.sort_values("accuracy").drop_duplicates(["N", "s"])
     return read_points(lowest.assign(accuracy=lowest["accuracy"].clip(0.0, 1.0)), ("N", "s", "accuracy"))
 

@@ -64,7 +64,11 @@ from trainers.recipes import Recipe
 WAIT_POLL_SECONDS = 5.0
 PROGRESS_EVERY_S = 2.0  # a trial writes its progress into the study at most this often
 COMPLETION_FILES = (ENTRY_FILE, RESULT_FILE)  # written last: a folder is complete once they exist
-TRANSIENT_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, optuna.exceptions.StorageInternalError)
+TRANSIENT_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    optuna.exceptions.StorageInternalError,
+)
 
 
 @dataclass(frozen=True)
@@ -94,13 +98,15 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
     try:
         with work_dir_locks(job) as (remote, lock), reporting_progress(progress):
             progress({"stage": "preparing", "phase": None, "step": 0, "total": 0, "eta": None})
-            point = train_point(job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False,
-                                lock=lock, on_evaluation=curve)  # fmt: skip
+            point = train_point(
+                job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False, lock=lock, on_evaluation=curve
+            )
             result = point.to_dict()
     except Exception as error:
         if failed_for_good(study, number, f"N={N}/s={s:g}", error, job):
-            tune.report({"trial_number": number, "N": N, "s": s, "accuracy": math.nan, "throughput": math.nan,
-                         "failed": True})  # fmt: skip
+            tune.report(
+                {"trial_number": number, "N": N, "s": s, "accuracy": math.nan, "throughput": math.nan, "failed": True}
+            )
             return
         raise
     if remote is not None:
@@ -134,14 +140,31 @@ class TrialCurve:
             self._total_steps = evaluation.total_steps
         self._store(write_evaluations, [(evaluation.step, evaluation.accuracy)], evaluation.stage)
         self.last_accuracy = evaluation.accuracy
-        tune.report({**self.point, "accuracy": evaluation.accuracy, "throughput": math.nan, "evaluation": True,
-                     "again": evaluation.again, "step": evaluation.step, "stage": evaluation.stage,
-                     "total_steps": evaluation.total_steps})  # fmt: skip
+        tune.report(
+            {
+                **self.point,
+                "accuracy": evaluation.accuracy,
+                "throughput": math.nan,
+                "evaluation": True,
+                "again": evaluation.again,
+                "step": evaluation.step,
+                "stage": evaluation.stage,
+                "total_steps": evaluation.total_steps,
+            }
+        )
 
     def report_progress(self, record: dict[str, Any]) -> None:
         """Send a progress record to Tune (where a stopped trial's training thread ends)."""
-        tune.report({**self.point, "accuracy": self.last_accuracy, "throughput": math.nan, "evaluation": False,
-                     "step": record.get("step", 0), "stage": record.get("stage", "")})  # fmt: skip
+        tune.report(
+            {
+                **self.point,
+                "accuracy": self.last_accuracy,
+                "throughput": math.nan,
+                "evaluation": False,
+                "step": record.get("step", 0),
+                "stage": record.get("stage", ""),
+            }
+        )
 
     def finish(self, rows: list[list], total_steps: int, final_accuracy: float) -> None:
         """Store the whole curve of a trained point, its last step holding the final validation accuracy."""
@@ -168,7 +191,9 @@ def on_this_node(job: PointJob) -> PointJob:
     than the driver's (nodes share no disk, and their temporary folders may differ)."""
     if job.work_uri is None:
         return job
-    run_location = job.work_uri.partition("?")[0].rstrip("/").removesuffix("/work")  # the driver's child_uri(run, "work")
+    run_location = (
+        job.work_uri.partition("?")[0].rstrip("/").removesuffix("/work")
+    )  # the driver's child_uri(run, "work")
     return replace(job, workdir=str(mirror_dir(run_location) / "work"))
 
 

@@ -48,9 +48,14 @@ class ServeOptions:
 
     def check(self) -> None:
         """Refuse impossible values with one line."""
-        positive = {"replicas": self.replicas, "max_body_bytes": self.max_body_bytes, "max_inputs": self.max_inputs,
-                    "request_timeout_s": self.request_timeout_s, "max_batch": self.max_batch or 1,
-                    "cpus_per_replica": self.cpus_per_replica or 1}  # fmt: skip
+        positive = {
+            "replicas": self.replicas,
+            "max_body_bytes": self.max_body_bytes,
+            "max_inputs": self.max_inputs,
+            "request_timeout_s": self.request_timeout_s,
+            "max_batch": self.max_batch or 1,
+            "cpus_per_replica": self.cpus_per_replica or 1,
+        }
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {value}")
@@ -85,9 +90,15 @@ def build_app(options: ServeOptions, spec: ServingSpec | None = None) -> Applica
         max_ongoing_requests=2 * max_batch,  # one batch running, the next one filling
         ray_actor_options={"num_cpus": cpus, "num_gpus": gpus},
         logging_config=logging,
-    ).bind(options.model, options.device, max(1, math.floor(cpus)), max_batch, options.max_wait_ms, options.record_groups)
-    limits = {"max_batch": max_batch, "max_body_bytes": options.max_body_bytes, "max_inputs": options.max_inputs,
-              "request_timeout_s": options.request_timeout_s}  # fmt: skip
+    ).bind(
+        options.model, options.device, max(1, math.floor(cpus)), max_batch, options.max_wait_ms, options.record_groups
+    )
+    limits = {
+        "max_batch": max_batch,
+        "max_body_bytes": options.max_body_bytes,
+        "max_inputs": options.max_inputs,
+        "request_timeout_s": options.request_timeout_s,
+    }
     return Gateway.options(logging_config=logging).bind(classifier, spec.to_dict(), options.keys, limits)
 
 
@@ -99,14 +110,32 @@ def logging_config(access_log: bool) -> dict[str, Any]:
 def app_builder(args: dict[str, str]) -> Application:
     """For `serve run` / Serve config files: ``model=DIR [keys=FILE] [max_batch=...] [max_wait_ms=...]
     [replicas=...] [device=...] [cpus_per_replica=...] [access_log=true]`` (and the request limits)."""
-    known = {"model", "keys", "max_batch", "max_wait_ms", "replicas", "device", "cpus_per_replica", "max_body_bytes",
-             "max_inputs", "request_timeout_s", "access_log"}  # fmt: skip
+    known = {
+        "model",
+        "keys",
+        "max_batch",
+        "max_wait_ms",
+        "replicas",
+        "device",
+        "cpus_per_replica",
+        "max_body_bytes",
+        "max_inputs",
+        "request_timeout_s",
+        "access_log",
+    }
     if unknown := sorted(set(args) - known):
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     if "model" not in args:
         raise ValueError("give model=DIR (a servable folder: prumux-search export)")
-    numbers = {"max_batch": int, "replicas": int, "max_body_bytes": int, "max_inputs": int,
-               "max_wait_ms": float, "cpus_per_replica": float, "request_timeout_s": float}  # fmt: skip
+    numbers = {
+        "max_batch": int,
+        "replicas": int,
+        "max_body_bytes": int,
+        "max_inputs": int,
+        "max_wait_ms": float,
+        "cpus_per_replica": float,
+        "request_timeout_s": float,
+    }
     values: dict[str, Any] = {key: numbers[key](value) if key in numbers else value for key, value in args.items()}
     if "access_log" in values:
         values["access_log"] = str(values["access_log"]).lower() in {"1", "true", "yes"}
@@ -135,8 +164,10 @@ def _check_fits(replicas: int, cpus: float, gpus: float) -> None:
     cluster = ray.cluster_resources()
     for name, each, key in (("CPUs", cpus, "CPU"), ("GPUs", gpus, "GPU")):
         if each and replicas * each > cluster.get(key, 0):
-            raise ValueError(f"{replicas} replica(s) x {each:g} {name} do not fit the cluster's {cluster.get(key, 0):g} "
-                             f"{name}: lower --replicas or --cpus-per-replica")  # fmt: skip
+            raise ValueError(
+                f"{replicas} replica(s) x {each:g} {name} do not fit the cluster's {cluster.get(key, 0):g} "
+                f"{name}: lower --replicas or --cpus-per-replica"
+            )
 
 
 def run(options: ServeOptions, spec: ServingSpec, host: str, port: int) -> None:

@@ -27,9 +27,14 @@ class Classifier:
     """One replica: the servable model loaded once, its batches computed one at a time."""
 
     def __init__(
-        self, location: str, device: str = "auto", threads: int | None = None, max_batch: int = 32,
-        max_wait_ms: float = 10.0, record_groups: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        location: str,
+        device: str = "auto",
+        threads: int | None = None,
+        max_batch: int = 32,
+        max_wait_ms: float = 10.0,
+        record_groups: bool = False,
+    ) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.model = ServedModel(local_folder(location), pick_device(device))
@@ -70,8 +75,12 @@ class Classifier:
 
     def describe(self) -> dict[str, Any]:
         """Where this replica runs: process id, replica id, device, torch threads."""
-        return {"pid": os.getpid(), "replica": self.replica, "device": str(self.model.device),
-                "threads": torch.get_num_threads()}  # fmt: skip
+        return {
+            "pid": os.getpid(),
+            "replica": self.replica,
+            "device": str(self.model.device),
+            "threads": torch.get_num_threads(),
+        }
 
 
 class _Metrics:

@@ -26,8 +26,8 @@ from starlette.exceptions import HTTPException
 from serving.batching import PartResult, split_request
 from serving.inputs import BadRequest, Input, parse_inputs
 from serving.keys import TenantKeys
-from storage.urls import is_loopback_host
 from serving.stats import ServingStats
+from storage.urls import is_loopback_host
 from trainers.servable import ServingSpec
 
 RETRIES = 2
@@ -61,15 +61,17 @@ class ReplicaLost(Exception):
 class Gateway:
     """Authentication, limits and input checks; splits requests into parts for the model replicas."""
 
-    def __init__(self, classifier: DeploymentHandle, spec: dict[str, Any], digests: dict[str, str] | None,
-                 limits: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self, classifier: DeploymentHandle, spec: dict[str, Any], digests: dict[str, str] | None, limits: dict[str, Any]
+    ) -> None:
         self.classifier = classifier
         self.spec = ServingSpec.from_dict(spec)
         self.keys = TenantKeys(digests)
         self.limits = Limits(**limits)
         self.stats = ServingStats(self.spec.N)
-        self.requests_metric = Counter("prumux_requests", "Answered classify requests, per tenant and status.",
-                                       tag_keys=("tenant", "status"))  # fmt: skip
+        self.requests_metric = Counter(
+            "prumux_requests", "Answered classify requests, per tenant and status.", tag_keys=("tenant", "status")
+        )
 
     @api.post("/v1/classify")
     async def classify(self, request: Request) -> JSONResponse:
@@ -93,9 +95,18 @@ class Gateway:
     @api.get("/v1/health")
     async def health(self) -> dict[str, Any]:
         spec = self.spec
-        return {"status": "ok", "model": {"N": spec.N, "s": spec.s, "task": spec.task, "labels": list(spec.label_names),
-                                          "seq_len": spec.seq_len, "base_model": spec.base_model},
-                "auth": "none (one tenant, loopback only)" if self.keys.open else "api keys"}  # fmt: skip
+        return {
+            "status": "ok",
+            "model": {
+                "N": spec.N,
+                "s": spec.s,
+                "task": spec.task,
+                "labels": list(spec.label_names),
+                "seq_len": spec.seq_len,
+                "base_model": spec.base_model,
+            },
+            "auth": "none (one tenant, loopback only)" if self.keys.open else "api keys",
+        }
 
     @api.get("/v1/stats")
     async def statistics(self, request: Request) -> JSONResponse:

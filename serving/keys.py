@@ -44,7 +44,9 @@ def read_keys(path: str | Path) -> dict[str, str]:
             raise ValueError(f"{path}:{number}: expected `tenant key`, got {len(words)} fields")
         tenant, key = words
         if len(key) < MIN_KEY_LENGTH:
-            raise ValueError(f"{path}:{number}: the key of {tenant!r} is shorter than {MIN_KEY_LENGTH} characters; {KEY_HINT}")
+            raise ValueError(
+                f"{path}:{number}: the key of {tenant!r} is shorter than {MIN_KEY_LENGTH} characters; {KEY_HINT}"
+            )
         digest = key_digest(key)
         if digest in tenants:
             raise ValueError(f"{path}:{number}: this key is already given to tenant {tenants[digest]!r}")

@@ -96,9 +96,14 @@ class ServedModel:
         texts = [value if isinstance(value, str) else value[0] for value in inputs]
         pairs = None if isinstance(inputs[0], str) else [value[1] for value in inputs]
         return self.tokenizer(
-            texts, pairs, padding="max_length", truncation=True, max_length=length,
-            return_tensors="pt", return_token_type_ids=True,
-        )  # fmt: skip
+            texts,
+            pairs,
+            padding="max_length",
+            truncation=True,
+            max_length=length,
+            return_tensors="pt",
+            return_token_type_ids=True,
+        )
 
 
 def check_servable(folder: Path) -> ServingSpec:

@@ -1,25 +1,20 @@
 """The search's Optuna study in SQL: URLs, the database, settings, trials and heartbeats."""
 
-from storage.artifacts import artifact_dir
-from storage.artifacts import open_artifact_store
-from storage.heartbeat import Heartbeat
-from storage.heartbeat import fail_stale_trials
+from storage.artifacts import artifact_dir, open_artifact_store
+from storage.heartbeat import Heartbeat, fail_stale_trials
 from storage.leases import Lease
-from storage.rdb import database_engine
-from storage.rdb import open_storage
-from storage.study import StudySettings
-from storage.study import open_study
-from storage.study import study_settings
-from storage.trials import accuracy_threshold
-from storage.trials import dense_accuracy
-from storage.trials import family
-from storage.trials import import_points
-from storage.trials import points_frame
-from storage.trials import recommend
-from storage.trials import record_result
-from storage.urls import default_url
-from storage.urls import mask_url
-from storage.urls import parse_url
+from storage.rdb import database_engine, open_storage
+from storage.study import StudySettings, open_study, study_settings
+from storage.trials import (
+    accuracy_threshold,
+    dense_accuracy,
+    family,
+    import_points,
+    points_frame,
+    recommend,
+    record_result,
+)
+from storage.urls import default_url, mask_url, parse_url
 
 __all__ = [
     "Heartbeat",

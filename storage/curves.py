@@ -138,6 +138,17 @@ def curves_frame(study: optuna.Study) -> pd.DataFrame:
         curve = read_curve(trial)
         reason = trial.user_attrs.get(STOPPED_ATTR, "") if trial.state == TrialState.PRUNED else ""
         for step, value in zip(curve.steps, curve.accuracies):
-            rows.append((trial.number, trial.state.name, int(trial.params["N"]), float(trial.params["s"]), step,
-                         value, curve.stage_at(step) or "", curve.total_steps, reason))  # fmt: skip
+            rows.append(
+                (
+                    trial.number,
+                    trial.state.name,
+                    int(trial.params["N"]),
+                    float(trial.params["s"]),
+                    step,
+                    value,
+                    curve.stage_at(step) or "",
+                    curve.total_steps,
+                    reason,
+                )
+            )
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))

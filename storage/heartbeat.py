@@ -24,17 +24,13 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-from typing import Self
+from typing import Any, Self
 
 import optuna
-from optuna.trial import FrozenTrial
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from storage.trials import TrialRef
-from storage.trials import fail_trial
-from storage.trials import trial_id
 from storage.periodic import Periodic
+from storage.trials import TrialRef, fail_trial, trial_id
 
 HEARTBEAT_PREFIX = "prumux:driver:"
 DRIVER_ATTR = "driver"
@@ -51,7 +47,9 @@ class Heartbeat:
         self.study = study
         self.interval = interval
         self.driver_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._beating = Periodic(self.beat, interval, name="prumux-heartbeat", failed="heartbeat failed", logger=_logger)
+        self._beating = Periodic(
+            self.beat, interval, name="prumux-heartbeat", failed="heartbeat failed", logger=_logger
+        )
 
     def claim(self, trial: TrialRef) -> None:
         """Mark ``trial`` (a trial or its number) as owned by this driver."""
@@ -77,7 +75,6 @@ class Heartbeat:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
 
 
 def fail_stale_trials(study: optuna.Study, grace_period: float = DEFAULT_GRACE_PERIOD_S) -> list[int]:

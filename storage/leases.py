@@ -27,8 +27,8 @@ from sqlalchemy import Column, Float, MetaData, String, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from storage.rdb import call_with_retry
 from storage.periodic import Periodic
+from storage.rdb import call_with_retry
 
 DEFAULT_TTL_S = 30.0
 POLL_S = 0.5
@@ -60,7 +60,11 @@ class Lease:
         self.ttl = ttl
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._renewer = Periodic(
-            self._renew_round, ttl / 3, name="prumux-lease", failed=f"renewing lease {key} failed", logger=_logger,
+            self._renew_round,
+            ttl / 3,
+            name="prumux-lease",
+            failed=f"renewing lease {key} failed",
+            logger=_logger,
             tolerated=(sqlalchemy.exc.SQLAlchemyError,),
         )
         _create_table(engine)

@@ -11,17 +11,12 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages import BaseStorage
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import PendingRollbackError
+from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 
 from storage.errors import first_line
-from storage.urls import mask_url
-from storage.urls import parse_url
-from storage.urls import sqlite_path
+from storage.urls import mask_url, parse_url, sqlite_path
 
 CONNECT_TIMEOUT_S = 5
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)

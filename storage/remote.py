@@ -104,8 +104,12 @@ class RemoteFolder:
                 if target.is_file() and self._synced.get(name) == (_signature(target), _remote_signature(info)):
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                fs.copy_files(info.path, str(target), source_filesystem=self.filesystem,
-                              destination_filesystem=fs.LocalFileSystem())  # fmt: skip
+                fs.copy_files(
+                    info.path,
+                    str(target),
+                    source_filesystem=self.filesystem,
+                    destination_filesystem=fs.LocalFileSystem(),
+                )
                 self._synced[name] = (_signature(target), _remote_signature(info))
                 copied += 1
             return copied
@@ -120,8 +124,12 @@ class RemoteFolder:
                 signature, name = _signature(path), self._name(path)
                 remote = self._remote(name)
                 self.filesystem.create_dir(str(remote.parent), recursive=True)
-                fs.copy_files(str(path), str(remote), source_filesystem=fs.LocalFileSystem(),
-                              destination_filesystem=self.filesystem)  # fmt: skip
+                fs.copy_files(
+                    str(path),
+                    str(remote),
+                    source_filesystem=fs.LocalFileSystem(),
+                    destination_filesystem=self.filesystem,
+                )
                 self._synced[name] = (signature, _remote_signature(self.filesystem.get_file_info(str(remote))))
             return len(changed)
 
@@ -129,8 +137,12 @@ class RemoteFolder:
     def pushing(self, relative: str | os.PathLike, every_s: float, last: Collection[str] = ()) -> Iterator[None]:
         """Push ``relative`` every ``every_s`` seconds while the block runs, and once at its end."""
         pusher = Periodic(
-            lambda: self.push(relative, last), every_s, name="prumux-push", failed=f"pushing {relative} failed",
-            logger=_logger, tolerated=(OSError,),  # the store is unreachable for now: the next round retries
+            lambda: self.push(relative, last),
+            every_s,
+            name="prumux-push",
+            failed=f"pushing {relative} failed",
+            logger=_logger,
+            tolerated=(OSError,),  # the store is unreachable for now: the next round retries
         )
         try:
             with pusher:
@@ -162,7 +174,11 @@ class RemoteFolder:
 
 
 def _mirrored(path: Path) -> bool:
-    return not path.name.startswith(".") and not path.name.endswith(LOCAL_ONLY_SUFFIXES) and path.name not in LOCAL_ONLY_NAMES
+    return (
+        not path.name.startswith(".")
+        and not path.name.endswith(LOCAL_ONLY_SUFFIXES)
+        and path.name not in LOCAL_ONLY_NAMES
+    )
 
 
 def _signature(path: Path) -> tuple[int, int]:

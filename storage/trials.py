@@ -15,8 +15,7 @@ import optuna
 import pandas as pd
 from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from storage.study import SETTINGS_ATTR
 

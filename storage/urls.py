@@ -9,8 +9,7 @@ from pathlib import Path
 
 import sqlalchemy
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.exc import NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 # scheme://user:password@ -> the password, up to the last "@" before the host
 _PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:/@\s]*):[^\s/]*@")

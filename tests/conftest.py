@@ -63,8 +63,12 @@ def tiny_servable_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: P
 
     folder = tmp_path_factory.mktemp("tiny-servable")
     PruMUXModel.from_pretrained(tiny_bert_dir, num_instances=2, num_labels=2, seed=1).save_pretrained(folder)
-    point = {"task": "rt-polarity", "base_model": str(tiny_bert_dir), "s": 0.0,
-             "recipe_values": {"seq_len": TINY_SERVED_SEQ_LEN}}  # fmt: skip
+    point = {
+        "task": "rt-polarity",
+        "base_model": str(tiny_bert_dir),
+        "s": 0.0,
+        "recipe_values": {"seq_len": TINY_SERVED_SEQ_LEN},
+    }
     make_servable(folder, point)
     return folder
 
@@ -146,7 +150,11 @@ def run_cli() -> CliRunner:
         start = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "cli.main", *args],
-            capture_output=True, text=True, env=environment, cwd=REPO, timeout=timeout,
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=REPO,
+            timeout=timeout,
         )
         return done, time.monotonic() - start
 
@@ -170,9 +178,16 @@ class RayHead:
 
 S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 RAY_PORT_OPTIONS = (
-    "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port",
-    "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
-)  # fmt: skip
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
 
 
 def free_port() -> int:
@@ -194,16 +209,30 @@ def ray_head() -> Iterator[RayHead]:
     ports = {option: free_port() for option in RAY_PORT_OPTIONS}
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths are limited
     command = [
-        "ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-        "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats",
+        "ray",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--num-cpus",
+        "2",
+        "--temp-dir",
+        temp_dir,
+        "--disable-usage-stats",
         *[str(word) for option, port in ports.items() for word in (option, port)],
-    ]  # fmt: skip
+    ]
     # RAY_AUTH_MODE: Ray 2.60's default; clients must opt in to send the token. The fake AWS keys
     # let the head's workers reach the local S3 server of test_remote_run_dir.
     env = client_env(RAY_AUTH_MODE="token", **S3_TEST_CREDENTIALS)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                               start_new_session=True)  # fmt: skip
-    head = RayHead(f"127.0.0.1:{ports['--port']}", f"http://127.0.0.1:{ports['--dashboard-port']}", process, env, Path(temp_dir))
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    head = RayHead(
+        f"127.0.0.1:{ports['--port']}", f"http://127.0.0.1:{ports['--dashboard-port']}", process, env, Path(temp_dir)
+    )
     try:
         _wait_for_jobs_api(head)
         yield head
@@ -222,7 +251,9 @@ def _wait_for_jobs_api(head: RayHead, timeout: float = 120) -> None:
     """Wait until the head answers on its Jobs API (it is then up as a whole)."""
     probe = "from ray.job_submission import JobSubmissionClient as C; import sys; C(sys.argv[1]).list_jobs()"
     deadline = time.monotonic() + timeout
-    while subprocess.run([sys.executable, "-c", probe, head.dashboard], env=head.env, capture_output=True, check=False).returncode:
+    while subprocess.run(
+        [sys.executable, "-c", probe, head.dashboard], env=head.env, capture_output=True, check=False
+    ).returncode:
         if head.process.poll() is not None:
             pytest.fail(f"ray start --head exited with status {head.process.returncode}")
         if time.monotonic() > deadline:
@@ -241,11 +272,33 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 # a 2 x 2 search on the tiny model that trains the dense point and the two edge anchors
 SEARCH = [
-    "--recipe", "smoke", "--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.05",
-    "--set", "max_train_examples=64", "--set", "max_eval_examples=64", "--set", "eval_examples=32",
-    "--set", "finetune_steps=8", "--set", "mlm_steps=2", "--set", "retrieval_steps=6",
-    "--set", "prune_steps=8", "--set", "lagrangian_warmup_steps=4", "--set", "pruned_finetune_steps=2",
-]  # fmt: skip
+    "--recipe",
+    "smoke",
+    "--grid-n",
+    "1,2",
+    "--grid-s",
+    "0,0.5",
+    "--budget",
+    "0.05",
+    "--set",
+    "max_train_examples=64",
+    "--set",
+    "max_eval_examples=64",
+    "--set",
+    "eval_examples=32",
+    "--set",
+    "finetune_steps=8",
+    "--set",
+    "mlm_steps=2",
+    "--set",
+    "retrieval_steps=6",
+    "--set",
+    "prune_steps=8",
+    "--set",
+    "lagrangian_warmup_steps=4",
+    "--set",
+    "pruned_finetune_steps=2",
+]
 # phase 3 long enough for a fault to land in it, after a checkpoint (80 steps take about a
 # second on a warm worker; tests poll every second)
 LONG_PRUNE = ["--set", "prune_steps=800", "--set", "lagrangian_warmup_steps=10"]
@@ -260,8 +313,14 @@ def launch(ray_head: RayHead) -> Iterator[Launcher]:
 
     def run(*args: str, log: Path) -> subprocess.Popen:
         with log.open("w") as output:
-            process = subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=output,
-                                       stderr=subprocess.STDOUT, env=ray_head.env, cwd=REPO, start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", *args],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=ray_head.env,
+                cwd=REPO,
+                start_new_session=True,
+            )
         started.append(process)
         return process
 

@@ -24,24 +24,50 @@ def bert_config(
     hidden: int = 32, layers: int = 2, heads: int = 4, ffn: int = 48, vocab: int = 120, positions: int = 40
 ) -> dict:
     return {
-        "model_type": "bert", "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "intermediate_size": ffn, "vocab_size": vocab, "max_position_embeddings": positions, "type_vocab_size": 2,
-        "layer_norm_eps": 1e-12, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1, "pad_token_id": 0, "position_embedding_type": "absolute",
+        "model_type": "bert",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": ffn,
+        "vocab_size": vocab,
+        "max_position_embeddings": positions,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
         "transformers_version": "4.4.2",
-    }  # fmt: skip
+    }
 
 
-def mux_config(base: dict, n: int, demux_layers: int = 3, architecture: str = "MuxedBertForSequenceClassification",
-               num_labels: int | None = None) -> dict:  # fmt: skip
+def mux_config(
+    base: dict,
+    n: int,
+    demux_layers: int = 3,
+    architecture: str = "MuxedBertForSequenceClassification",
+    num_labels: int | None = None,
+) -> dict:
     """config.json as the released MUX-BERT / MUX-ELECTRA checkpoints have it."""
     config = dict(base) | {
-        "num_instances": n, "muxing_variant": "gaussian_hadamard", "demuxing_variant": "index_pos",
-        "gaussian_hadamard_norm": 1.0, "num_hidden_demux_layers": demux_layers, "retrieval_loss_coeff": 0.0,
-        "task_loss_coeff": 1.0, "retrieval_percentage": 1.0, "learn_muxing": 0, "binary_hadamard_epsilon": 0.0,
-        "legacy_demuxing": False, "use_hierarchical_softmax": False, "hierarchical_softmax_buckets": 100,
-        "head_temperature": 100.0, "output_hidden_states": True, "architectures": [architecture],
-    }  # fmt: skip
+        "num_instances": n,
+        "muxing_variant": "gaussian_hadamard",
+        "demuxing_variant": "index_pos",
+        "gaussian_hadamard_norm": 1.0,
+        "num_hidden_demux_layers": demux_layers,
+        "retrieval_loss_coeff": 0.0,
+        "task_loss_coeff": 1.0,
+        "retrieval_percentage": 1.0,
+        "learn_muxing": 0,
+        "binary_hadamard_epsilon": 0.0,
+        "legacy_demuxing": False,
+        "use_hierarchical_softmax": False,
+        "hierarchical_softmax_buckets": 100,
+        "head_temperature": 100.0,
+        "output_hidden_states": True,
+        "architectures": [architecture],
+    }
     if num_labels:
         config["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
         config["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
@@ -84,7 +110,12 @@ def mux_plm_state(config: dict, seed: int, task_head: bool) -> dict[str, Tensor]
     """A random MUX-BERT / MUX-ELECTRA state dict with every alias the reference's state_dict() writes."""
     generator = torch.Generator().manual_seed(seed)
     electra = config["model_type"] == "electra"
-    h, n, v, layers = config["hidden_size"], config["num_instances"], config["vocab_size"], config["num_hidden_demux_layers"]
+    h, n, v, layers = (
+        config["hidden_size"],
+        config["num_instances"],
+        config["vocab_size"],
+        config["num_hidden_demux_layers"],
+    )
     e = config.get("embedding_size", h)
     state = backbone_state(config, "electra." if electra else "bert.", generator, pooler=False)
     vectors = torch.randn(n, e, generator=generator)
@@ -95,7 +126,9 @@ def mux_plm_state(config: dict, seed: int, task_head: bool) -> dict[str, Tensor]
         demux |= _linear(f"dense_{k}", h, h, generator) | _norm(f"layer_norm_{k}", h, generator)
     for owner in ("demux_module.", "demultiplexer.demux_module.", "retrieval_head.demux_module."):
         state |= {owner + key: value for key, value in demux.items()}
-    state |= _linear("demultiplexer.pre_decoder", h, h, generator) | _norm("demultiplexer.pre_decoder_layer_norm", h, generator)
+    state |= _linear("demultiplexer.pre_decoder", h, h, generator) | _norm(
+        "demultiplexer.pre_decoder_layer_norm", h, generator
+    )
     state |= _linear("retrieval_head.pre_decoder", h, h, generator)
     state |= _norm("retrieval_head.pre_decoder_layer_norm", h, generator)
     word = state[("electra." if electra else "bert.") + "embeddings.word_embeddings.weight"]
@@ -142,7 +175,10 @@ def put_in_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0" 
 
 
 def _linear(name: str, out: int, inp: int, generator: torch.Generator) -> dict[str, Tensor]:
-    return {f"{name}.weight": _randn(generator, out, inp, scale=1 / math.sqrt(inp)), f"{name}.bias": _randn(generator, out)}
+    return {
+        f"{name}.weight": _randn(generator, out, inp, scale=1 / math.sqrt(inp)),
+        f"{name}.bias": _randn(generator, out),
+    }
 
 
 def _norm(name: str, width: int, generator: torch.Generator) -> dict[str, Tensor]:
@@ -152,7 +188,9 @@ def _norm(name: str, width: int, generator: torch.Generator) -> dict[str, Tensor
 # --------------------------------------------------------------------------- CoFi folding and pruning
 
 
-def cofi_fold_and_prune(state: dict[str, Tensor], zs: dict[str, Tensor], config: dict, prefix: str = "bert.") -> dict[str, Tensor]:
+def cofi_fold_and_prune(
+    state: dict[str, Tensor], zs: dict[str, Tensor], config: dict, prefix: str = "bert."
+) -> dict[str, Tensor]:
     """CoFi's update_params (soft values into weights) then prune_model_with_z, on transformers' key names."""
     state = {key: value.clone() for key, value in state.items()}
     layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
@@ -211,9 +249,13 @@ def _prune_hf(state, head_keep, ffn_keep, hidden_z, config, p) -> dict[str, Tens
         rows = (kept_heads[:, None] * d + torch.arange(d)).flatten()
         if len(kept_heads):
             for name in ("query", "key", "value"):
-                state[layer + f"attention.self.{name}.weight"] = state[layer + f"attention.self.{name}.weight"][rows][:, hid]
+                state[layer + f"attention.self.{name}.weight"] = state[layer + f"attention.self.{name}.weight"][rows][
+                    :, hid
+                ]
                 state[layer + f"attention.self.{name}.bias"] = state[layer + f"attention.self.{name}.bias"][rows]
-            state[layer + "attention.output.dense.weight"] = state[layer + "attention.output.dense.weight"][hid][:, rows]
+            state[layer + "attention.output.dense.weight"] = state[layer + "attention.output.dense.weight"][hid][
+                :, rows
+            ]
             state[layer + "attention.output.dense.bias"] = state[layer + "attention.output.dense.bias"][hid]
             for part in ("weight", "bias"):
                 key = layer + f"attention.output.LayerNorm.{part}"
@@ -257,21 +299,34 @@ def bert_layers(x: Tensor, state: dict, config: dict, prefix: str, mask: Tensor 
         layer = f"{prefix}encoder.layer.{i}."
         if layer + "attention.self.query.weight" in state:
             b, length, _ = x.shape
-            q, k, v = (_lin(x, state, layer + f"attention.self.{n}").view(b, length, -1, d).transpose(1, 2)
-                       for n in ("query", "key", "value"))  # fmt: skip
+            q, k, v = (
+                _lin(x, state, layer + f"attention.self.{n}").view(b, length, -1, d).transpose(1, 2)
+                for n in ("query", "key", "value")
+            )
             scores = q @ k.transpose(-1, -2) / math.sqrt(d)
             if bias is not None:
                 scores = scores + bias
             context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, length, -1)
-            x = _ln(_lin(context, state, layer + "attention.output.dense") + x, state, layer + "attention.output.LayerNorm", eps)
+            x = _ln(
+                _lin(context, state, layer + "attention.output.dense") + x,
+                state,
+                layer + "attention.output.LayerNorm",
+                eps,
+            )
         if layer + "intermediate.dense.weight" in state:
             inner = F.gelu(_lin(x, state, layer + "intermediate.dense"))
             x = _ln(_lin(inner, state, layer + "output.dense") + x, state, layer + "output.LayerNorm", eps)
     return x
 
 
-def bert_embeddings(ids: Tensor | None, state: dict, config: dict, prefix: str, types: Tensor | None = None,
-                    inputs_embeds: Tensor | None = None) -> Tensor:  # fmt: skip
+def bert_embeddings(
+    ids: Tensor | None,
+    state: dict,
+    config: dict,
+    prefix: str,
+    types: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+) -> Tensor:
     """BertEmbeddings (eval): inputs_embeds (or word lookup) + token type (0 when None) + absolute position, LayerNorm."""
     p = prefix + "embeddings."
     x = state[p + "word_embeddings.weight"][ids] if inputs_embeds is None else inputs_embeds
@@ -330,19 +385,25 @@ def mux_plm_token_logits(ids: Tensor, state: dict, config: dict) -> Tensor:
     seq = mux_plm_encode(ids, state, config)  # [B', L, H]
     groups, length, h = seq.shape
     index = state["demux_module.demux_instance_embedding"]
-    u = torch.cat([index[None, :, None, :].expand(groups, n, length, -1), seq[:, None].expand(groups, n, length, h)], -1)
+    u = torch.cat(
+        [index[None, :, None, :].expand(groups, n, length, -1), seq[:, None].expand(groups, n, length, h)], -1
+    )
     x = u.view(groups * n, length, -1)
     if config["model_type"] == "bert":
         x = _ln(F.gelu(_lin(x, state, "demux_module.dense_1")), state, "demux_module.layer_norm_1", eps)
         x = _ln(F.gelu(_lin(x, state, "demux_module.dense_2")), state, "demux_module.layer_norm_2", eps)
-        x = _ln(F.gelu(_lin(x, state, "retrieval_head.pre_decoder")), state, "retrieval_head.pre_decoder_layer_norm", eps)
+        x = _ln(
+            F.gelu(_lin(x, state, "retrieval_head.pre_decoder")), state, "retrieval_head.pre_decoder_layer_norm", eps
+        )
     else:
         for k in range(1, config["num_hidden_demux_layers"] + 1):
             x_in = x
             x = _ln(F.gelu(_lin(x, state, f"demux_module.dense_{k}")), state, f"demux_module.layer_norm_{k}", eps)
             if k > 1:
                 x = x + x_in
-        x = x + _ln(F.gelu(_lin(x, state, "retrieval_head.pre_decoder")), state, "retrieval_head.pre_decoder_layer_norm", eps)
+        x = x + _ln(
+            F.gelu(_lin(x, state, "retrieval_head.pre_decoder")), state, "retrieval_head.pre_decoder_layer_norm", eps
+        )
     return _lin(x, state, "retrieval_head.decoder")
 
 
@@ -368,12 +429,23 @@ def tiny_mux_family(cache: Path, tokenizer_dir: Path, template: str, widths: dic
         folder = staging / str(n)
         if kind == "plain":
             torch.manual_seed(n)
-            BertModel(BertConfig(**{k: v for k, v in bert_config(vocab=30522, positions=64).items()
-                                    if k not in ("model_type", "transformers_version")})).save_pretrained(folder)  # fmt: skip
+            BertModel(
+                BertConfig(
+                    **{
+                        k: v
+                        for k, v in bert_config(vocab=30522, positions=64).items()
+                        if k not in ("model_type", "transformers_version")
+                    }
+                )
+            ).save_pretrained(folder)
         else:
             fine_tuned = kind == "fine-tuned"
-            config = mux_config(bert_config(vocab=30522, positions=64), n, num_labels=len(labels) if fine_tuned else None,
-                                architecture="MuxedBertForSequenceClassification" if fine_tuned else "MuxedBertForMaskedLM")  # fmt: skip
+            config = mux_config(
+                bert_config(vocab=30522, positions=64),
+                n,
+                num_labels=len(labels) if fine_tuned else None,
+                architecture="MuxedBertForSequenceClassification" if fine_tuned else "MuxedBertForMaskedLM",
+            )
             if fine_tuned:
                 config["id2label"] = dict(enumerate(labels))
             save_checkpoint(folder, config, mux_plm_state(config, n, task_head=fine_tuned))
@@ -391,8 +463,14 @@ def save_tiny_bert(folder: Path, tokenizer_dir: Path) -> Path:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(folder)
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, folder / name)

@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, client_env
 
 from cli.main import main
 from trainers.recipes import RECIPES
+
+from conftest import REPO, client_env
 
 GRID = ["--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.03"]
 POINTS = "N,s,accuracy,throughput\n1,0,0.90,100\n1,0.5,0.88,180\n2,0,0.86,190\n2,0.5,0.85,300\n"
@@ -51,90 +52,190 @@ TASK_FILES = {
     "unseen/validation.csv": "text,label\na strange film,meh\n",
 }
 LATIN1 = "text,label\n" + "un film épatant,pos\nun navet,neg\n" * 10
-RECIPE_CHANGES = {"unknown-field.json": {"prune_step": 3}, "wrong-type.json": {"prune_steps": "many"},
-                  "negative-steps.json": {"prune_steps": -5}}  # fmt: skip
+RECIPE_CHANGES = {
+    "unknown-field.json": {"prune_step": 3},
+    "wrong-type.json": {"prune_steps": "many"},
+    "negative-steps.json": {"prune_steps": -5},
+}
 UNREACHABLE = "postgresql+psycopg2://postgres:s3cret@127.0.0.1:9/test"
 STUDY = ["--run-dir", "{run}"]
 TRAIN = ["train", "--model", "{model}", "--recipe", "smoke", "--task", "rt-polarity", "--workdir", "{run}/work"]
 START = ["start", *STUDY, *GRID, "--recipe", "smoke", "--model", "{model}"]
-REMOTE = ["submit", "--address", "http://10.1.2.3:8265", "--storage", "postgresql://postgres@10.1.2.3:5432/x",
-          "--run-dir", "/shared/run"]  # fmt: skip
+REMOTE = [
+    "submit",
+    "--address",
+    "http://10.1.2.3:8265",
+    "--storage",
+    "postgresql://postgres@10.1.2.3:5432/x",
+    "--run-dir",
+    "/shared/run",
+]
 
 CASES = {
     # start: the search definition, options and storage
     "budget below 0": (["start", *STUDY, *GRID[:4], "--budget", "-0.1"], "budget must be an accuracy loss in [0, 1]"),
     "budget above 1": (["start", *STUDY, *GRID[:4], "--budget", "1.5"], "budget must be an accuracy loss in [0, 1]"),
     "grid N not a number": (["start", *STUDY, "--grid-n", "1,x", "--grid-s", "0,0.5"], "grid N: not a number"),
-    "grid N zero": (["start", *STUDY, "--grid-n", "0,1", "--grid-s", "0,0.5"], "grid N values must be positive integers"),
-    "grid N fractional": (["start", *STUDY, "--grid-n", "1,2.5", "--grid-s", "0"], "grid N values must be positive integers"),
-    "grid s out of range": (["start", *STUDY, "--grid-n", "1,2", "--grid-s", "0,1.5"], "grid s values must lie in [0, 1)"),
+    "grid N zero": (
+        ["start", *STUDY, "--grid-n", "0,1", "--grid-s", "0,0.5"],
+        "grid N values must be positive integers",
+    ),
+    "grid N fractional": (
+        ["start", *STUDY, "--grid-n", "1,2.5", "--grid-s", "0"],
+        "grid N values must be positive integers",
+    ),
+    "grid s out of range": (
+        ["start", *STUDY, "--grid-n", "1,2", "--grid-s", "0,1.5"],
+        "grid s values must lie in [0, 1)",
+    ),
     "grid s negative": (["start", *STUDY, "--grid-n", "1,2", "--grid-s", "-0.1,0"], "grid s values must lie in [0, 1)"),
     "grid repeated": (["start", *STUDY, "--grid-n", "1,1", "--grid-s", "0"], "repeated values"),
     "grid empty": (["start", *STUDY, "--grid-n", "", "--grid-s", "0"], "grid"),
-    "grid without dense": (["start", *STUDY, "--grid-n", "2,5", "--grid-s", "0,0.5"], "grid must contain the dense point"),
+    "grid without dense": (
+        ["start", *STUDY, "--grid-n", "2,5", "--grid-s", "0,0.5"],
+        "grid must contain the dense point",
+    ),
     "unknown task": (["start", *STUDY, *GRID, "--task", "no-such-task"], "unknown task 'no-such-task'"),
-    "unknown model": (["start", *STUDY, *GRID, "--model", "no-such-model"], "base model 'no-such-model' is not available"),
+    "unknown model": (
+        ["start", *STUDY, *GRID, "--model", "no-such-model"],
+        "base model 'no-such-model' is not available",
+    ),
     "unknown recipe": (["start", *STUDY, *GRID, "--recipe", "no-such-recipe"], "recipe"),
     "unknown recipe field": (["start", *STUDY, *GRID, "--recipe", "smoke", "--set", "bogus=1"], "unknown recipe field"),
-    "max trials 0": (["start", *STUDY, *GRID, "--model", "{model}", "--max-trials", "0"], "max trials must be positive"),
-    "concurrency 0": (["start", *STUDY, *GRID, "--model", "{model}", "--concurrency", "0"], "concurrency must be positive"),
+    "max trials 0": (
+        ["start", *STUDY, *GRID, "--model", "{model}", "--max-trials", "0"],
+        "max trials must be positive",
+    ),
+    "concurrency 0": (
+        ["start", *STUDY, *GRID, "--model", "{model}", "--concurrency", "0"],
+        "concurrency must be positive",
+    ),
     "other settings": (["start", *STUDY, *GRID[:4], "--budget", "0.05"], "was created with other settings"),
     "malformed storage": (["start", *STUDY, *GRID, "--storage", "not a url"], "malformed storage URL"),
     "unsupported storage": (["start", *STUDY, *GRID, "--storage", "nodb+x://a/b"], "storage URL"),
-    "unreachable storage": (["start", *STUDY, *GRID, "--model", "{model}", "--storage", UNREACHABLE], "cannot open storage"),
+    "unreachable storage": (
+        ["start", *STUDY, *GRID, "--model", "{model}", "--storage", UNREACHABLE],
+        "cannot open storage",
+    ),
     "URI run dir without storage": (["start", "--run-dir", "s3://bucket/run", *GRID], "give --storage URL"),
-    "URI run dir with a secret": (["start", "--run-dir", "s3://b/run?secret_key=x", "--storage", "sqlite:///{run}/study.db",
-                                   *GRID, "--model", "{model}"], "must not carry credentials"),
-    "URI run dir, file lock": (["start", "--run-dir", "file://{run}/remote", "--storage", "sqlite:///{run}/study.db",
-                                *GRID, "--model", "{model}", "--cache-lock", "file"], "--cache-lock database"),
-    "URI run dir unknown scheme": (["start", "--run-dir", "nofs://x/run", "--storage", "sqlite:///{run}/study.db",
-                                    *GRID, "--model", "{model}"], "cannot open run directory nofs://x/run"),
-    "Ray Client address": (["start", *STUDY, *GRID, "--model", "{model}", "--ray-address", "ray://127.0.0.1:10001"],
-                           "Ray Client addresses (ray://) are not supported"),
+    "URI run dir with a secret": (
+        [
+            "start",
+            "--run-dir",
+            "s3://b/run?secret_key=x",
+            "--storage",
+            "sqlite:///{run}/study.db",
+            *GRID,
+            "--model",
+            "{model}",
+        ],
+        "must not carry credentials",
+    ),
+    "URI run dir, file lock": (
+        [
+            "start",
+            "--run-dir",
+            "file://{run}/remote",
+            "--storage",
+            "sqlite:///{run}/study.db",
+            *GRID,
+            "--model",
+            "{model}",
+            "--cache-lock",
+            "file",
+        ],
+        "--cache-lock database",
+    ),
+    "URI run dir unknown scheme": (
+        ["start", "--run-dir", "nofs://x/run", "--storage", "sqlite:///{run}/study.db", *GRID, "--model", "{model}"],
+        "cannot open run directory nofs://x/run",
+    ),
+    "Ray Client address": (
+        ["start", *STUDY, *GRID, "--model", "{model}", "--ray-address", "ray://127.0.0.1:10001"],
+        "Ray Client addresses (ray://) are not supported",
+    ),
     "run dir under a file": (["start", "--run-dir", "{blocker}/run", *GRID, "--model", "{model}"], "{blocker}"),
     # the job's own inputs: task data, base model, recipe (checked before anything is written or Ray starts)
-    "task /etc/passwd, new run dir": (["start", "--run-dir", "{fresh}", *GRID, "--task", "/etc/passwd"],
-                                      "unsupported task file 'passwd'"),
-    "task file missing": ([*START, "--task", "{data}/missing.csv"], "task file or folder '{data}/missing.csv' does not exist"),
-    "task file relative, missing": ([*START, "--task", "no-such-folder/reviews.csv"],
-                                    f"does not exist (looked for {REPO}/no-such-folder/reviews.csv)"),
+    "task /etc/passwd, new run dir": (
+        ["start", "--run-dir", "{fresh}", *GRID, "--task", "/etc/passwd"],
+        "unsupported task file 'passwd'",
+    ),
+    "task file missing": (
+        [*START, "--task", "{data}/missing.csv"],
+        "task file or folder '{data}/missing.csv' does not exist",
+    ),
+    "task file relative, missing": (
+        [*START, "--task", "no-such-folder/reviews.csv"],
+        f"does not exist (looked for {REPO}/no-such-folder/reviews.csv)",
+    ),
     "task unsupported extension": ([*START, "--task", "{data}/reviews.xlsx"], "unsupported task file 'reviews.xlsx'"),
     "task file empty": ([*START, "--task", "{data}/empty.csv"], "task file 'empty.csv' is empty"),
     "task header only": ([*START, "--task", "{data}/header.csv"], "task file 'header.csv' has no rows, only a header"),
-    "task one row": ([*START, "--task", "{data}/one-row.csv"], "task 'one-row.csv' has 1 training row(s); a local task"),
+    "task one row": (
+        [*START, "--task", "{data}/one-row.csv"],
+        "task 'one-row.csv' has 1 training row(s); a local task",
+    ),
     "task one label": ([*START, "--task", "{data}/one-label.csv"], "has one label in its training examples ('pos')"),
     "task without text column": ([*START, "--task", "{data}/no-text.csv"], "'no-text.csv' lacks column(s) text"),
     "task not UTF-8": ([*START, "--task", "{data}/latin1.csv"], "'latin1.csv' is not UTF-8 text (byte 0xe9 at offset"),
-    "task 10 MB single line": ([*START, "--task", "{data}/long-line.csv"], "'long-line.csv' lacks column(s) text, label"),
-    "task label unseen in train": ([*START, "--task", "{data}/unseen"], "validation split has label(s) 'meh' that no training"),
+    "task 10 MB single line": (
+        [*START, "--task", "{data}/long-line.csv"],
+        "'long-line.csv' lacks column(s) text, label",
+    ),
+    "task label unseen in train": (
+        [*START, "--task", "{data}/unseen"],
+        "validation split has label(s) 'meh' that no training",
+    ),
     "model folder missing": ([*START[:-1], "./no-such-model"], "base model folder './no-such-model' does not exist"),
     "model folder without config": ([*START[:-1], "{models}/no-config"], "has no config.json"),
     "model corrupt safetensors": ([*START[:-1], "{models}/corrupt-weights"], "model.safetensors is damaged"),
     "model without tokenizer": ([*START[:-1], "{models}/no-tokenizer"], "its tokenizer has no vocabulary"),
     "mux config without weights": ([*START[:-1], "{models}/mux-no-weights"], "has no weights"),
-    "mux weights contradicting the config": ([*START[:-1], "{models}/mux-shapes"],
-                                             "instance_embedding has shape (2, 32), expected (5, 32)"),
+    "mux weights contradicting the config": (
+        [*START[:-1], "{models}/mux-shapes"],
+        "instance_embedding has shape (2, 32), expected (5, 32)",
+    ),
     "zs.pt of the wrong shapes": ([*START[:-1], "{models}/mux-zs"], "zs.pt mask head_z has shape (2, 3)"),
     "unknown muxing variant": ([*START[:-1], "{models}/mux-variant"], "unsupported muxing_variant 'random_ortho'"),
     "unknown demuxing variant": ([*START[:-1], "{models}/demux-variant"], "unsupported demuxing_variant 'index'"),
-    "family without a grid N": (["start", *STUDY, "--grid-n", "1,3", "--grid-s", "0", "--model", "muxbert-base"],
-                                "model family 'muxbert-base' has no N = 3 checkpoint (it has N = 1, 2, 5, 10)"),
-    "fine-tuned labels in another order": ([*START[:-1], "{models}/mux-swapped-{{N}}"],
-                                           "orders its labels ['positive', 'negative'], the task ['negative', 'positive']"),
-    "evaluate a family without N": (["evaluate", "--model", "muxbert-base", "--task", "rt-polarity"], "is a model family"),
-    "recipe unknown field": ([*START, "--recipe", "{recipes}/unknown-field.json"],
-                             "unknown recipe field(s) prune_step (did you mean prune_steps?)"),
-    "recipe wrong type": ([*START, "--recipe", "{recipes}/wrong-type.json"],
-                          'recipe field prune_steps must be an integer, got "many"'),
-    "recipe negative steps": ([*START, "--recipe", "{recipes}/negative-steps.json"], "prune_steps must be >= 0, got -5"),
+    "family without a grid N": (
+        ["start", *STUDY, "--grid-n", "1,3", "--grid-s", "0", "--model", "muxbert-base"],
+        "model family 'muxbert-base' has no N = 3 checkpoint (it has N = 1, 2, 5, 10)",
+    ),
+    "fine-tuned labels in another order": (
+        [*START[:-1], "{models}/mux-swapped-{{N}}"],
+        "orders its labels ['positive', 'negative'], the task ['negative', 'positive']",
+    ),
+    "evaluate a family without N": (
+        ["evaluate", "--model", "muxbert-base", "--task", "rt-polarity"],
+        "is a model family",
+    ),
+    "recipe unknown field": (
+        [*START, "--recipe", "{recipes}/unknown-field.json"],
+        "unknown recipe field(s) prune_step (did you mean prune_steps?)",
+    ),
+    "recipe wrong type": (
+        [*START, "--recipe", "{recipes}/wrong-type.json"],
+        'recipe field prune_steps must be an integer, got "many"',
+    ),
+    "recipe negative steps": (
+        [*START, "--recipe", "{recipes}/negative-steps.json"],
+        "prune_steps must be >= 0, got -5",
+    ),
     "recipe too long for the model": ([*START, "--set", "seq_len=256"], "seq_len 256 is longer than base model"),
     "train one-label task": ([*TRAIN[:5], "--task", "{data}/one-label.csv", "--n", "1"], "has one label"),
-    "import with a header-only task": (["import", *STUDY, *GRID, "--task", "{data}/header.csv", "--points",
-                                        "{csv}/points.csv"], "has no rows"),  # fmt: skip
-    "submit a bad task": (["submit", "--address", "http://127.0.0.1:9", "--", "start", "--task", "/etc/passwd"],
-                          "unsupported task file"),
-    "submit a local file to a remote cluster": ([*REMOTE, "--", "start", "--task", "{data}/reviews.csv", "--model", "minilm-l6"],
-                                                "task file {data}/reviews.csv is only on this machine"),
+    "import with a header-only task": (
+        ["import", *STUDY, *GRID, "--task", "{data}/header.csv", "--points", "{csv}/points.csv"],
+        "has no rows",
+    ),
+    "submit a bad task": (
+        ["submit", "--address", "http://127.0.0.1:9", "--", "start", "--task", "/etc/passwd"],
+        "unsupported task file",
+    ),
+    "submit a local file to a remote cluster": (
+        [*REMOTE, "--", "start", "--task", "{data}/reviews.csv", "--model", "minilm-l6"],
+        "task file {data}/reviews.csv is only on this machine",
+    ),
     # the read commands
     "status unknown study": (["status", *STUDY, "--study", "missing"], "no study named 'missing'"),
     "status no study": (["status", "--run-dir", "{run}/none"], "no study at"),
@@ -145,24 +246,42 @@ CASES = {
     "export imported point": (["export", *STUDY, "--trial", "0", "--out", "{run}/out"], "no saved model folder"),
     "export into a full folder": (["export", *STUDY, "--trial", "0", "--out", "{run}"], "is not an empty folder"),
     "report unknown study": (["report", *STUDY, "--study", "nope", "--out", "{run}/r.html"], "no study named 'nope'"),
-    "report unreachable storage": (["report", "--storage", UNREACHABLE, "--out", "{run}/r.html"], "cannot open storage"),
+    "report unreachable storage": (
+        ["report", "--storage", UNREACHABLE, "--out", "{run}/r.html"],
+        "cannot open storage",
+    ),
     "dashboard remote host": (["dashboard", *STUDY, "--host", "0.0.0.0"], "--allow-remote"),
     "dashboard unknown study": (["dashboard", *STUDY, "--study", "nope"], "no study named 'nope'"),
     # import: the points CSV
     "import missing file": (["import", *STUDY, *GRID, "--points", "{run}/none.csv"], "no such points file"),
-    "import missing columns": (["import", *STUDY, *GRID, "--points", "{csv}/missing.csv"], "missing column(s) throughput"),
+    "import missing columns": (
+        ["import", *STUDY, *GRID, "--points", "{csv}/missing.csv"],
+        "missing column(s) throughput",
+    ),
     "import NaN": (["import", *STUDY, *GRID, "--points", "{csv}/nan.csv"], "NaN"),
-    "import duplicate point": (["import", *STUDY, *GRID, "--points", "{csv}/duplicate.csv"], "duplicate point (N=2, s=0.5)"),
+    "import duplicate point": (
+        ["import", *STUDY, *GRID, "--points", "{csv}/duplicate.csv"],
+        "duplicate point (N=2, s=0.5)",
+    ),
     "import empty": (["import", *STUDY, *GRID, "--points", "{csv}/empty.csv"], "empty CSV"),
     "import outside the grid": (["import", *STUDY, *GRID, "--points", "{csv}/outside.csv"], "outside the grid"),
     "import again": (["import", *STUDY, *GRID, "--points", "{csv}/points.csv"], "already"),
     # predict and replay: measured tables
     "predict budget": (["predict", "--points", "{csv}/points.csv", "--budget", "1.5"], "budget must be"),
     "predict budget range": (["predict", "--points", "{csv}/points.csv", "--budgets", "0:0.1:0"], "budget range"),
-    "predict missing columns": (["predict", "--points", "{csv}/missing.csv", "--budget", "0.03"], "missing column(s) throughput"),
+    "predict missing columns": (
+        ["predict", "--points", "{csv}/missing.csv", "--budget", "0.03"],
+        "missing column(s) throughput",
+    ),
     "predict NaN": (["predict", "--points", "{csv}/nan.csv", "--budget", "0.03"], "NaN"),
-    "predict duplicate point": (["predict", "--points", "{csv}/duplicate.csv", "--budget", "0.03"], "duplicate point (N=2, s=0.5)"),
-    "predict fractional N": (["predict", "--points", "{csv}/fractional.csv", "--budget", "0.03"], "N must be a positive integer"),
+    "predict duplicate point": (
+        ["predict", "--points", "{csv}/duplicate.csv", "--budget", "0.03"],
+        "duplicate point (N=2, s=0.5)",
+    ),
+    "predict fractional N": (
+        ["predict", "--points", "{csv}/fractional.csv", "--budget", "0.03"],
+        "N must be a positive integer",
+    ),
     "predict empty": (["predict", "--points", "{csv}/empty.csv", "--budget", "0.03"], "empty CSV"),
     "predict without dense": (["predict", "--points", "{csv}/no-dense.csv", "--budget", "0.03"], "dense point"),
     "replay partial grid": (["replay", "--table", "{csv}/partial.csv", "--budget", "0.03"], "not a full grid"),
@@ -178,7 +297,10 @@ CASES = {
     "models unknown": (["models", "no-such-model"], "no-such-model"),
     "submit without start": (["submit", "--address", "http://127.0.0.1:9", "--", "status"], "submit runs a search"),
     "submit SQLite to a remote cluster": (["submit", "--address", "http://10.1.2.3:8265", "--", "start"], "SQLite"),
-    "submit unreachable cluster": (["submit", "--address", "http://127.0.0.1:9", "--", "start"], "cannot reach the Ray Jobs API"),
+    "submit unreachable cluster": (
+        ["submit", "--address", "http://127.0.0.1:9", "--", "start"],
+        "cannot reach the Ray Jobs API",
+    ),
     # the command line itself
     "option of the wrong type": (["start", *STUDY, "--budget", "abc"], "'abc' is not a valid float"),
     "missing option": (["train", "--task", "rt-polarity"], "Missing option '--model'"),
@@ -206,8 +328,15 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> dict
     (data / "latin1.csv").write_bytes(LATIN1.encode("latin-1"))
     (root / "blocker").write_text("a file, not a folder")
     main(["import", "--run-dir", str(root / "run"), "--points", str(csv / "points.csv"), *GRID])
-    return {"run": root / "run", "csv": csv, "blocker": root / "blocker", "data": data, "fresh": root / "fresh",
-            "models": broken_models(root / "models", tiny_bert_dir), "recipes": broken_recipes(root / "recipes")}  # fmt: skip
+    return {
+        "run": root / "run",
+        "csv": csv,
+        "blocker": root / "blocker",
+        "data": data,
+        "fresh": root / "fresh",
+        "models": broken_models(root / "models", tiny_bert_dir),
+        "recipes": broken_recipes(root / "recipes"),
+    }
 
 
 def broken_models(folder: Path, model: Path) -> Path:
@@ -227,15 +356,18 @@ def broken_mux_checkpoints(folder: Path, tokenizer: Path) -> None:
     """MUX-BERT folders (published layout, the real tokenizer): without weights, with weights contradicting
     the config, with a zs.pt of the wrong shapes, with unknown variants, fine-tuned with swapped labels."""
     import torch
+
     from reference_models import TOKENIZER_FILES, bert_config, mux_config, mux_plm_state, save_checkpoint
 
     config = mux_config(bert_config(vocab=30522, positions=64), 2, num_labels=2)
     state = mux_plm_state(config, 0, task_head=True)
     broken = {
-        "mux-shapes": config | {"num_instances": 5}, "mux-zs": config,
-        "mux-variant": config | {"muxing_variant": "random_ortho"}, "demux-variant": config | {"demuxing_variant": "index"},
+        "mux-shapes": config | {"num_instances": 5},
+        "mux-zs": config,
+        "mux-variant": config | {"muxing_variant": "random_ortho"},
+        "demux-variant": config | {"demuxing_variant": "index"},
         "mux-swapped-2": config | {"id2label": {"0": "positive", "1": "negative"}},
-    }  # fmt: skip
+    }
     for name, changed in broken.items():
         save_checkpoint(folder / name, changed, state)
         for file in TOKENIZER_FILES:
@@ -304,8 +436,16 @@ def test_unwritable_run_dir(tmp_path: Path, tiny_bert_dir: Path) -> None:
     locked.chmod(0o555)
     args = ["start", "--run-dir", str(locked / "run"), *GRID, "--recipe", "smoke", "--model", str(tiny_bert_dir)]
     try:
-        done = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, cwd=REPO,
-                              env=client_env(), preexec_fn=drop_root_privileges, timeout=120, check=False)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=client_env(),
+            preexec_fn=drop_root_privileges,
+            timeout=120,
+            check=False,
+        )
     finally:
         locked.chmod(0o755)
     assert done.returncode == 2, done.stderr

@@ -45,10 +45,15 @@ def test_lock_of_a_killed_holder_is_released(tmp_path) -> None:
     entry.directory.mkdir(parents=True)
     lock_path = str(entry.directory) + ".lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from filelock import FileLock; import time; lock = FileLock({lock_path!r}); lock.acquire(); "
-         "print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"from filelock import FileLock; import time; lock = FileLock({lock_path!r}); lock.acquire(); "
+            "print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         try:

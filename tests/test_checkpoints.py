@@ -8,6 +8,9 @@ import os
 
 import pytest
 import torch
+
+from prumux import Encoder, L0Module, PruMUXModel, prune
+
 from reference_models import (
     backbone_state,
     bert_classifier_logits,
@@ -20,8 +23,6 @@ from reference_models import (
     put_in_hub_cache,
     save_checkpoint,
 )
-
-from prumux import Encoder, L0Module, PruMUXModel, prune
 
 torch.set_num_threads(1)
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -106,7 +107,9 @@ def test_forward_leaves_the_callers_ids_alone(tmp_path):
 def cofi_zs(config: dict, seed: int) -> dict[str, torch.Tensor]:
     """Soft CoFi masks in zs.pt's shapes: a removed attention block, a removed FFN, zeros, fractions."""
     generator = torch.Generator().manual_seed(seed)
-    layers, heads, ffn, h = (config[k] for k in ("num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_size"))
+    layers, heads, ffn, h = (
+        config[k] for k in ("num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_size")
+    )
     head_z = torch.rand(layers, 1, heads, 1, 1, generator=generator) * 0.6 + 0.35
     head_z[0, 0, :2] = 0
     int_z = torch.rand(layers, 1, 1, ffn, generator=generator) * 0.6 + 0.35
@@ -115,7 +118,13 @@ def cofi_zs(config: dict, seed: int) -> dict[str, torch.Tensor]:
     hidden_z[: h // 4] = 0
     mlp_z = torch.tensor([0.0] + [0.9] * (layers - 1))
     head_layer_z = torch.tensor([0.8] * (layers - 1) + [0.0])
-    return {"head_z": head_z, "intermediate_z": int_z, "hidden_z": hidden_z, "mlp_z": mlp_z, "head_layer_z": head_layer_z}
+    return {
+        "head_z": head_z,
+        "intermediate_z": int_z,
+        "hidden_z": hidden_z,
+        "mlp_z": mlp_z,
+        "head_layer_z": head_layer_z,
+    }
 
 
 def prumux_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
@@ -123,8 +132,13 @@ def prumux_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
     state = mux_plm_state(config, seed, task_head=True)
     generator = torch.Generator().manual_seed(seed + 1)
     h = config["hidden_size"]
-    state |= {f"bert.pooler.dense.{p}": torch.randn(*s, generator=generator) for p, s in (("weight", (h, h)), ("bias", (h,)))}
-    state |= {f"layer_transformation.{p}": torch.randn(*s, generator=generator) for p, s in (("weight", (h, h)), ("bias", (h,)))}
+    state |= {
+        f"bert.pooler.dense.{p}": torch.randn(*s, generator=generator) for p, s in (("weight", (h, h)), ("bias", (h,)))
+    }
+    state |= {
+        f"layer_transformation.{p}": torch.randn(*s, generator=generator)
+        for p, s in (("weight", (h, h)), ("bias", (h,)))
+    }
     return state
 
 
@@ -155,11 +169,17 @@ def test_prumux_format_b_reads_pruned_shapes(tmp_path):
 
 
 def test_cofi_pruned_classifier_reproduces(tmp_path):
-    config = bert_config() | {"architectures": ["BertForSequenceClassification"], "pruned_heads": {"1": [3]},
-                              "id2label": {"0": "negative", "1": "positive"}}  # fmt: skip
+    config = bert_config() | {
+        "architectures": ["BertForSequenceClassification"],
+        "pruned_heads": {"1": [3]},
+        "id2label": {"0": "negative", "1": "positive"},
+    }
     generator = torch.Generator().manual_seed(5)
     state = backbone_state(config, "bert.", generator, pooler=True)
-    state |= {"classifier.weight": torch.randn(2, 32, generator=generator), "classifier.bias": torch.randn(2, generator=generator)}
+    state |= {
+        "classifier.weight": torch.randn(2, 32, generator=generator),
+        "classifier.bias": torch.randn(2, generator=generator),
+    }
     zs = cofi_zs(config, 5)
     zs = {name: (value != 0).float() for name, value in zs.items()}  # CoFi's released models are pruned 0/1
     pruned = cofi_fold_and_prune(state, zs, config)
@@ -167,7 +187,10 @@ def test_cofi_pruned_classifier_reproduces(tmp_path):
     assert model.config.num_instances == 1 and model.config.label_names == ["negative", "positive"]
     ids, mask, types = inputs(5)
     with torch.no_grad():
-        assert max_diff(model(ids, mask, types).logits, bert_classifier_logits(ids, mask, types, pruned, config)) < TOLERANCE
+        assert (
+            max_diff(model(ids, mask, types).logits, bert_classifier_logits(ids, mask, types, pruned, config))
+            < TOLERANCE
+        )
 
 
 @pytest.mark.parametrize("kind", ["electra-small", "electra-base", "roberta"])
@@ -175,11 +198,19 @@ def test_plain_electra_and_roberta_bases_match_transformers(tmp_path, kind):
     from transformers import ElectraConfig, ElectraModel, RobertaConfig, RobertaModel
 
     torch.manual_seed(0)
-    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48, "vocab_size": 120}
+    shape = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 48,
+        "vocab_size": 120,
+    }
     if kind == "roberta":
         hf = RobertaModel(RobertaConfig(**shape, max_position_embeddings=44, type_vocab_size=1, pad_token_id=1))
     else:
-        hf = ElectraModel(ElectraConfig(**shape, max_position_embeddings=40, embedding_size=16 if kind == "electra-small" else 32))
+        hf = ElectraModel(
+            ElectraConfig(**shape, max_position_embeddings=40, embedding_size=16 if kind == "electra-small" else 32)
+        )
     with torch.no_grad():
         for parameter in hf.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))

@@ -20,19 +20,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import uuid
 import re
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
-from conftest import REPO, S3_TEST_CREDENTIALS, SEARCH
 from optuna.trial import TrialState
 from pyarrow import fs
 from test_remote_run_dir import s3_uri  # noqa: F401 - the module's S3 server
@@ -42,11 +41,22 @@ from storage import open_study
 from storage.remote import child_uri, mirror_dir
 from storage.study import find_study
 
+from conftest import REPO, S3_TEST_CREDENTIALS, SEARCH
+
 pytestmark = pytest.mark.timeout(600)
 # two trials at once, every N > 1 starting from the dense model (phase 1-2 models shared across
 # points and nodes), phase 3 long enough for a fault after a checkpoint even on a loaded machine
-CLUSTER_SEARCH = [*SEARCH, "--set", "prune_steps=200", "--set", "lagrangian_warmup_steps=10", "--set", "mux_start=dense",
-                  "--concurrency", "2"]  # fmt: skip
+CLUSTER_SEARCH = [
+    *SEARCH,
+    "--set",
+    "prune_steps=200",
+    "--set",
+    "lagrangian_warmup_steps=10",
+    "--set",
+    "mux_start=dense",
+    "--concurrency",
+    "2",
+]
 PRUNED = "N=1/s=0.5"
 COMPARED = ("val_accuracy", "test_accuracy", "sparsity")  # printed: this run's / the undisturbed run's
 
@@ -69,10 +79,32 @@ def cluster() -> Iterator[LocalCluster]:
 def submit(cluster: LocalCluster, run_uri: str, postgres_url: str, study: str, model: Path) -> str:
     """`submit` the cluster search; return the job id."""
     submitted = subprocess.run(
-        [sys.executable, "-m", "cli.main", "submit", "--address", cluster.dashboard, "--storage", postgres_url,
-         "--run-dir", run_uri, "--", "start", "--model", str(model), "--study", study, *CLUSTER_SEARCH],
-        capture_output=True, text=True, env=cluster.env, cwd=REPO, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--storage",
+            postgres_url,
+            "--run-dir",
+            run_uri,
+            "--",
+            "start",
+            "--model",
+            str(model),
+            "--study",
+            study,
+            *CLUSTER_SEARCH,
+        ],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert submitted.returncode == 0, submitted.stderr
     return re.search(r"submitted (\S+) to", submitted.stdout).group(1)
 
@@ -81,8 +113,13 @@ def follow(cluster: LocalCluster, job: str, timeout: float = 400) -> str:
     """Follow the job to its end (`submit --logs`); return what it printed."""
     followed = subprocess.run(
         [sys.executable, "-m", "cli.main", "submit", "--address", cluster.dashboard, "--logs", job],
-        capture_output=True, text=True, env=cluster.env, cwd=REPO, timeout=timeout, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
     return followed.stdout + followed.stderr
 
 
@@ -176,8 +213,9 @@ def lease_holders(postgres_url: str, key_part: str) -> dict[str, str]:
     engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text("SELECT key, holder FROM prumux_leases WHERE key LIKE :key"),
-                                      {"key": f"%{key_part}%"}).fetchall()  # fmt: skip
+            rows = connection.execute(
+                sqlalchemy.text("SELECT key, holder FROM prumux_leases WHERE key LIKE :key"), {"key": f"%{key_part}%"}
+            ).fetchall()
     except sqlalchemy.exc.ProgrammingError:  # no lease table yet
         return {}
     finally:
@@ -234,7 +272,9 @@ def test_everything_stays_on_loopback(cluster: LocalCluster, undisturbed: dict) 
 
 def test_trials_run_on_both_nodes_and_reuse_each_others_models(cluster: LocalCluster, undisturbed: dict) -> None:
     trials, run_uri = undisturbed["trials"], undisturbed["run_uri"]
-    assert "stopped: the search is done" in undisturbed["output"] and undisturbed["output"].rstrip().endswith("SUCCEEDED")
+    assert "stopped: the search is done" in undisturbed["output"] and undisturbed["output"].rstrip().endswith(
+        "SUCCEEDED"
+    )
     assert {t.user_attrs["node"] for t in trials.values()} == {"127.0.0.3", "127.0.0.4"}
     dense_entry = json.loads(read_pushed(run_uri, pushed(run_uri, r"/cache/.*/N1-.*/entry\.json$")[0]))
     trained_on = dense_entry["trained_by"]["node"]  # by the first of the two trials that took its lease
@@ -250,13 +290,19 @@ def read_pushed(run_uri: str, path: str) -> str:
 
 
 def test_a_node_lost_mid_trial(
-    cluster: LocalCluster, undisturbed: dict, s3_uri: str, postgres_url: str, fresh_postgres_study_name: str,
+    cluster: LocalCluster,
+    undisturbed: dict,
+    s3_uri: str,
+    postgres_url: str,
+    fresh_postgres_study_name: str,
     tiny_bert_dir: Path,
 ) -> None:
     run_uri = child_uri(s3_uri, "node-lost")
     watch = Watch(cluster, submit(cluster, run_uri, postgres_url, fresh_postgres_study_name, tiny_bert_dir))
     watch.until(lambda: pruning_with_a_checkpoint(run_uri, postgres_url, fresh_postgres_study_name))
-    victim = next(node for node in cluster.workers if any(f"{PRUNED}: prune step" in line for line in node_log(node, run_uri)))
+    victim = next(
+        node for node in cluster.workers if any(f"{PRUNED}: prune step" in line for line in node_log(node, run_uri))
+    )
     line = next(line for line in node_log(victim, run_uri) if f"{PRUNED}: prune step" in line)
     pid = int(re.search(r"pid=(\d+)", line).group(1))
     assert pid in victim.raylet_and_workers()  # the trial's worker, on that node
@@ -285,9 +331,11 @@ def test_a_node_lost_mid_trial(
     for point, trial in sorted(trials.items()):
         print(point, *(f"{key} {trial.user_attrs[key]} / {reference[point].user_attrs[key]}" for key in COMPARED))
     trained_once(cluster, run_uri)
-    print(f"node {victim.ip} (pids {killed}) lost; the lease was "
-          f"taken over after {taken_over_after:.0f} s by {taken_over}; {resumed[0]}; the search ended "
-          f"{time.monotonic() - lost_at:.0f} s after the loss")  # fmt: skip
+    print(
+        f"node {victim.ip} (pids {killed}) lost; the lease was "
+        f"taken over after {taken_over_after:.0f} s by {taken_over}; {resumed[0]}; the search ended "
+        f"{time.monotonic() - lost_at:.0f} s after the loss"
+    )
 
 
 def test_a_node_joining_mid_search_then_the_driver_killed(
@@ -331,4 +379,6 @@ def test_a_node_joining_mid_search_then_the_driver_killed(
     assert sum("N=1/s=0:" in line and "cache miss" in line for line in logs) == 1  # the dense model was trained once
     resumed = [line for line in logs if f"{PRUNED}: resumed prune from step" in line]
     assert resumed and int(re.search(r"from step (\d+)", resumed[0]).group(1)) > 0
-    print(f"driver killed; the second submit finished the study {time.monotonic() - killed_at:.0f} s later; {resumed[0]}")
+    print(
+        f"driver killed; the second submit finished the study {time.monotonic() - killed_at:.0f} s later; {resumed[0]}"
+    )

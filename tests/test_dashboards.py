@@ -18,14 +18,10 @@ import pandas as pd
 import pytest
 
 import storage
-from dashboards import frontier_figure
-from dashboards import publish
-from dashboards import summarize
-from dashboards import surrogate_figure
-from dashboards.figures import INFEASIBLE_COLOR
-from dashboards.publish import FRONTIER_ID
-from dashboards.publish import SURROGATE_ID
 from cli.main import main
+from dashboards import frontier_figure, publish, summarize, surrogate_figure
+from dashboards.figures import INFEASIBLE_COLOR
+from dashboards.publish import FRONTIER_ID, SURROGATE_ID
 from storage import StudySettings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,15 +13,22 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.driver import STOP_RESERVE_S, SearchOptions, trials_time_budget, run_search, trial_resources
+from search.driver import STOP_RESERVE_S, SearchOptions, run_search, trial_resources, trials_time_budget
 from storage import StudySettings, default_url, open_study
 from trainers.recipes import load_recipe
 
 FAST = {
-    "max_train_examples": 64, "max_eval_examples": 64, "eval_examples": 32, "eval_every": 4,
-    "retrieval_steps": 6, "mlm_steps": 2, "finetune_steps": 8, "prune_steps": 8,
-    "lagrangian_warmup_steps": 4, "pruned_finetune_steps": 2,
-}  # fmt: skip
+    "max_train_examples": 64,
+    "max_eval_examples": 64,
+    "eval_examples": 32,
+    "eval_every": 4,
+    "retrieval_steps": 6,
+    "mlm_steps": 2,
+    "finetune_steps": 8,
+    "prune_steps": 8,
+    "lagrangian_warmup_steps": 4,
+    "pruned_finetune_steps": 2,
+}
 BUDGET = 0.05
 
 
@@ -117,7 +124,9 @@ def test_time_budget_fails_the_trials_it_interrupts(local_ray, tiny_bert_dir: Pa
 
 def test_trials_stop_in_time_for_the_run_to_end_within_its_budget(tmp_path: Path) -> None:
     def options(budget: float | None) -> SearchOptions:
-        return SearchOptions(run_dir=str(tmp_path), storage_url=default_url(tmp_path), study_name="x", time_budget_s=budget)
+        return SearchOptions(
+            run_dir=str(tmp_path), storage_url=default_url(tmp_path), study_name="x", time_budget_s=budget
+        )
 
     started_100_s_ago = time.monotonic() - 100
     assert trials_time_budget(options(1200), started_100_s_ago) == pytest.approx(1200 - STOP_RESERVE_S - 100, abs=1)

@@ -22,10 +22,19 @@ from storage.curves import STOPPED_ATTR, read_curve
 from trainers.recipes import load_recipe
 
 RECIPE = {
-    "max_train_examples": 256, "max_eval_examples": 64, "eval_examples": 32, "eval_every": 10,
-    "retrieval_steps": 6, "mlm_steps": 0, "finetune_steps": 60, "finetune_batch_size": 16, "finetune_lr": 0.01,
-    "prune_steps": 8, "lagrangian_warmup_steps": 4, "pruned_finetune_steps": 4,
-}  # fmt: skip
+    "max_train_examples": 256,
+    "max_eval_examples": 64,
+    "eval_examples": 32,
+    "eval_every": 10,
+    "retrieval_steps": 6,
+    "mlm_steps": 0,
+    "finetune_steps": 60,
+    "finetune_batch_size": 16,
+    "finetune_lr": 0.01,
+    "prune_steps": 8,
+    "lagrangian_warmup_steps": 4,
+    "pruned_finetune_steps": 4,
+}
 BUDGET = 0.05
 
 
@@ -40,7 +49,10 @@ def cue_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for _ in range(400):
             label = rng.randint(0, 1)
             text = rng.choices(words, k=6)
-            text.insert(rng.randint(0, 6), rng.choice(["excellent", "wonderful", "great"] if label else ["awful", "terrible", "boring"]))
+            text.insert(
+                rng.randint(0, 6),
+                rng.choice(["excellent", "wonderful", "great"] if label else ["awful", "terrible", "boring"]),
+            )
             writer.writerow([" ".join(text), "pos" if label else "neg"])
     return path
 
@@ -49,10 +61,11 @@ def search(run_dir: Path, task: Path, model: Path, **options):
     settings = StudySettings(str(task), str(model), "smoke+cue", BUDGET, (1, 2), (0.0, 0.5))
     lines: list[tuple[int, str]] = []
     outcome = run_search(
-        settings, load_recipe("smoke", RECIPE),
+        settings,
+        load_recipe("smoke", RECIPE),
         SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="cue", **options),
         on_trial=lambda trial, study: lines.append((trial.number, trial.state.name)),
-    )  # fmt: skip
+    )
     return outcome, lines
 
 
@@ -89,7 +102,9 @@ def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
 
     again, lines = search(tmp_path, cue_task, tiny_bert_dir)  # a resumed search keeps its stopped trial
-    assert points(optuna.load_study(study_name="cue", storage=default_url(tmp_path)))[(2, 0.0)].state == TrialState.PRUNED
+    assert (
+        points(optuna.load_study(study_name="cue", storage=default_url(tmp_path)))[(2, 0.0)].state == TrialState.PRUNED
+    )
     assert lines == [] and again.stop_reason == "the search is done"
 
 
@@ -120,8 +135,17 @@ def hand_made_study(tmp_path: Path) -> optuna.Study:
     stopped = study.ask(space)
     write_evaluations(study, stopped.number, [(10, 0.55), (20, 0.56)], "finetune")
     set_total_steps(study, stopped.number, 80)
-    record_stopped(study, stopped.number, accuracy=0.56, bound=0.7, threshold=0.75, throughput=190.0,
-                   throughput_source="predicted", reason="cannot reach 0.750 (bound 0.70)", kind="threshold")  # fmt: skip
+    record_stopped(
+        study,
+        stopped.number,
+        accuracy=0.56,
+        bound=0.7,
+        threshold=0.75,
+        throughput=190.0,
+        throughput_source="predicted",
+        reason="cannot reach 0.750 (bound 0.70)",
+        kind="threshold",
+    )
     return study
 
 

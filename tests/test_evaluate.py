@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoints import cofi_zs
+
 from reference_models import (
     TOKENIZER_FILES,
     backbone_state,
@@ -17,7 +19,6 @@ from reference_models import (
     mux_plm_state,
     save_checkpoint,
 )
-from test_checkpoints import cofi_zs
 
 LABELS = {"0": "negative", "1": "positive"}
 FAST = ["--task", "rt-polarity", "--seq-len", "32", "--batches", "1", "--max-eval-examples", "64"]
@@ -74,10 +75,36 @@ def test_evaluate_into_study_then_predict(run_cli, checkpoints, tmp_path):
 
 def test_bad_evaluations_fail_in_one_line_and_store_nothing(run_cli, checkpoints, tmp_path, tiny_bert_dir):
     cases = [
-        (["--model", checkpoints["mux"], *FAST, "--into-study", "--run-dir", str(tmp_path), "--grid-n", "1,2",
-          "--grid-s", "0,0.5"], "has no dense (N=1, s=0) point yet"),  # fmt: skip
-        (["--model", checkpoints["prumux"], *FAST, "--into-study", "--run-dir", str(tmp_path), "--grid-n", "1,2",
-          "--grid-s", "0,0.9"], "is not on the study's grid"),  # fmt: skip
+        (
+            [
+                "--model",
+                checkpoints["mux"],
+                *FAST,
+                "--into-study",
+                "--run-dir",
+                str(tmp_path),
+                "--grid-n",
+                "1,2",
+                "--grid-s",
+                "0,0.5",
+            ],
+            "has no dense (N=1, s=0) point yet",
+        ),
+        (
+            [
+                "--model",
+                checkpoints["prumux"],
+                *FAST,
+                "--into-study",
+                "--run-dir",
+                str(tmp_path),
+                "--grid-n",
+                "1,2",
+                "--grid-s",
+                "0,0.9",
+            ],
+            "is not on the study's grid",
+        ),
         (["--model", str(tiny_bert_dir), *FAST], "has no task head"),
         (["--model", "muxbert-base", *FAST], "is a model family: give the width N"),
     ]

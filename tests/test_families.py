@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from reference_models import tiny_mux_family
 
 from trainers.families import FAMILIES, family, model_for, tokenizer_for
+
+from reference_models import tiny_mux_family
 
 TEMPLATE = "testorg/tiny-mux-rt-{N}"
 
@@ -24,7 +25,9 @@ def test_published_families_map_every_width_to_its_hub_id():
 
 
 def test_a_width_the_family_lacks_is_refused():
-    with pytest.raises(ValueError, match=r"model family 'muxbert-base' has no N = 3 checkpoint \(it has N = 1, 2, 5, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"model family 'muxbert-base' has no N = 3 checkpoint \(it has N = 1, 2, 5, 10\)"
+    ):
         family("muxbert-base").check_widths([1, 2, 3])
     with pytest.raises(ValueError, match="must hold"):
         family("org/{N}_{N}")
@@ -33,15 +36,37 @@ def test_a_width_the_family_lacks_is_refused():
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory, tiny_bert_dir) -> Path:
     cache = tmp_path_factory.mktemp("hub") / "hub"
-    tiny_mux_family(cache, tiny_bert_dir, TEMPLATE, {1: "plain", 2: "fine-tuned", 3: "pretrained"}, ("negative", "positive"))
+    tiny_mux_family(
+        cache, tiny_bert_dir, TEMPLATE, {1: "plain", 2: "fine-tuned", 3: "pretrained"}, ("negative", "positive")
+    )
     tiny_mux_family(cache, tiny_bert_dir, "testorg/tiny-mux-swapped-{N}", {2: "fine-tuned"}, ("positive", "negative"))
     return cache
 
 
 def train(run_cli, cache: Path, workdir: Path, model: str, N: int, s: float):
-    done, _ = run_cli("train", "--task", "rt-polarity", "--model", model, "--n", str(N), "--sparsity", str(s),
-                      "--recipe", "smoke", "--workdir", str(workdir), "--quiet", "--set", "prune_steps=20",
-                      "--set", "lagrangian_warmup_steps=10", timeout=600, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))  # fmt: skip
+    done, _ = run_cli(
+        "train",
+        "--task",
+        "rt-polarity",
+        "--model",
+        model,
+        "--n",
+        str(N),
+        "--sparsity",
+        str(s),
+        "--recipe",
+        "smoke",
+        "--workdir",
+        str(workdir),
+        "--quiet",
+        "--set",
+        "prune_steps=20",
+        "--set",
+        "lagrangian_warmup_steps=10",
+        timeout=600,
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(cache),
+    )
     return done
 
 
@@ -73,13 +98,35 @@ def test_a_checkpoint_with_the_task_labels_in_another_order_is_refused(run_cli, 
 
 def test_a_search_on_a_family_skips_what_each_checkpoint_learnt(run_cli, hub_cache, tmp_path):
     """A real (smoke) `start` whose N = 2 points start from a task-fine-tuned MUX checkpoint in the hub cache."""
-    done, _ = run_cli("start", "--run-dir", str(tmp_path), "--task", "rt-polarity", "--model", TEMPLATE,
-                      "--recipe", "smoke", "--grid-n", "1,2", "--grid-s", "0", "--budget", "0.5",
-                      timeout=900, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub_cache))  # fmt: skip
+    done, _ = run_cli(
+        "start",
+        "--run-dir",
+        str(tmp_path),
+        "--task",
+        "rt-polarity",
+        "--model",
+        TEMPLATE,
+        "--recipe",
+        "smoke",
+        "--grid-n",
+        "1,2",
+        "--grid-s",
+        "0",
+        "--budget",
+        "0.5",
+        timeout=900,
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(hub_cache),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     status, _ = run_cli("status", "--run-dir", str(tmp_path), "--format", "json")
     trials = {(t["N"], t["s"]): t for t in json.loads(status.stdout)["trials"]}
     assert sorted(trials) == [(1, 0.0), (2, 0.0)]
     assert trials[(1, 0.0)]["phases"]["finetune"] == "trained"
     assert trials[(2, 0.0)]["checkpoint"] == "testorg/tiny-mux-rt-2"
-    assert trials[(2, 0.0)]["phases"] == {"retrieval": "skipped", "mlm": "skipped", "finetune": "evaluated", "pruning": "skipped"}
+    assert trials[(2, 0.0)]["phases"] == {
+        "retrieval": "skipped",
+        "mlm": "skipped",
+        "finetune": "evaluated",
+        "pruning": "skipped",
+    }

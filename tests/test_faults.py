@@ -18,10 +18,11 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-from conftest import LONG_PRUNE, SEARCH, RayHead, train_log, wait_for
 from optuna.trial import TrialState
 
 from storage import default_url, open_study
+
+from conftest import LONG_PRUNE, SEARCH, RayHead, train_log, wait_for
 
 PRUNED = "N=1/s=0.5"
 PASSWORD = "s3cret"
@@ -51,13 +52,17 @@ def start_args(run_dir: Path, model: Path, head: RayHead, *extra: str) -> list[s
     return ["start", "--run-dir", str(run_dir), "--model", str(model), "--ray-address", head.address, *SEARCH, *extra]
 
 
-def test_killed_worker_is_retried_from_its_checkpoint(ray_head: RayHead, launch, tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_killed_worker_is_retried_from_its_checkpoint(
+    ray_head: RayHead, launch, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
     driver = launch(*start_args(run_dir, tiny_bert_dir, ray_head, *LONG_PRUNE), log=tmp_path / "driver.log")
     checkpoints = run_dir / "work" / "points"
     wait_for(lambda: any(f"{PRUNED}: prune step" in line for line in train_log(run_dir)), driver)
     wait_for(lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in checkpoints.rglob("*.pt")), driver)
-    pid = int(re.search(r"pid=(\d+)", next(line for line in train_log(run_dir) if f"{PRUNED}: prune step" in line)).group(1))
+    pid = int(
+        re.search(r"pid=(\d+)", next(line for line in train_log(run_dir) if f"{PRUNED}: prune step" in line)).group(1)
+    )
     assert pid in ray_head.processes()  # a Ray worker of our head, not some other process
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -83,7 +88,9 @@ def test_restart_after_killed_driver_finishes_the_study(
 ) -> None:
     run_dir = tmp_path / "run"
     first = launch(*start_args(run_dir, tiny_bert_dir, ray_head, *LONG_PRUNE), log=tmp_path / "first.log")
-    wait_for(lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work" / "points").rglob("*.pt")), first)
+    wait_for(
+        lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work" / "points").rglob("*.pt")), first
+    )
     kill_driver(first)
     killed_at = time.monotonic()
 
@@ -117,7 +124,9 @@ def terminate_backends(postgres_url: str, pids: set[int]) -> int:
     engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
         rows = connection.execute(
-            sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY(:names)"),
+            sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY(:names)"
+            ),
             {"names": names},
         ).fetchall()
     engine.dispose()
@@ -148,10 +157,19 @@ def test_dropped_database_connections_lose_nothing(
     trained_once(run_dir)
     print(f"terminated {terminated} connections; {len(study.trials)} trials complete")
     # the password is in no output, log, Ray log or stored text
-    status = subprocess.run([*STATUS, "--storage", url, "--study", fresh_postgres_study_name], capture_output=True,
-                            text=True, env=ray_head.env, check=False)  # fmt: skip
+    status = subprocess.run(
+        [*STATUS, "--storage", url, "--study", fresh_postgres_study_name],
+        capture_output=True,
+        text=True,
+        env=ray_head.env,
+        check=False,
+    )
     assert status.returncode == 0 and PASSWORD not in status.stdout + status.stderr
-    stored = [str(study._storage.get_study_system_attrs(study._study_id)), str(study.user_attrs), *(str(t.user_attrs) for t in study.trials)]
+    stored = [
+        str(study._storage.get_study_system_attrs(study._study_id)),
+        str(study.user_attrs),
+        *(str(t.user_attrs) for t in study.trials),
+    ]
     leaks = [path for path in [*run_dir.rglob("*"), *ray_head.temp_dir.rglob("*")] if contains(path, PASSWORD)]
     assert PASSWORD not in output + "".join(stored) + ray_jobs(ray_head) and not leaks
 
@@ -161,8 +179,9 @@ STATUS = [sys.executable, "-m", "cli.main", "status"]
 
 def ray_jobs(head: RayHead) -> str:
     """The head's job table as `ray job list` prints it (entrypoints, environments)."""
-    listed = subprocess.run(["ray", "job", "list", "--address", head.dashboard], capture_output=True, text=True,
-                            env=head.env, check=True)  # fmt: skip
+    listed = subprocess.run(
+        ["ray", "job", "list", "--address", head.dashboard], capture_output=True, text=True, env=head.env, check=True
+    )
     return listed.stdout
 
 
@@ -181,17 +200,34 @@ def test_search_submitted_as_a_ray_job_completes_its_study(
     url = postgres_url.replace("postgres@", f"postgres:{PASSWORD}@")
     submit = [sys.executable, "-m", "cli.main", "submit", "--address", ray_head.dashboard]
     submitted = subprocess.run(
-        [*submit, "--storage", url, "--run-dir", str(run_dir), "--", "start", "--model", str(tiny_bert_dir),
-         "--study", fresh_postgres_study_name, *SEARCH],
-        capture_output=True, text=True, env=ray_head.env, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            *submit,
+            "--storage",
+            url,
+            "--run-dir",
+            str(run_dir),
+            "--",
+            "start",
+            "--model",
+            str(tiny_bert_dir),
+            "--study",
+            fresh_postgres_study_name,
+            *SEARCH,
+        ],
+        capture_output=True,
+        text=True,
+        env=ray_head.env,
+        timeout=120,
+        check=False,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job = re.search(r"submitted (\S+) to", submitted.stdout).group(1)
     assert f"--logs {job}" in submitted.stdout
     assert "password was not sent" in submitted.stdout  # the job connects without it (trust auth here)
 
-    followed = subprocess.run([*submit, "--logs", job], capture_output=True, text=True, env=ray_head.env, timeout=400,
-                              check=False)  # fmt: skip
+    followed = subprocess.run(
+        [*submit, "--logs", job], capture_output=True, text=True, env=ray_head.env, timeout=400, check=False
+    )
 
     assert followed.returncode == 0, followed.stderr
     assert "stopped: the search is done" in followed.stdout and followed.stdout.rstrip().endswith(f"{job}: SUCCEEDED")
@@ -209,8 +245,12 @@ def test_stopped_ray_job_is_finished_by_the_next_start(
     submit = [sys.executable, "-m", "cli.main", "submit", "--address", ray_head.dashboard]
     submitted = subprocess.run(
         [*submit, "--run-dir", str(run_dir), "--", "start", "--model", str(tiny_bert_dir), *SEARCH, *LONG_PRUNE],
-        capture_output=True, text=True, env=ray_head.env, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=ray_head.env,
+        timeout=120,
+        check=False,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job = re.search(r"submitted (\S+) to", submitted.stdout).group(1)
     deadline = time.monotonic() + 300
@@ -236,6 +276,14 @@ def test_stopped_ray_job_is_finished_by_the_next_start(
 
 def job_logs(head: RayHead, job: str) -> str:
     """A Ray Job's status and the end of its logs, for failure messages."""
-    said = [subprocess.run(["ray", "job", command, job, "--address", head.dashboard], capture_output=True, text=True,
-                           env=head.env, check=False) for command in ("status", "logs")]  # fmt: skip
+    said = [
+        subprocess.run(
+            ["ray", "job", command, job, "--address", head.dashboard],
+            capture_output=True,
+            text=True,
+            env=head.env,
+            check=False,
+        )
+        for command in ("status", "logs")
+    ]
     return " | ".join((done.stdout + done.stderr)[-3000:] for done in said)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SEARCH, client_env, descendants, train_log, wait_for
 from optuna.trial import TrialState
 
 from storage import default_url, open_study
@@ -31,6 +30,8 @@ from storage.progress import ATTEMPTS_ATTR
 from trainers.cache import cache_entry
 from trainers.job import check_job
 from trainers.tasks import load_task
+
+from conftest import REPO, SEARCH, client_env, descendants, train_log, wait_for
 
 # phase 3 of (1, 0.5) long enough to land two signals in it after a checkpoint each (the tests poll every 0.2 s)
 PHASE3 = ["--set", "prune_steps=2000", "--set", "lagrangian_warmup_steps=10"]
@@ -54,8 +55,14 @@ def processes() -> Iterator[list[subprocess.Popen]]:
 def launch(processes: list[subprocess.Popen], args: list[str], log: Path, cwd: Path) -> subprocess.Popen:
     """`prumux-search ARGS` in the background in its own process group (as a shell starts it), output to ``log``."""
     with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=output, stderr=subprocess.STDOUT,
-                                   cwd=cwd, env=client_env(), start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=client_env(),
+            start_new_session=True,
+        )
     processes.append(process)
     return process
 
@@ -96,7 +103,19 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     working directory, the run dir `runs`."""
     load_task("rt-polarity").train.head(300).to_csv(tmp_path / "reviews.csv", index=False)
     (tmp_path / "tiny").symlink_to(tiny_bert_dir)
-    args = ["start", "--run-dir", "runs", "--task", "reviews.csv", "--model", "tiny", *SEARCH, *PHASE3, "--max-trials", "2"]
+    args = [
+        "start",
+        "--run-dir",
+        "runs",
+        "--task",
+        "reviews.csv",
+        "--model",
+        "tiny",
+        *SEARCH,
+        *PHASE3,
+        "--max-trials",
+        "2",
+    ]
     run_dir = tmp_path / "runs"
     timings = {}
 
@@ -104,8 +123,15 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     first = launch(processes, args, tmp_path / "first.log", tmp_path)
     live = poll(lambda: LIVE_LINE.search((tmp_path / "first.log").read_text()), first)
     poll(lambda: newest_checkpoint(run_dir), first)
-    second = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, cwd=tmp_path,
-                            env=client_env(), timeout=120, check=False)  # fmt: skip
+    second = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=client_env(),
+        timeout=120,
+        check=False,
+    )
     children = descendants(first.pid)
     signalled = time.monotonic()
     os.killpg(first.pid, signal.SIGINT)
@@ -124,7 +150,10 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     rerun = launch(processes, args, tmp_path / "rerun.log", tmp_path)
     resumed = poll(lambda: [line for line in train_log(run_dir) if "resumed prune from step" in line], rerun)
     resumed_at = int(re.search(r"from step (\d+)", resumed[0]).group(1))
-    poll(lambda: (saved := newest_checkpoint(run_dir)) and torch.load(saved, weights_only=True)["step"] > resumed_at, rerun)
+    poll(
+        lambda: (saved := newest_checkpoint(run_dir)) and torch.load(saved, weights_only=True)["step"] > resumed_at,
+        rerun,
+    )
     children = descendants(rerun.pid)
     os.kill(rerun.pid, signal.SIGTERM)
     status, timings["SIGTERM to exit"] = ended(rerun, children)
@@ -145,8 +174,10 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     for name in ("first.log", "rerun.log", "last.log"):
         text = (tmp_path / name).read_text()
         assert not [word for word in UNACTIONABLE if word in text], text
-    print(f"live line: {live.group(0)!r}; {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; "
-          f"whole test {time.monotonic() - signalled:.0f} s after the first signal")
+    print(
+        f"live line: {live.group(0)!r}; {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; "
+        f"whole test {time.monotonic() - signalled:.0f} s after the first signal"
+    )
 
 
 def test_a_trial_failing_the_same_way_twice_stops_the_search(tiny_bert_dir: Path, tmp_path: Path, run_cli) -> None:
@@ -155,7 +186,9 @@ def test_a_trial_failing_the_same_way_twice_stops_the_search(tiny_bert_dir: Path
     run_dir = tmp_path / "run"
     overrides = [value for option, value in zip(SEARCH, SEARCH[1:]) if option == "--set"]
     job = check_job("rt-polarity", str(tiny_bert_dir), "smoke", overrides)
-    damaged = cache_entry(run_dir / "work", job.task, job.base_model, 1, job.recipe).directory / "checkpoints" / "finetune.pt"
+    damaged = (
+        cache_entry(run_dir / "work", job.task, job.base_model, 1, job.recipe).directory / "checkpoints" / "finetune.pt"
+    )
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"not a checkpoint")
 
@@ -185,11 +218,41 @@ def file_size_limit(limit: int):
 
 def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(tiny_bert_dir: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
-    args = [sys.executable, "-m", "cli.main", "train", "--task", "rt-polarity", "--model", str(tiny_bert_dir),
-            "--n", "1", "--sparsity", "0.5", "--recipe", "smoke", "--workdir", str(work), "--quiet",
-            "--set", "max_train_examples=64", "--set", "max_eval_examples=64", "--set", "eval_examples=32",
-            "--set", "mlm_steps=2", "--set", "finetune_steps=8", "--set", "prune_steps=200",
-            "--set", "lagrangian_warmup_steps=10", "--set", "pruned_finetune_steps=2"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "train",
+        "--task",
+        "rt-polarity",
+        "--model",
+        str(tiny_bert_dir),
+        "--n",
+        "1",
+        "--sparsity",
+        "0.5",
+        "--recipe",
+        "smoke",
+        "--workdir",
+        str(work),
+        "--quiet",
+        "--set",
+        "max_train_examples=64",
+        "--set",
+        "max_eval_examples=64",
+        "--set",
+        "eval_examples=32",
+        "--set",
+        "mlm_steps=2",
+        "--set",
+        "finetune_steps=8",
+        "--set",
+        "prune_steps=200",
+        "--set",
+        "lagrangian_warmup_steps=10",
+        "--set",
+        "pruned_finetune_steps=2",
+    ]
     first = subprocess.Popen(args, cwd=REPO, env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         checkpoint = poll(lambda: next(work.glob("points/**/checkpoints/prune.pt"), None), first)
@@ -199,13 +262,23 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(tiny_bert_
     saved = checkpoint.read_bytes()
     step = torch.load(checkpoint, weights_only=True)["step"]
 
-    full = subprocess.run(args, cwd=REPO, env=client_env(), capture_output=True, text=True, timeout=300, check=False,
-                          preexec_fn=file_size_limit(len(saved) // 2))  # fmt: skip
+    full = subprocess.run(
+        args,
+        cwd=REPO,
+        env=client_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        preexec_fn=file_size_limit(len(saved) // 2),
+    )
 
     assert full.returncode == 1, full.stderr
     [line] = full.stderr.strip().splitlines()
-    assert line == (f"error: training failed: OSError: cannot write checkpoint {checkpoint}: File too large; the previous "
-                    f"checkpoint is kept (full log: {work / 'train.log'})")  # fmt: skip
+    assert line == (
+        f"error: training failed: OSError: cannot write checkpoint {checkpoint}: File too large; the previous "
+        f"checkpoint is kept (full log: {work / 'train.log'})"
+    )
     assert hashlib.sha256(checkpoint.read_bytes()).digest() == hashlib.sha256(saved).digest()
     left = [path for path in checkpoint.parent.iterdir() if path != checkpoint and f"tmp-{first.pid}" not in path.name]
     assert not left  # the failed write left no partial file (the killed run may have)

@@ -24,8 +24,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     pytest.importorskip("ray")
     out = tmp_path_factory.mktemp("gpu-check") / "report.md"
     environment = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--out", str(out)],
-                          cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout, out.read_text()
 
@@ -66,7 +72,12 @@ def test_throughput_table_holds_every_point_with_its_flop_ideals(report: tuple[s
     assert set(points) == {(n, s) for n in (1, 2, 5, 10) for s in (0.0, 0.6, 0.95)}
     assert points[(1, 0.0)][5] == "1.00x"
     for (n, s), row in points.items():
-        assert row[0] == {(False, False): "dense", (True, False): "DataMUX", (False, True): "CoFi", (True, True): "PruMUX"}[(n > 1, s > 0)]
+        assert (
+            row[0]
+            == {(False, False): "dense", (True, False): "DataMUX", (False, True): "CoFi", (True, True): "PruMUX"}[
+                (n > 1, s > 0)
+            ]
+        )
         assert number(row[3]) == pytest.approx(s, abs=0.01)  # realised sparsity of the seeded mask
         speedup, model_ideal, share = number(row[5]), number(row[7]), number(row[9])
         assert speedup > 0 and model_ideal >= 1 and share == pytest.approx(speedup / model_ideal, abs=0.01)
@@ -93,8 +104,14 @@ def test_serving_answers_every_request_and_is_set_against_model_level(report: tu
 
 
 def test_a_bad_device_is_refused_before_anything_runs() -> None:
-    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "tpu"], cwd=REPO,
-                          env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "tpu"],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "error: --device must be cpu or cuda[:K], got 'tpu'" in done.stderr
     assert done.stdout == ""

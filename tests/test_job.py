@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cli.console import SearchConsole, duration, progress_line
 from cli.commands.submit import checked_start_arguments
+from cli.console import SearchConsole, duration, progress_line
 from storage import default_url, open_study, study_settings
 from trainers.job import check_job, check_writable_dir
 from trainers.models import check_model
@@ -81,14 +81,36 @@ def test_writable_dir_check_creates_nothing(tmp_path: Path) -> None:
 
 
 def test_the_study_stores_resolved_paths_and_the_text_given(workspace: Path, run_main) -> None:
-    code, _, err = run_main("import", "--run-dir", "runs", "--task", "reviews.csv", "--model", "models/tiny",
-                            "--recipe", "smoke", "--points", "points.csv")  # fmt: skip
+    code, _, err = run_main(
+        "import",
+        "--run-dir",
+        "runs",
+        "--task",
+        "reviews.csv",
+        "--model",
+        "models/tiny",
+        "--recipe",
+        "smoke",
+        "--points",
+        "points.csv",
+    )
     assert code == 2 and "no such points file" in err  # the points file is checked too, before anything is written
     assert not (workspace / "runs").exists()
     (workspace / "points.csv").write_text("N,s,accuracy,throughput\n1,0,0.9,100\n3,0,0.85,250\n1,0.6,0.88,200\n")
 
-    code, out, err = run_main("import", "--run-dir", "runs", "--task", "reviews.csv", "--model", "models/tiny",
-                              "--recipe", "smoke", "--points", "points.csv")  # fmt: skip
+    code, out, err = run_main(
+        "import",
+        "--run-dir",
+        "runs",
+        "--task",
+        "reviews.csv",
+        "--model",
+        "models/tiny",
+        "--recipe",
+        "smoke",
+        "--points",
+        "points.csv",
+    )
 
     assert code == 0, err
     settings = study_settings(open_study(default_url(workspace / "runs"), "prumux"))
@@ -98,16 +120,40 @@ def test_the_study_stores_resolved_paths_and_the_text_given(workspace: Path, run
     assert (settings.grid_N, settings.grid_s) == ((1, 3), (0.0, 0.6))
     # and a later import into that study uses the study's grid
     (workspace / "more.csv").write_text("N,s,accuracy,throughput\n3,0.6,0.8,400\n")
-    code, _, err = run_main("import", "--run-dir", "runs", "--task", "reviews.csv", "--model", "models/tiny",
-                            "--recipe", "smoke", "--points", "more.csv")  # fmt: skip
+    code, _, err = run_main(
+        "import",
+        "--run-dir",
+        "runs",
+        "--task",
+        "reviews.csv",
+        "--model",
+        "models/tiny",
+        "--recipe",
+        "smoke",
+        "--points",
+        "more.csv",
+    )
     assert code == 0, err
 
 
 def test_submit_gives_the_job_absolute_paths(workspace: Path) -> None:
     arguments = checked_start_arguments(
-        ("start", "--task", "reviews.csv", "--model", "models/tiny", *FAST, "--set", "prune_steps=4", "--budget", "0.05"),
-        None, "runs", "http://127.0.0.1:8265",
-    )  # fmt: skip
+        (
+            "start",
+            "--task",
+            "reviews.csv",
+            "--model",
+            "models/tiny",
+            *FAST,
+            "--set",
+            "prune_steps=4",
+            "--budget",
+            "0.05",
+        ),
+        None,
+        "runs",
+        "http://127.0.0.1:8265",
+    )
     given = dict(zip(arguments[1::2], arguments[2::2]))
     assert arguments[0] == "start" and given["--task"] == str(workspace / "reviews.csv")
     assert Path(given["--model"]).is_absolute() and given["--run-dir"] == str(workspace / "runs")
@@ -122,11 +168,15 @@ def test_submit_to_a_remote_cluster_refuses_files_only_this_machine_has(workspac
     shared.mkdir()
     (shared / "reviews.csv").write_text((workspace / "reviews.csv").read_text())
     with pytest.raises(ValueError, match=rf"task file {workspace / 'reviews.csv'} is only on this machine"):
-        checked_start_arguments(("start", "--task", "reviews.csv", "--model", "minilm-l6", *FAST), None, str(shared), remote)
+        checked_start_arguments(
+            ("start", "--task", "reviews.csv", "--model", "minilm-l6", *FAST), None, str(shared), remote
+        )
     arguments = checked_start_arguments(
         ("start", "--task", "shared/reviews.csv", "--model", "sentence-transformers/all-MiniLM-L6-v2", *FAST),
-        None, str(shared), remote,
-    )  # fmt: skip
+        None,
+        str(shared),
+        remote,
+    )
     assert str(shared / "reviews.csv") in arguments  # inside the shared run dir: accepted; the hub model: the job's
 
 
@@ -147,8 +197,18 @@ def test_stages_send_progress_records_with_eta_and_last_evaluation() -> None:
 
 
 def test_progress_lines_and_how_a_log_shows_them() -> None:
-    record = {"N": 2, "s": 0.5, "stage": "prune", "phase": 3, "step": 120, "total": 800, "accuracy": 0.6123,
-              "elapsed": 65.0, "eta": 190.0, "time": 1000.0}  # fmt: skip
+    record = {
+        "N": 2,
+        "s": 0.5,
+        "stage": "prune",
+        "phase": 3,
+        "step": 120,
+        "total": 800,
+        "accuracy": 0.6123,
+        "elapsed": 65.0,
+        "eta": 190.0,
+        "time": 1000.0,
+    }
     assert progress_line(3, record, now=1000.0) == (
         "trial 3  N=2 s=0.5  phase 3 prune 120/800  accuracy 0.612  elapsed 1m05s  ETA 3m10s"
     )

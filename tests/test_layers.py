@@ -158,17 +158,20 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def test_the_checker_finds_an_upward_import_inside_a_function(tmp_path: Path) -> None:
-    _write(tmp_path, {
-        "top/__init__.py": "",
-        "top/command.py": "from low.work import run\n",
-        "low/__init__.py": "",
-        "low/work.py": "def run():\n    from top.command import run as again\n    return again\n",
-        "low/typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from top import command\n",
-        "side/__init__.py": "from . import helper\n",
-        "side/helper.py": "import other.thing\n",
-        "other/__init__.py": "",
-        "other/thing.py": "",
-    })
+    _write(
+        tmp_path,
+        {
+            "top/__init__.py": "",
+            "top/command.py": "from low.work import run\n",
+            "low/__init__.py": "",
+            "low/work.py": "def run():\n    from top.command import run as again\n    return again\n",
+            "low/typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from top import command\n",
+            "side/__init__.py": "from . import helper\n",
+            "side/helper.py": "import other.thing\n",
+            "other/__init__.py": "",
+            "other/thing.py": "",
+        },
+    )
     layers = (("top",), ("side", "other"), ("low",))
     graph = import_graph(tmp_path, ("top", "side", "other", "low"))
     assert graph["side"] == {"side.helper"} and graph["low.typed"] == set()

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import client_env
 
 from storage import Lease, database_engine
 from storage.leases import LEASES
+
+from conftest import client_env
 
 # hold the work dir's cache lock (as a worker of a search with --cache-lock database) for 2 s
 HOLD = """
@@ -43,8 +44,10 @@ def lease_key(postgres_url: str) -> str:
 
 
 def hold(postgres_url: str, workdir: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", HOLD, postgres_url, str(workdir), str(out)], env=client_env(),
-                            )  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD, postgres_url, str(workdir), str(out)],
+        env=client_env(),
+    )
 
 
 def test_two_processes_take_turns(postgres_url: str, lease_key: str, tmp_path: Path) -> None:
@@ -61,8 +64,9 @@ def test_lease_of_a_killed_holder_expires(postgres_url: str, lease_key: str) -> 
         "import sys, time; from storage import Lease, database_engine; "
         "Lease(database_engine(sys.argv[1]), sys.argv[2], ttl=3).acquire(); print('held', flush=True); time.sleep(60)"
     )
-    holder = subprocess.Popen([sys.executable, "-c", script, postgres_url, lease_key], env=client_env(),
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, postgres_url, lease_key], env=client_env(), stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "held"
     time.sleep(4)  # the holder renews every second: alive, it keeps the lease past its ttl
     waiting = Lease(engine, lease_key, ttl=3)

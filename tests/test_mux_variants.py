@@ -26,7 +26,12 @@ ENCODER = EncoderConfig.dense(2, 16, 4, 24, vocab_size=60, max_position_embeddin
 
 def random_model(num_instances: int, variant: str, mux_norm: float = 5.0) -> PruMUXModel:
     config = PruMUXConfig(
-        encoder=ENCODER, num_instances=num_instances, num_labels=3, hidden_size=16, muxing_variant=variant, mux_norm=mux_norm
+        encoder=ENCODER,
+        num_instances=num_instances,
+        num_labels=3,
+        hidden_size=16,
+        muxing_variant=variant,
+        mux_norm=mux_norm,
     )
     return PruMUXModel(config, seed=num_instances).eval()
 
@@ -107,6 +112,8 @@ def test_cpu_demo_recipe_multiplexes_minilm_above_the_majority_class(tmp_path: P
     result = train_point("rt-polarity", "minilm-l6", 2, 0.0, recipe, tmp_path, progress=False)
     assert result.phases["retrieval"] == "skipped" and result.phases["finetune"] == "trained"
     assert cache_entry(tmp_path, "rt-polarity", "minilm-l6", 1, recipe).model_dir.as_posix() in result.checkpoint
-    labels = encode_task(load_task("rt-polarity", seed=recipe.seed), load_tokenizer("minilm-l6"), recipe).validation.labels
+    labels = encode_task(
+        load_task("rt-polarity", seed=recipe.seed), load_tokenizer("minilm-l6"), recipe
+    ).validation.labels
     majority = labels.bincount().max().item() / len(labels)
     assert result.val_accuracy > majority + 0.06, (result.val_accuracy, majority)

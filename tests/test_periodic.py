@@ -37,8 +37,9 @@ def test_an_untolerated_error_ends_the_worker() -> None:
         calls.append(1)
         raise KeyError("bug")
 
-    worker = Periodic(work, 0.01, name="test-periodic", failed="x", logger=logging.getLogger("test"),
-                      tolerated=(OSError,))
+    worker = Periodic(
+        work, 0.01, name="test-periodic", failed="x", logger=logging.getLogger("test"), tolerated=(OSError,)
+    )
     worker.start()
     worker._thread.join(10)
     worker.stop()

@@ -11,10 +11,17 @@ from trainers.point import train_point
 from trainers.recipes import load_recipe
 
 FAST = {
-    "max_train_examples": 64, "max_eval_examples": 64, "eval_examples": 32, "eval_every": 4,
-    "retrieval_steps": 6, "mlm_steps": 2, "finetune_steps": 8, "prune_steps": 8,
-    "lagrangian_warmup_steps": 4, "pruned_finetune_steps": 4,
-}  # fmt: skip
+    "max_train_examples": 64,
+    "max_eval_examples": 64,
+    "eval_examples": 32,
+    "eval_every": 4,
+    "retrieval_steps": 6,
+    "mlm_steps": 2,
+    "finetune_steps": 8,
+    "prune_steps": 8,
+    "lagrangian_warmup_steps": 4,
+    "pruned_finetune_steps": 4,
+}
 
 
 def test_stages_are_placed_one_after_another() -> None:
@@ -32,8 +39,9 @@ def test_stages_are_placed_one_after_another() -> None:
 def test_a_point_reports_its_whole_curve_and_a_cached_phase_2_again(tiny_bert_dir: Path, tmp_path: Path) -> None:
     recipe = load_recipe("smoke", FAST)
     pruned: list = []
-    result = train_point("rt-polarity", str(tiny_bert_dir), 2, 0.5, recipe, tmp_path, progress=False,
-                         on_evaluation=pruned.append)  # fmt: skip
+    result = train_point(
+        "rt-polarity", str(tiny_bert_dir), 2, 0.5, recipe, tmp_path, progress=False, on_evaluation=pruned.append
+    )
 
     assert result.total_steps == 6 + 2 + 8 + 8 + 4
     assert [e.stage for e in pruned] == ["finetune"] * 2 + ["prune"] * 2 + ["pruned_finetune"]
@@ -42,8 +50,9 @@ def test_a_point_reports_its_whole_curve_and_a_cached_phase_2_again(tiny_bert_di
     assert result.curve == [[e.step, e.accuracy, e.stage] for e in pruned]
 
     dense_mux: list = []
-    other = train_point("rt-polarity", str(tiny_bert_dir), 2, 0.0, recipe, tmp_path, progress=False,
-                        on_evaluation=dense_mux.append)  # fmt: skip
+    other = train_point(
+        "rt-polarity", str(tiny_bert_dir), 2, 0.0, recipe, tmp_path, progress=False, on_evaluation=dense_mux.append
+    )
     assert other.cache_hit and other.total_steps == 16
     assert [(e.step, e.accuracy) for e in dense_mux] == [(e.step, e.accuracy) for e in pruned[:2]]
 

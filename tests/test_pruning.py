@@ -23,9 +23,14 @@ ENCODER = EncoderConfig.dense(4, 16, 4, 24, vocab_size=60, max_position_embeddin
 def random_model(num_instances: int, pooler: bool = True, muxing_variant: str = "gaussian_hadamard") -> PruMUXModel:
     head = "pooler" if pooler else "linear"
     config = PruMUXConfig(
-        encoder=ENCODER, num_instances=num_instances, num_labels=3, hidden_size=16, classifier_head=head,
-        muxing_variant=muxing_variant, mux_norm=5.0,
-    )  # fmt: skip
+        encoder=ENCODER,
+        num_instances=num_instances,
+        num_labels=3,
+        hidden_size=16,
+        classifier_head=head,
+        muxing_variant=muxing_variant,
+        mux_norm=5.0,
+    )
     model = PruMUXModel(config, seed=num_instances)
     with torch.no_grad():  # LayerNorm affine terms away from (1, 0) so slicing mistakes show
         for name, parameter in model.named_parameters():
@@ -60,9 +65,15 @@ def inputs():
 
 @pytest.mark.parametrize(
     "num_instances,pooler,seed,variant",
-    [(1, True, 0, "gaussian_hadamard"), (1, False, 1, "gaussian_hadamard"), (2, True, 2, "gaussian_hadamard"),
-     (3, True, 3, "gaussian_hadamard"), (2, True, 2, "shifted_gaussian"), (3, False, 3, "shifted_gaussian")],
-)  # fmt: skip
+    [
+        (1, True, 0, "gaussian_hadamard"),
+        (1, False, 1, "gaussian_hadamard"),
+        (2, True, 2, "gaussian_hadamard"),
+        (3, True, 3, "gaussian_hadamard"),
+        (2, True, 2, "shifted_gaussian"),
+        (3, False, 3, "shifted_gaussian"),
+    ],
+)
 def test_masked_equals_pruned(num_instances, pooler, seed, variant):
     model = random_model(num_instances, pooler, variant)
     masks = random_masks(seed)

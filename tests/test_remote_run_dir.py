@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 from pyarrow import fs
-
-from conftest import S3_TEST_CREDENTIALS, SEARCH, RayHead, free_port
 from test_driver import FAST
+
 from prumux import PruMUXModel
 from prumux.model import CONFIG_FILE
 from search.driver import SearchOptions, run_search
@@ -26,14 +25,18 @@ from storage import StudySettings, default_url, open_study
 from storage.remote import RemoteFolder, child_uri, mirror_dir
 from trainers.recipes import load_recipe
 
+from conftest import S3_TEST_CREDENTIALS, SEARCH, RayHead, free_port
+
+
 @pytest.fixture(scope="module")
 def s3_uri() -> Iterator[str]:
     """A bucket on moto's S3 server, started for this module; yields the URI of a folder in it."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     uri = f"s3://runs/search?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     try:
         with pytest.MonkeyPatch.context() as patch:
@@ -76,8 +79,9 @@ def test_mirror_round_trip_on_s3(s3_uri: str, tmp_path: Path) -> None:
     reader = RemoteFolder(s3_uri, tmp_path / "b")
     assert reader.pull("cache") == 2 and reader.pull("cache") == 0
     assert sorted(p.name for p in (tmp_path / "b" / "cache" / "N2").rglob("*") if p.is_file()) == [
-        "entry.json", "weights.bin"
-    ]  # fmt: skip
+        "entry.json",
+        "weights.bin",
+    ]
     time.sleep(1.1)  # S3 keeps modification times to the second
     (entry / "model" / "weights.bin").write_bytes(b"v" * 4096)  # same size, new content
     assert writer.push("cache") == 1
@@ -115,8 +119,19 @@ def test_search_with_a_uri_run_dir(local_ray, tiny_bert_dir: Path, tmp_path: Pat
     assert log.count("already trained") == len(second) and "started" not in log
 
     out = tmp_path / "exported"
-    code, _, err = run_main("export", "--run-dir", run_uri, "--storage", storage, "--study", "second",
-                            "--trial", str(second[-1].number), "--out", str(out))  # fmt: skip
+    code, _, err = run_main(
+        "export",
+        "--run-dir",
+        run_uri,
+        "--storage",
+        storage,
+        "--study",
+        "second",
+        "--trial",
+        str(second[-1].number),
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     model = PruMUXModel.from_pretrained(out)
     assert model.config.num_instances == second[-1].params["N"]
@@ -130,8 +145,16 @@ def test_search_on_s3_through_a_ray_head(
     run_uri = child_uri(s3_uri, "cli-search")
     storage = default_url(tmp_path)
     args = ["--run-dir", run_uri, "--storage", storage]
-    driver = launch("start", *args, "--model", str(tiny_bert_dir), "--ray-address", ray_head.address, *SEARCH,
-                    log=tmp_path / "driver.log")  # fmt: skip
+    driver = launch(
+        "start",
+        *args,
+        "--model",
+        str(tiny_bert_dir),
+        "--ray-address",
+        ray_head.address,
+        *SEARCH,
+        log=tmp_path / "driver.log",
+    )
     assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()
     assert "stopped: the search is done" in (tmp_path / "driver.log").read_text()
 

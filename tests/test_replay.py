@@ -9,8 +9,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from search import replay, replay_many, summarize
 from cli.main import main
+from search import replay, replay_many, summarize
 from search.curve_table import read_curves
 from search.grid import read_points
 from search.replay_curves import StepLedger, grid_steps, replay_curves, replay_curves_many, summarize_curves
@@ -84,7 +84,10 @@ def test_curves_table_shares_each_N_phase2_prefix(small):
     points, curves = small
     prefix = curves[(2, 0.0)]
     pruned = curves[(2, 0.75)]
-    assert pruned.steps[: len(prefix.steps)] == prefix.steps and pruned.accuracies[: len(prefix.steps)] == prefix.accuracies
+    assert (
+        pruned.steps[: len(prefix.steps)] == prefix.steps
+        and pruned.accuracies[: len(prefix.steps)] == prefix.accuracies
+    )
     assert [stage for _, stage in pruned.stages] == ["finetune", "prune", "pruned_finetune"]
     # Exhaustive grid: phase 2 once per N, then every pruned point's own steps.
     own = sum(curve.total_steps - curves[(n, 0.0)].total_steps for (n, s), curve in curves.items() if s > 0)

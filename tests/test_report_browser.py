@@ -8,13 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_dashboards import IMPORTED, TRAINED, seed_study
 
-import conftest
 import storage
 from dashboards import write_report
-from test_dashboards import IMPORTED
-from test_dashboards import TRAINED
-from test_dashboards import seed_study
+
+import conftest
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import optuna
-from conftest import REPO, client_env
 from optuna.distributions import CategoricalDistribution
 
 from cli.commands.dashboard import dashboard
 from cli.commands.study import model_card
+
+from conftest import REPO, client_env
 
 PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards", "serving", "benchmarks")
 PICKLE_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
@@ -46,9 +47,14 @@ def test_no_source_file_unpickles() -> None:
 
 def test_the_scan_finds_unsafe_loads(tmp_path: Path) -> None:
     bad = REPO / "tests" / f"_unsafe_{tmp_path.name}.py"
-    bad.write_text("import pickle\nimport torch\nstate = torch.load('m.pt')\nok = torch.load('m.pt', weights_only=True)\n")
+    bad.write_text(
+        "import pickle\nimport torch\nstate = torch.load('m.pt')\nok = torch.load('m.pt', weights_only=True)\n"
+    )
     try:
-        assert [line.split(" ", 1)[1] for line in unsafe_loads(bad)] == ["imports pickle", "torch.load without weights_only=True"]
+        assert [line.split(" ", 1)[1] for line in unsafe_loads(bad)] == [
+            "imports pickle",
+            "torch.load without weights_only=True",
+        ]
     finally:
         bad.unlink()
 
@@ -73,8 +79,9 @@ with connect_ray():
 def test_local_ray_has_no_dashboard_and_requires_a_token() -> None:
     """Ray's own ports listen on every interface (Ray cannot bind them to loopback): the local
     instance therefore runs no dashboard and keeps Ray's token authentication on."""
-    done = subprocess.run([sys.executable, "-c", LOCAL_RAY], capture_output=True, text=True, env=client_env(), timeout=180,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL_RAY], capture_output=True, text=True, env=client_env(), timeout=180, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "no dashboard True"
 

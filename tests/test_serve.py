@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from conftest import TINY_SERVED_SEQ_LEN, free_port
 
 from serving.inputs import Input
+
+from conftest import TINY_SERVED_SEQ_LEN, free_port
 
 ALICE_KEY = "alice-key-0123456789abcdef"
 BOB_KEY = "bob-key-0123456789abcdefgh"
@@ -53,9 +54,17 @@ def server(local_ray, tiny_servable_dir: Path, tmp_path_factory: pytest.TempPath
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"alice {ALICE_KEY}\nbob {BOB_KEY}\n")
     options = ServeOptions(
-        model=str(tiny_servable_dir), keys=read_keys(keys), max_batch=MAX_BATCH, max_wait_ms=40, replicas=1,
-        cpus_per_replica=1, max_body_bytes=MAX_BODY, max_inputs=40, request_timeout_s=45, record_groups=True,
-    )  # fmt: skip
+        model=str(tiny_servable_dir),
+        keys=read_keys(keys),
+        max_batch=MAX_BATCH,
+        max_wait_ms=40,
+        replicas=1,
+        cpus_per_replica=1,
+        max_body_bytes=MAX_BODY,
+        max_inputs=40,
+        request_timeout_s=45,
+        record_groups=True,
+    )
     port = free_port()
     # every interface, so that test_without_keys_only_loopback_clients_are_answered can call from another address
     run(options, prepare(options), "0.0.0.0", port)
@@ -76,8 +85,16 @@ def offline(tiny_servable_dir: Path):
 
     def scores(rows: list[Input]) -> torch.Tensor:
         """Probabilities of ``rows`` in one forward pass (the model groups them N at a time, in order)."""
-        encoded = [tokenizer(*((row,) if isinstance(row, str) else row), padding="max_length", truncation=True,
-                             max_length=TINY_SERVED_SEQ_LEN, return_tensors="pt") for row in rows]  # fmt: skip
+        encoded = [
+            tokenizer(
+                *((row,) if isinstance(row, str) else row),
+                padding="max_length",
+                truncation=True,
+                max_length=TINY_SERVED_SEQ_LEN,
+                return_tensors="pt",
+            )
+            for row in rows
+        ]
         batch = {key: torch.cat([e[key] for e in encoded]) for key in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.no_grad():
             return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits.softmax(-1)
@@ -87,7 +104,9 @@ def offline(tiny_servable_dir: Path):
 
 def texts(seed: int, count: int) -> list[Input]:
     """``count`` distinct inputs; every third one a pair."""
-    words = [" ".join(WORDS[(seed * 7 + i * 3 + j) % len(WORDS)] for j in range(2 + (seed + i) % 4)) for i in range(count)]
+    words = [
+        " ".join(WORDS[(seed * 7 + i * 3 + j) % len(WORDS)] for j in range(2 + (seed + i) % 4)) for i in range(count)
+    ]
     return [(word, WORDS[i % len(WORDS)]) if i % 3 == 2 else f"{word} {seed}" for i, word in enumerate(words)]
 
 
@@ -111,8 +130,9 @@ def test_racing_tenants_get_their_own_groups_and_offline_scores(server: Server, 
     sent = {answer["request_id"]: (key, inputs) for (key, inputs), answer in zip(jobs, answers)}
     served = {answer["request_id"]: answer["scores"] for answer in answers}
     passes = server.passes()[before:]
-    assert any(len({member[1] for group in groups for member in group if member}) > 1 for groups in passes), \
-        "no pass held two requests: batching did not happen"  # fmt: skip
+    assert any(len({member[1] for group in groups for member in group if member}) > 1 for groups in passes), (
+        "no pass held two requests: batching did not happen"
+    )
     seen = []
     for groups in passes:
         members = [member for group in groups for member in group]
@@ -128,7 +148,9 @@ def test_racing_tenants_get_their_own_groups_and_offline_scores(server: Server, 
         got = torch.tensor([served[request][index] for _, request, index in real])
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
         seen += [(request, index) for _, request, index in real]
-    assert sorted(seen) == sorted((request, index) for request, (_, inputs) in sent.items() for index in range(len(inputs)))
+    assert sorted(seen) == sorted(
+        (request, index) for request, (_, inputs) in sent.items() for index in range(len(inputs))
+    )
     for (_, inputs), answer in zip(jobs, answers):  # one answer per input: no dummy leaked into a response
         assert len(answer["scores"]) == len(answer["labels"]) == len(inputs)
 
@@ -154,10 +176,15 @@ def test_bad_requests_get_json_4xx_and_the_server_keeps_serving(server: Server, 
     headers = {"Authorization": f"Bearer {ALICE_KEY}"}
     url = f"{server.url}/v1/classify"
     bodies = {
-        b"{not json": 400, b'{"inputs": []}': 422, b'{"inputs": ["a", 3]}': 422, b'{"inputs": [""]}': 422,
-        b'{"inputs": [["a", "b", "c"]]}': 422, b'{"inputs": ["x"], "extra": 1}': 422,
-        b'{"inputs": ["a"]}' + b" " * MAX_BODY: 413, ('{"inputs": [' + ",".join(['"a"'] * 41) + "]}").encode(): 413,
-    }  # fmt: skip
+        b"{not json": 400,
+        b'{"inputs": []}': 422,
+        b'{"inputs": ["a", 3]}': 422,
+        b'{"inputs": [""]}': 422,
+        b'{"inputs": [["a", "b", "c"]]}': 422,
+        b'{"inputs": ["x"], "extra": 1}': 422,
+        b'{"inputs": ["a"]}' + b" " * MAX_BODY: 413,
+        ('{"inputs": [' + ",".join(['"a"'] * 41) + "]}").encode(): 413,
+    }
     for body, status in bodies.items():
         answer = requests.post(url, data=body, headers=headers, timeout=30)
         assert answer.status_code == status, (body[:40], answer.text)
@@ -199,7 +226,9 @@ def test_a_replica_killed_under_load_retries_cleanly_and_recovers(server: Server
             inputs = texts(seed + len(outcomes), 3 * MAX_BATCH + (seed + len(outcomes)) % (2 * MAX_BATCH))
             sent = time.monotonic()
             answer = server.classify(inputs, key=(ALICE_KEY, BOB_KEY)[seed % 2])
-            outcomes.append((sent, time.monotonic(), answer.status_code, len(inputs), len(answer.json().get("scores", []))))
+            outcomes.append(
+                (sent, time.monotonic(), answer.status_code, len(inputs), len(answer.json().get("scores", [])))
+            )
 
     with ThreadPoolExecutor(6) as pool:
         clients = [pool.submit(client, seed) for seed in range(6)]
@@ -249,6 +278,8 @@ def test_without_keys_only_loopback_clients_are_answered(server: Server, tiny_se
         body = {"inputs": ["a fine film"]}
         remote = requests.post(f"http://{address}:{server.port}/open/v1/classify", json=body, timeout=60)
         assert remote.status_code == 403 and "loopback" in remote.json()["error"]
-        assert requests.post(f"http://127.0.0.1:{server.port}/open/v1/classify", json=body, timeout=60).status_code == 200
+        assert (
+            requests.post(f"http://127.0.0.1:{server.port}/open/v1/classify", json=body, timeout=60).status_code == 200
+        )
     finally:
         serve.delete("open")

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SERVED_SEQ_LEN
 
-from serving.batching import Part, tenant_passes, split_request
+from serving.batching import Part, split_request, tenant_passes
 from serving.inputs import BadRequest, parse_inputs
 from serving.keys import LOCAL_TENANT, TenantKeys, check_exposure, is_loopback_host, key_digest, read_keys
 from serving.stats import latency_percentiles
 from trainers.servable import SERVING_FILE, read_servable
+
+from conftest import TINY_SERVED_SEQ_LEN
 
 ALICE_KEY = "alice-key-0123456789abcdef"
 BOB_KEY = "bob-key-0123456789abcdefgh"
@@ -29,7 +30,9 @@ def keys_file(folder: Path, text: str) -> Path:
 
 
 def test_key_file_maps_digests_to_tenants(tmp_path: Path) -> None:
-    path = keys_file(tmp_path, f"# tenants\nalice {ALICE_KEY}\n\nbob {BOB_KEY}  # rotated monthly\nalice {ALICE_KEY}x\n")
+    path = keys_file(
+        tmp_path, f"# tenants\nalice {ALICE_KEY}\n\nbob {BOB_KEY}  # rotated monthly\nalice {ALICE_KEY}x\n"
+    )
     digests = read_keys(path)
     assert sorted(digests.values()) == ["alice", "alice", "bob"]
     assert ALICE_KEY not in json.dumps(digests)  # only digests leave the reader
@@ -37,7 +40,9 @@ def test_key_file_maps_digests_to_tenants(tmp_path: Path) -> None:
     assert keys.tenant_for(f"Bearer {ALICE_KEY}") == "alice"
     assert keys.tenant_for(f"bearer {BOB_KEY}") == "bob"
     assert keys.tenant_for(f"Bearer {ALICE_KEY}x") == "alice"
-    assert [keys.tenant_for(header) for header in (None, "", ALICE_KEY, "Bearer ", "Basic abc", "Bearer nope")] == [None] * 6
+    assert [keys.tenant_for(header) for header in (None, "", ALICE_KEY, "Bearer ", "Basic abc", "Bearer nope")] == [
+        None
+    ] * 6
     assert keys.tenants() == ["alice", "bob"]
     assert TenantKeys(None).tenant_for(None) == LOCAL_TENANT
 
@@ -113,13 +118,20 @@ def test_groups_never_mix_tenants_and_keep_order() -> None:
         ("bob", [1, 3], ["b1", "b2", "b3"]),
     ]
     assert passes[1].sources == [("r2", 0), ("r4", 4), ("r4", 5)]
-    assert passes[0].groups(3) == [[("alice", "r1", 0), ("alice", "r1", 1), ("alice", "r1", 2)], [("alice", "r3", 0), None, None]]
+    assert passes[0].groups(3) == [
+        [("alice", "r1", 0), ("alice", "r1", 1), ("alice", "r1", 2)],
+        [("alice", "r3", 0), None, None],
+    ]
     assert passes[1].groups(2) == [[("bob", "r2", 0), ("bob", "r4", 4)], [("bob", "r4", 5), None]]
 
 
 def test_a_request_is_cut_into_parts_that_fit_a_batch() -> None:
     parts = split_request("alice", "r", [f"t{i}" for i in range(7)], 3)
-    assert [(part.start, part.inputs) for part in parts] == [(0, ("t0", "t1", "t2")), (3, ("t3", "t4", "t5")), (6, ("t6",))]
+    assert [(part.start, part.inputs) for part in parts] == [
+        (0, ("t0", "t1", "t2")),
+        (3, ("t3", "t4", "t5")),
+        (6, ("t6",)),
+    ]
 
 
 def test_latency_percentiles_are_nearest_rank() -> None:
@@ -163,8 +175,15 @@ def test_encoding_truncates_like_the_tokenizer_and_says_so(tiny_servable_dir: Pa
     assert truncated == [False, False, True, True, False]
     for index, value in enumerate(inputs):
         text, pair = (value, None) if isinstance(value, str) else value
-        expected = served.tokenizer(text, pair, padding="max_length", truncation=True, max_length=TINY_SERVED_SEQ_LEN,
-                                    return_tensors="pt", return_token_type_ids=True)  # fmt: skip
+        expected = served.tokenizer(
+            text,
+            pair,
+            padding="max_length",
+            truncation=True,
+            max_length=TINY_SERVED_SEQ_LEN,
+            return_tensors="pt",
+            return_token_type_ids=True,
+        )
         for key, tensor in encoded.items():
             assert torch.equal(tensor[index], expected[key][0]), (index, key)
     scores, _ = served.probabilities(inputs)

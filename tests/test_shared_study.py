@@ -6,19 +6,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import SEARCH, RayHead
 from optuna.trial import TrialState
 from test_faults import check_complete, trained_once
 
 from storage import open_study
+
+from conftest import SEARCH, RayHead
 
 
 def test_two_drivers_share_one_study(
     ray_head: RayHead, launch, tiny_bert_dir: Path, tmp_path: Path, postgres_url: str, fresh_postgres_study_name: str
 ) -> None:
     run_dir = tmp_path / "run"
-    args = ["start", "--run-dir", str(run_dir), "--model", str(tiny_bert_dir), "--ray-address", ray_head.address,
-            "--storage", postgres_url, "--study", fresh_postgres_study_name, "--cpus-per-trial", "1", *SEARCH]  # fmt: skip
+    args = [
+        "start",
+        "--run-dir",
+        str(run_dir),
+        "--model",
+        str(tiny_bert_dir),
+        "--ray-address",
+        ray_head.address,
+        "--storage",
+        postgres_url,
+        "--study",
+        fresh_postgres_study_name,
+        "--cpus-per-trial",
+        "1",
+        *SEARCH,
+    ]
     drivers = [launch(*args, log=tmp_path / f"driver{i}.log") for i in range(2)]
 
     assert [driver.wait(timeout=400) for driver in drivers] == [0, 0], [

@@ -20,9 +20,19 @@ ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.03"]
 POINTS = "N,s,accuracy,throughput\n1,0,0.90,100\n1,0.5,0.88,180\n2,0,0.86,190\n2,0.5,0.85,300\n"
 FAST = [
-    "--recipe", "smoke", "--set", "max_train_examples=64", "--set", "max_eval_examples=64",
-    "--set", "eval_examples=32", "--set", "finetune_steps=8", "--set", "mlm_steps=2",
-]  # fmt: skip
+    "--recipe",
+    "smoke",
+    "--set",
+    "max_train_examples=64",
+    "--set",
+    "max_eval_examples=64",
+    "--set",
+    "eval_examples=32",
+    "--set",
+    "finetune_steps=8",
+    "--set",
+    "mlm_steps=2",
+]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -84,7 +94,10 @@ def test_export_reloads_and_predicts(local_ray, tiny_bert_dir: Path, tmp_path: P
 
     spec = read_servable(out)  # self-contained: tokenizer, labels, length
     assert (spec.N, spec.seq_len, spec.label_names) == (1, 32, ("negative", "positive"))
-    assert load_tokenizer(str(out))("a fine film")["input_ids"] == load_tokenizer(str(tiny_bert_dir))("a fine film")["input_ids"]
+    assert (
+        load_tokenizer(str(out))("a fine film")["input_ids"]
+        == load_tokenizer(str(tiny_bert_dir))("a fine film")["input_ids"]
+    )
 
     trial = open_study(default_url(tmp_path), "prumux").trials[0]
     original = PruMUXModel.from_pretrained(trial.user_attrs["model_dir"]).eval()

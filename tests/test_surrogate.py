@@ -137,7 +137,9 @@ def test_censored_points_cap_the_points_they_dominate():
     measured = points[(points["N"] == 1) | (points["s"] == 0.0)]
     free = AutoPruMUX().fit(measured).predict(np.array([2, 2, 5, 5]), np.array([0.5, 0.9, 0.5, 0.9])).accuracy
     censored = pd.DataFrame({"N": [2], "s": [0.5], "accuracy": [0.6]})
-    capped = AutoPruMUX().fit(measured, censored=censored).predict(np.array([2, 2, 5, 5]), np.array([0.5, 0.9, 0.5, 0.9]))
+    capped = (
+        AutoPruMUX().fit(measured, censored=censored).predict(np.array([2, 2, 5, 5]), np.array([0.5, 0.9, 0.5, 0.9]))
+    )
     np.testing.assert_allclose(capped.accuracy, np.minimum(free, 0.6))
     assert (capped.accuracy <= 0.6).all() and (free > 0.6).all()
     # Points it does not dominate (less N or less s) keep their prediction.

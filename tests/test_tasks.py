@@ -12,7 +12,6 @@ from trainers.hub import hub_reachable
 from trainers.tasks import TASKS, TaskData, load_task, task_names
 from trainers.tasks.splits import normalise
 
-
 # Measured once; documented in the loaders' docstrings. Sizes do not depend on the seed.
 SIZES = {
     "rt-polarity": (13674, 1709, 1709),

@@ -70,7 +70,9 @@ def test_benchmark_prints_both_ideals_and_the_mux_share(monkeypatch, capsys):
 
     tiny = EncoderConfig.dense(2, 16, 2, 32, vocab_size=1100, max_position_embeddings=8)
     monkeypatch.setattr(benchmark, "SHAPES", {"tiny": tiny})
-    benchmark.main(["--shape", "tiny", "--seq-len", "4", "--rounds", "2", "--points", "10,0", "2,0.6", "--threads", "1"])
+    benchmark.main(
+        ["--shape", "tiny", "--seq-len", "4", "--rounds", "2", "--points", "10,0", "2,0.6", "--threads", "1"]
+    )
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("| dense", "| DataMUX", "| PruMUX"))]
     assert len(rows) == 3 and "ideal (encoder) | ideal (model)" in out

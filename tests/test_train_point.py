@@ -55,12 +55,16 @@ def _run_point(model: Path, N: int, s: float, workdir: Path, overrides: dict) ->
         f"{str(workdir)!r}, progress=False)\n"
         "print(json.dumps(result.to_dict()))\n"
     )
-    return subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     code = "from cli.main import main; main()"
-    return subprocess.run([sys.executable, "-c", code, "train", *args], env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, "train", *args], env=ENV, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_full_job_runs_end_to_end(full_job: PointResult) -> None:
@@ -83,7 +87,9 @@ def test_saved_model_is_smaller_and_reproduces_validation_accuracy(full_job: Poi
     assert accuracy(model, encoded.validation, recipe.eval_batch_size) == full_job.val_accuracy
 
 
-def test_retrieval_loss_of_trained_model_is_far_below_chance(full_job: PointResult, tiny_bert_dir: Path, workdir: Path) -> None:
+def test_retrieval_loss_of_trained_model_is_far_below_chance(
+    full_job: PointResult, tiny_bert_dir: Path, workdir: Path
+) -> None:
     recipe = load_recipe("smoke")
     entry = cache_entry(workdir, TASK, str(tiny_bert_dir), 2, recipe)
     model = PruMUXModel.from_pretrained(entry.directory / "retrieval").eval()
@@ -114,8 +120,20 @@ def test_resume_after_sigkill_in_phase_3(full_job: PointResult, tiny_bert_dir: P
     job.communicate()
     assert checkpoint.exists(), "the job should have written a phase-3 checkpoint before being killed"
 
-    bad = _cli("--task", TASK, "--model", str(tiny_bert_dir), "--n", "2", "--sparsity", "1.5", "--recipe", "smoke",
-               "--workdir", str(workdir))  # fmt: skip
+    bad = _cli(
+        "--task",
+        TASK,
+        "--model",
+        str(tiny_bert_dir),
+        "--n",
+        "2",
+        "--sparsity",
+        "1.5",
+        "--recipe",
+        "smoke",
+        "--workdir",
+        str(workdir),
+    )
     assert bad.returncode == 2 and checkpoint.exists()
 
     result = train_point(TASK, str(tiny_bert_dir), 2, 0.5, recipe, workdir, progress=False)
@@ -141,8 +159,23 @@ def test_cli_reports_corrupt_checkpoint_and_keeps_it(full_job: PointResult, tiny
     checkpoint = point_directory(workdir, TASK, str(tiny_bert_dir), 2, 0.25, recipe) / "checkpoints" / "prune.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"\x80\x04 this is not a checkpoint")
-    done = _cli("--task", TASK, "--model", str(tiny_bert_dir), "--n", "2", "--sparsity", "0.25", "--recipe", "smoke",
-                "--set", "prune_steps=11", "--workdir", str(workdir), "--quiet")  # fmt: skip
+    done = _cli(
+        "--task",
+        TASK,
+        "--model",
+        str(tiny_bert_dir),
+        "--n",
+        "2",
+        "--sparsity",
+        "0.25",
+        "--recipe",
+        "smoke",
+        "--set",
+        "prune_steps=11",
+        "--workdir",
+        str(workdir),
+        "--quiet",
+    )
     # found while training: the job ran and failed (exit 1), one line, the traceback in train.log
     assert done.returncode == 1 and "corrupt" in done.stderr and done.stderr.count("\n") == 1
     assert "move it away" in done.stderr and f"full log: {workdir / 'train.log'}" in done.stderr

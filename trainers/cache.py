@@ -110,7 +110,9 @@ class ThroughputCache:
         except FileNotFoundError:
             return {}
         except json.JSONDecodeError:
-            raise ValueError(f"{self.path} is not valid JSON; delete it to measure the dense throughput again") from None
+            raise ValueError(
+                f"{self.path} is not valid JSON; delete it to measure the dense throughput again"
+            ) from None
 
 
 def record_origin(**where: str) -> None:

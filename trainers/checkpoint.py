@@ -34,8 +34,15 @@ def save_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**(extra or {}), "format": FORMAT, "job": job, "step": step, "elapsed": elapsed, "state": state,
-               "rng": rng_state()}
+    payload = {
+        **(extra or {}),
+        "format": FORMAT,
+        "job": job,
+        "step": step,
+        "elapsed": elapsed,
+        "state": state,
+        "rng": rng_state(),
+    }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -84,7 +91,9 @@ def load_checkpoint(path: str | Path, job: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as error:  # noqa: BLE001 - a damaged pickle can raise almost anything
-        raise ValueError(f"checkpoint {path} is corrupt ({type(error).__name__}); move it away to retrain that stage") from None
+        raise ValueError(
+            f"checkpoint {path} is corrupt ({type(error).__name__}); move it away to retrain that stage"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or any(key not in payload for key in _REQUIRED):
         raise ValueError(f"checkpoint {path} is not a {FORMAT} file; move it away to retrain that stage")
     if payload["job"] != job:
@@ -117,9 +126,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(mt_state), gauss))
     numpy_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-         numpy_state["has_gauss"], numpy_state["cached_gauss"])
-    )  # fmt: skip
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gauss"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

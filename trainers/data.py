@@ -38,7 +38,11 @@ class Batch:
 
     def inputs(self) -> dict[str, Tensor]:
         """The model's keyword inputs."""
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "token_type_ids": self.token_type_ids}
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+        }
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,11 @@ class EncodedTask:
 
 def encode_task(data: TaskData, tokenizer, recipe: Recipe) -> EncodedTask:
     """Tokenise the task's splits: a seeded sample of `max_train_examples` training rows, eval splits capped."""
-    caps = {"train": recipe.max_train_examples, "validation": recipe.max_eval_examples, "test": recipe.max_eval_examples}
+    caps = {
+        "train": recipe.max_train_examples,
+        "validation": recipe.max_eval_examples,
+        "test": recipe.max_eval_examples,
+    }
     encoded = {}
     for name, frame in data.splits().items():
         if frame.empty:

@@ -73,9 +73,9 @@ class LayerDistiller(nn.Module):
             self.projection.bias.copy_(old.bias)
 
 
-def distillation_loss(
-    student: PruMUXOutput, teacher: PruMUXOutput, layers: LayerDistiller, recipe: Recipe
-) -> Tensor:
+def distillation_loss(student: PruMUXOutput, teacher: PruMUXOutput, layers: LayerDistiller, recipe: Recipe) -> Tensor:
     """alpha_ce * KL(T) * T^2 + alpha_layer * layer loss (outputs computed with hidden states)."""
     soft = kl_loss(student.logits, teacher.logits, recipe.distill_temperature)
-    return recipe.distill_alpha_ce * soft + recipe.distill_alpha_layer * layers(student.hidden_states, teacher.hidden_states)
+    return recipe.distill_alpha_ce * soft + recipe.distill_alpha_layer * layers(
+        student.hidden_states, teacher.hidden_states
+    )

@@ -46,8 +46,9 @@ def check_label_names(names: list[str], label_names: tuple[str, ...], source: st
     raise ValueError(f"{source} predicts labels {list(names)}, not the task's {list(label_names)}")
 
 
-def check_label_order(model: PruMUXModel, label_names: tuple[str, ...], validation: EncodedSplit, batch_size: int,
-                      source: str) -> None:  # fmt: skip
+def check_label_order(
+    model: PruMUXModel, label_names: tuple[str, ...], validation: EncodedSplit, batch_size: int, source: str
+) -> None:
     """Raise a one-line ValueError unless a fine-tuned checkpoint's labels are the task's, in the task's order.
 
     Named labels are compared by name. Unnamed ones (transformers' LABEL_i) are checked on the

@@ -64,11 +64,15 @@ def _published(name: str, repo: str, plain: str) -> Family:
 
 
 FAMILIES: dict[str, Family] = {
-    **{f"muxbert-{size}": _published(f"muxbert-{size}", f"muxbert_{size}", plain) for size, plain in BERT_SIZES.items()},
-    **{f"muxbert-base-{task}": _published(f"muxbert-base-{task}", f"muxbert_base_{task}", BERT_SIZES["base"])
-       for task in GLUE_FINE_TUNED},
+    **{
+        f"muxbert-{size}": _published(f"muxbert-{size}", f"muxbert_{size}", plain) for size, plain in BERT_SIZES.items()
+    },
+    **{
+        f"muxbert-base-{task}": _published(f"muxbert-base-{task}", f"muxbert_base_{task}", BERT_SIZES["base"])
+        for task in GLUE_FINE_TUNED
+    },
     "muxelectra-base": _published("muxelectra-base", "muxelectra_base", "google/electra-base-discriminator"),
-}  # fmt: skip
+}
 
 
 def family(name: str) -> Family | None:

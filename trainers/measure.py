@@ -32,9 +32,13 @@ MEASURE_ROUNDS = 2
 def throughput(model: PruMUXModel, seq_len: int, batches: int, warmup: int, runtime: Runtime) -> float:
     """Instances per second with prumux's protocol (128*N instances per batch, padded to `seq_len`)."""
     result = measure_throughput(
-        model, seq_len=seq_len, num_batches=batches, warmup=warmup, device=runtime.device,
+        model,
+        seq_len=seq_len,
+        num_batches=batches,
+        warmup=warmup,
+        device=runtime.device,
         dtype=torch.bfloat16 if runtime.bf16 else None,
-    )  # fmt: skip
+    )
     return result.examples_per_second
 
 
@@ -55,9 +59,11 @@ def dense_counterpart(config: PruMUXConfig, seed: int = 0) -> PruMUXModel:
     Throughput depends on the shape, not on the weights, so its weights are random.
     """
     dense = PruMUXConfig(
-        encoder=config.dense_encoder(), num_labels=config.num_labels, hidden_size=config.dense_encoder().hidden_size,
+        encoder=config.dense_encoder(),
+        num_labels=config.num_labels,
+        hidden_size=config.dense_encoder().hidden_size,
         classifier_head="pooler",
-    )  # fmt: skip
+    )
     return PruMUXModel(dense, seed).eval()
 
 
@@ -83,10 +89,18 @@ class CheckpointMeasurement:
 
 
 def measure_checkpoint(
-    model_name: str, task: str, N: int | None = None, tokenizer: str | None = None, seq_len: int = 128,
-    batches: int = 4, warmup: int = 1, device: str | None = None, bf16: bool = False,
-    max_eval_examples: int | None = None, log: Callable[[str], None] = lambda _: None,
-) -> CheckpointMeasurement:  # fmt: skip
+    model_name: str,
+    task: str,
+    N: int | None = None,
+    tokenizer: str | None = None,
+    seq_len: int = 128,
+    batches: int = 4,
+    warmup: int = 1,
+    device: str | None = None,
+    bf16: bool = False,
+    max_eval_examples: int | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> CheckpointMeasurement:
     """Validation / test accuracy and throughput next to the dense model (batch 128 N, padded to `seq_len`).
 
     `model_name` is a checkpoint (alias, folder or hub id), or a family with `N`. Its labels
@@ -99,22 +113,36 @@ def measure_checkpoint(
     runtime = Runtime.create(device, bf16)
     model = PruMUXModel.from_pretrained(source, num_instances=N, num_labels=data.spec.num_labels).eval()
     words = load_tokenizer(tokenizer or (tokenizer_for(model_name, N) if N else model_name))
-    splits = {name: encode_frame(frame.head(max_eval_examples), words, seq_len) for name, frame in
-              (("validation", data.validation), ("test", data.test))}  # fmt: skip
-    log(f"{source}: N={model.config.num_instances} ({model.config.layout} layout), {len(splits['validation'])} "
-        f"validation rows at length {seq_len}")  # fmt: skip
+    splits = {
+        name: encode_frame(frame.head(max_eval_examples), words, seq_len)
+        for name, frame in (("validation", data.validation), ("test", data.test))
+    }
+    log(
+        f"{source}: N={model.config.num_instances} ({model.config.layout} layout), {len(splits['validation'])} "
+        f"validation rows at length {seq_len}"
+    )
     model.to(runtime.device)
     check_label_order(model, data.spec.label_names, splits["validation"], 128, source)
     val, test = (accuracy(model, splits[name], 128) for name in ("validation", "test"))
     log(f"accuracy: validation {val:.4f}, test {test:.4f}; measuring throughput next to the dense model")
-    speedup, dense = side_by_side(model, dense_counterpart(model.config).to(runtime.device), seq_len, batches, warmup, runtime)
+    speedup, dense = side_by_side(
+        model, dense_counterpart(model.config).to(runtime.device), seq_len, batches, warmup, runtime
+    )
     config = model.config
     return CheckpointMeasurement(
-        model=source, task=task, N=config.num_instances,
+        model=source,
+        task=task,
+        N=config.num_instances,
         sparsity=config.realised_sparsity,
-        val_accuracy=val, test_accuracy=test, throughput=speedup * dense, dense_throughput=dense, speedup=speedup,
-        layout=config.layout, seq_len=seq_len, hardware=hardware_name(runtime.device),
-    )  # fmt: skip
+        val_accuracy=val,
+        test_accuracy=test,
+        throughput=speedup * dense,
+        dense_throughput=dense,
+        speedup=speedup,
+        layout=config.layout,
+        seq_len=seq_len,
+        hardware=hardware_name(runtime.device),
+    )
 
 
 def checkpoint_width(model_name: str, N: int | None = None) -> int:

@@ -72,7 +72,11 @@ class CheckedModel:
 
 
 def check_model(
-    name: str, grid_N: Sequence[int] = (1,), *, cwd: str | Path | None = None, hub: bool = True,
+    name: str,
+    grid_N: Sequence[int] = (1,),
+    *,
+    cwd: str | Path | None = None,
+    hub: bool = True,
     tokenizer: str | None = None,
 ) -> CheckedModel:
     """Resolve the base model ``name`` for every N of ``grid_N`` and check that each checkpoint loads.
@@ -126,7 +130,9 @@ def _checkpoints(name: str, grid_N: Sequence[int]) -> dict[int, str]:
     return {int(N): resolve_model(model_for(name, int(N))) for N in grid_N}
 
 
-def _check_checkpoint(name: str, source: str, N: int, tokenizer_source: str, hub: bool) -> tuple[int | None, list | None]:
+def _check_checkpoint(
+    name: str, source: str, N: int, tokenizer_source: str, hub: bool
+) -> tuple[int | None, list | None]:
     """Check that one checkpoint loads as width N; return its max_position_embeddings (None if unknown or
     unchecked) and a fine-tuned checkpoint's label names (None if unnamed)."""
     folder = Path(source)
@@ -165,7 +171,9 @@ def _check_saved(name: str, folder: Path, N: int, tokenizer_source: str) -> tupl
     try:
         config = PruMUXConfig.from_dict(json.loads((folder / SAVED_CONFIG).read_text(encoding="utf-8")))
     except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"model folder {name!r}: {SAVED_CONFIG} is not a valid model config ({first_line(error, 160)})") from None
+        raise ValueError(
+            f"model folder {name!r}: {SAVED_CONFIG} is not a valid model config ({first_line(error, 160)})"
+        ) from None
     if not (folder / "model.safetensors").is_file():
         raise ValueError(f"model folder {name!r} has no model.safetensors")
     _check_weights(name, folder / "model.safetensors")

@@ -33,6 +33,7 @@ from typing import Any
 from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, prunable_parameters, realised_sparsity
 from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
+from storage.trials import family
 from trainers.cache import LockFactory, ThroughputCache, cache_entry, locked, slug, write_json_atomic
 from trainers.curve import Evaluation, PointCurve, point_stages
 from trainers.data import EncodedTask, encode_task
@@ -48,7 +49,6 @@ from trainers.phases.retrieval import train_retrieval
 from trainers.progress import job_log, reporting_evaluations
 from trainers.recipes import Recipe, load_recipe
 from trainers.tasks import TaskSpec, load_task
-from storage.trials import family
 
 PHASES = ("retrieval", "multiplexed", "pruning", "measure")
 RESULT_FILE = "result.json"
@@ -202,11 +202,12 @@ def _phase12(
         else:
             _, seconds["multiplexed"] = train_multiplexed(
                 model, encoded, special, tokenizer.mask_token_id, entry_ctx, mlm=phases["mlm"] == TRAINED
-            )  # fmt: skip
+            )
         record = {
             "phase_seconds": {phase: seconds[phase] for phase in ("retrieval", "multiplexed")},
-            "checkpoint": start.checkpoint, "phases": phases,
-        }  # fmt: skip
+            "checkpoint": start.checkpoint,
+            "phases": phases,
+        }
         entry.commit(record)
         return entry.model_dir, False, record
 
@@ -254,14 +255,20 @@ def _starting_point(job: _Job, spec: TaskSpec, encoded: EncodedTask, tokenizer, 
             source, _, _ = _phase12(dense, spec, encoded, tokenizer, ctx, dict.fromkeys(PHASES, 0.0))
         fine_tuned = False  # its head is the dense model's, trained again with the new mux and demux
     model = PruMUXModel.from_pretrained(
-        source, num_instances=job.N, num_labels=spec.num_labels, mux_norm=recipe.task_mux_norm, seed=recipe.seed,
+        source,
+        num_instances=job.N,
+        num_labels=spec.num_labels,
+        mux_norm=recipe.task_mux_norm,
+        seed=recipe.seed,
         muxing_variant=recipe.muxing_variant,
-    )  # fmt: skip
+    )
     if fine_tuned:
         check_label_order(model, spec.label_names, encoded.validation, recipe.eval_batch_size, source)
     elif model.config.label_names is None:
         model.config.label_names = list(spec.label_names)
-    ctx.log.info("phases 1-2 start from %s (multiplexed: %s, fine-tuned on the task: %s)", source, multiplexed, fine_tuned)
+    ctx.log.info(
+        "phases 1-2 start from %s (multiplexed: %s, fine-tuned on the task: %s)", source, multiplexed, fine_tuned
+    )
     return _StartingPoint(model.to(job.runtime.device), str(source), multiplexed, fine_tuned)
 
 
@@ -288,13 +295,25 @@ def _measure(
     seconds["measure"] = time.monotonic() - started
     kept = prunable_parameters(model.config.encoder)
     return PointResult(
-        task=job.task, base_model=job.base_model, recipe=recipe.name, N=job.N, s=job.s,
-        val_accuracy=val, test_accuracy=test, throughput=speedup * reference, dense_throughput=reference,
-        speedup=speedup, sparsity=realised_sparsity(model.config.encoder, base_encoder), prunable_parameters=kept,
+        task=job.task,
+        base_model=job.base_model,
+        recipe=recipe.name,
+        N=job.N,
+        s=job.s,
+        val_accuracy=val,
+        test_accuracy=test,
+        throughput=speedup * reference,
+        dense_throughput=reference,
+        speedup=speedup,
+        sparsity=realised_sparsity(model.config.encoder, base_encoder),
+        prunable_parameters=kept,
         total_parameters=sum(p.numel() for p in model.parameters()),
-        phase_seconds={phase: round(value, 2) for phase, value in seconds.items()}, model_dir=str(model_dir),
-        hardware=hardware_name(job.runtime.device), family=kind, recipe_values=recipe.to_dict(),
-    )  # fmt: skip
+        phase_seconds={phase: round(value, 2) for phase, value in seconds.items()},
+        model_dir=str(model_dir),
+        hardware=hardware_name(job.runtime.device),
+        family=kind,
+        recipe_values=recipe.to_dict(),
+    )
 
 
 def _throughput(model: PruMUXModel, recipe: Recipe, runtime: Runtime) -> float:

@@ -68,8 +68,12 @@ class Recipe:
     warmup_ratio: float = phase12()  # linear learning-rate warm-up, as a fraction of each stage
     weight_decay: float = phase12()
     # How an N > 1 model is made from a plain base (MUX-PLM checkpoints keep their own vectors).
-    muxing_variant: str = phase12()  # gaussian_hadamard (DataMUX's) or shifted_gaussian (1 + deviation: keeps the input readable)
-    mux_start: str = phase12()  # "base": the base checkpoint; "dense": the search's dense (1, 0) model, trained first if missing
+    muxing_variant: str = (
+        phase12()
+    )  # gaussian_hadamard (DataMUX's) or shifted_gaussian (1 + deviation: keeps the input readable)
+    mux_start: str = (
+        phase12()
+    )  # "base": the base checkpoint; "dense": the search's dense (1, 0) model, trained first if missing
     # Phase 1: retrieval warm-up (skipped when N = 1).
     retrieval_steps: int = phase12()
     retrieval_epochs: float | None = phase12()
@@ -118,16 +122,27 @@ class Recipe:
             value = getattr(self, item.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"recipe field {item.name} must be >= 0, got {value}")
-        for name in ("seq_len", "eval_every", "eval_batch_size", "pretrain_batch_size", "finetune_batch_size",
-                     "prune_batch_size", "throughput_batches"):
+        for name in (
+            "seq_len",
+            "eval_every",
+            "eval_batch_size",
+            "pretrain_batch_size",
+            "finetune_batch_size",
+            "prune_batch_size",
+            "throughput_batches",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe field {name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"recipe field mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if not (0 <= self.reg_beta1 < 1 and 0 <= self.reg_beta2 < 1):
-            raise ValueError(f"recipe fields reg_beta1, reg_beta2 must be in [0, 1), got {self.reg_beta1}, {self.reg_beta2}")
+            raise ValueError(
+                f"recipe fields reg_beta1, reg_beta2 must be in [0, 1), got {self.reg_beta1}, {self.reg_beta2}"
+            )
         if self.muxing_variant not in MUXING_VARIANTS:
-            raise ValueError(f"recipe field muxing_variant must be one of {', '.join(MUXING_VARIANTS)}, got {self.muxing_variant!r}")
+            raise ValueError(
+                f"recipe field muxing_variant must be one of {', '.join(MUXING_VARIANTS)}, got {self.muxing_variant!r}"
+            )
         if self.mux_start not in MUX_STARTS:
             raise ValueError(f"recipe field mux_start must be one of {', '.join(MUX_STARTS)}, got {self.mux_start!r}")
         if not 0 < self.droprate_init < 1:

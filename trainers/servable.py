@@ -41,8 +41,10 @@ class ServingSpec:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ServingSpec:
         fields = {key: values[key] for key in ("task", "base_model", "label_names", "seq_len", "N", "s")}
-        return cls(**{**fields, "label_names": tuple(str(name) for name in fields["label_names"])},
-                   format_version=int(values.get("format_version", FORMAT_VERSION)))  # fmt: skip
+        return cls(
+            **{**fields, "label_names": tuple(str(name) for name in fields["label_names"])},
+            format_version=int(values.get("format_version", FORMAT_VERSION)),
+        )
 
 
 def export_servable(point: Mapping[str, Any], out: Path, what: str = "the point") -> ServingSpec:

@@ -62,7 +62,10 @@ def derive(points: pd.DataFrame, chance: float, rng: np.random.Generator) -> pd.
             ramp = np.arange(EVERY, PRUNE_STEPS + 1, EVERY)
             recovery = np.arange(EVERY, RECOVERY_STEPS + 1, EVERY)
             values = np.concatenate(
-                [teacher + (dip - teacher) * ramp / PRUNE_STEPS, saturating(recovery, dip, final, TAU_RECOVERY, RECOVERY_STEPS)]
+                [
+                    teacher + (dip - teacher) * ramp / PRUNE_STEPS,
+                    saturating(recovery, dip, final, TAU_RECOVERY, RECOVERY_STEPS),
+                ]
             )
             steps = np.concatenate([PHASE2_STEPS + ramp, PHASE2_STEPS + PRUNE_STEPS + recovery])
             stages = ["prune"] * len(ramp) + ["pruned_finetune"] * len(recovery)

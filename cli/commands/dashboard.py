@@ -6,17 +6,11 @@ from pathlib import Path
 
 import click
 
-from dashboards.report import write_report
-from dashboards.server import NO_AUTH_WARNING
-from dashboards.server import check_host
-from dashboards.server import make_server
-from dashboards.server import server_url
-from storage import mask_url
-from storage import open_artifact_store
-from storage import open_storage
-from storage import open_study
-from storage.urls import is_loopback_host
 from cli.options import study_options
+from dashboards.report import write_report
+from dashboards.server import NO_AUTH_WARNING, check_host, make_server, server_url
+from storage import mask_url, open_artifact_store, open_storage, open_study
+from storage.urls import is_loopback_host
 
 
 @click.command()

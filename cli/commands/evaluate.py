@@ -10,8 +10,8 @@ import click
 import pandas as pd
 
 from cli.commands.study import DEFAULT_BUDGET, DEFAULT_GRID_N, DEFAULT_GRID_S
-from storage import StudySettings, dense_accuracy, import_points, open_study, study_settings
 from cli.options import study_options
+from storage import StudySettings, dense_accuracy, import_points, open_study, study_settings
 from storage.study import find_study
 
 # A realised sparsity this close to a grid value is that grid point.
@@ -19,16 +19,32 @@ GRID_SNAP = 0.02
 
 
 @click.command("evaluate")
-@click.option("--model", "model_name", required=True, help="Checkpoint: alias, folder or hub id (or a family with --n).")
+@click.option(
+    "--model", "model_name", required=True, help="Checkpoint: alias, folder or hub id (or a family with --n)."
+)
 @click.option("--task", required=True, help="Task name or local data file.")
-@click.option("--n", "N", type=int, default=None,
-              help="Width N, to pick a family's checkpoint (its tokenizer is the family's N = 1 model's).")
-@click.option("--s", "grid_s_value", type=float, default=None,
-              help="The grid sparsity the model stands for [default: its realised sparsity, to the nearest grid value].")
+@click.option(
+    "--n",
+    "N",
+    type=int,
+    default=None,
+    help="Width N, to pick a family's checkpoint (its tokenizer is the family's N = 1 model's).",
+)
+@click.option(
+    "--s",
+    "grid_s_value",
+    type=float,
+    default=None,
+    help="The grid sparsity the model stands for [default: its realised sparsity, to the nearest grid value].",
+)
 @click.option("--tokenizer", default=None, help="Another model whose tokenizer to use [default: the checkpoint's own].")
-@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="Padded length (the paper's 128).")
+@click.option(
+    "--seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="Padded length (the paper's 128)."
+)
 @click.option("--batches", default=4, show_default=True, type=click.IntRange(min=1), help="Timed batches of 128 N.")
-@click.option("--max-eval-examples", type=click.IntRange(min=1), default=None, help="Validation/test rows [default: all].")
+@click.option(
+    "--max-eval-examples", type=click.IntRange(min=1), default=None, help="Validation/test rows [default: all]."
+)
 @click.option("--device", default=None, help="cpu, cuda or cuda:K (default: CUDA when present).")
 @click.option("--bf16", is_flag=True, help="Measure throughput in bf16.")
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -37,10 +53,26 @@ GRID_SNAP = 0.02
 @click.option("--grid-n", default=DEFAULT_GRID_N, show_default=True, help="A new study's widths N.")
 @click.option("--grid-s", default=DEFAULT_GRID_S, show_default=True, help="A new study's sparsities s.")
 @click.option("--budget", default=DEFAULT_BUDGET, show_default=True, type=float, help="A new study's accuracy budget.")
-def evaluate(model_name: str, task: str, N: int | None, grid_s_value: float | None, tokenizer: str | None,
-             seq_len: int, batches: int, max_eval_examples: int | None, device: str | None, bf16: bool, output: str,
-             into_study: bool, run_dir: Path | str, storage: str, study: str, grid_n: str, grid_s: str,
-             budget: float) -> None:  # fmt: skip
+def evaluate(
+    model_name: str,
+    task: str,
+    N: int | None,
+    grid_s_value: float | None,
+    tokenizer: str | None,
+    seq_len: int,
+    batches: int,
+    max_eval_examples: int | None,
+    device: str | None,
+    bf16: bool,
+    output: str,
+    into_study: bool,
+    run_dir: Path | str,
+    storage: str,
+    study: str,
+    grid_n: str,
+    grid_s: str,
+    budget: float,
+) -> None:
     """Measure a checkpoint: validation accuracy, throughput next to the dense model, realised sparsity.
 
     With --into-study the point joins the study (a new study takes --grid-n/--grid-s/--budget;
@@ -52,9 +84,17 @@ def evaluate(model_name: str, task: str, N: int | None, grid_s_value: float | No
     job = check_job(task, model_name, grid_N=(checkpoint_width(model_name, N),), tokenizer=tokenizer)
     target = _target(storage, study, job.task, job.base_model, grid_n, grid_s, budget) if into_study else None
     point = measure_checkpoint(
-        job.base_model, job.task, N, tokenizer, seq_len, batches, device=device, bf16=bf16,
-        max_eval_examples=max_eval_examples, log=lambda line: click.echo(line, err=True),
-    )  # fmt: skip
+        job.base_model,
+        job.task,
+        N,
+        tokenizer,
+        seq_len,
+        batches,
+        device=device,
+        bf16=bf16,
+        max_eval_examples=max_eval_examples,
+        log=lambda line: click.echo(line, err=True),
+    )
     values = point.to_dict()
     if target is not None:
         values["s"] = _grid_sparsity(grid_s_value, point.sparsity, target.grid_s)

@@ -9,20 +9,22 @@ import click
 import optuna
 import pandas as pd
 
+from cli.options import study_options
 from search.grid import THROUGHPUT_COLUMNS, is_feasible, parse_budgets, read_points
 from search.replay import SAMPLERS, replay_many, summarize
 from search.replay_curves import METHODS as CURVE_METHODS
 from search.replay_curves import replay_tables, summarize_curves
 from search.surrogate import AutoPruMUX
 from storage import open_study, points_frame, study_settings
-from cli.options import study_options
 
 FORMATS = click.Choice(["table", "json"])
 
 
 def budget_options(command):
     """``--budget`` (one) and ``--budgets`` (a range or list); ``_budgets`` turns them into a list."""
-    command = click.option("--budgets", "budgets_text", help="Several budgets: start:stop:step or a comma list.")(command)
+    command = click.option("--budgets", "budgets_text", help="Several budgets: start:stop:step or a comma list.")(
+        command
+    )
     return click.option("--budget", type=float, help="Accuracy loss budget, e.g. 0.03.")(command)
 
 
@@ -83,7 +85,10 @@ def predict(points_path, run_dir, storage, study, budget, budgets_text, throughp
 )
 @budget_options
 @click.option(
-    "--sampler", type=click.Choice([*dict.fromkeys([*SAMPLERS, *CURVE_METHODS]), "all"]), default="all", show_default=True
+    "--sampler",
+    type=click.Choice([*dict.fromkeys([*SAMPLERS, *CURVE_METHODS]), "all"]),
+    default="all",
+    show_default=True,
 )
 @click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1), help="Seeds per baseline sampler.")
 @click.option(
@@ -102,7 +107,9 @@ def replay(table_path, curves_path, budget, budgets_text, sampler, seeds, traini
     else:
         if sampler not in (*SAMPLERS, "all"):
             raise ValueError(f"--sampler {sampler} needs --curves")
-        samplers = SAMPLERS if sampler == "all" else ("autoprumux", sampler) if sampler != "autoprumux" else ("autoprumux",)
+        samplers = (
+            SAMPLERS if sampler == "all" else ("autoprumux", sampler) if sampler != "autoprumux" else ("autoprumux",)
+        )
         results = replay_many(read_points(table_path), budgets, samplers, seeds, trainings)
         summary = summarize(results)
     if output == "json":
@@ -158,7 +165,9 @@ def _format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _study_points(storage: str, study: str, budget: float | None, budgets_text: str | None) -> tuple[pd.DataFrame, float]:
+def _study_points(
+    storage: str, study: str, budget: float | None, budgets_text: str | None
+) -> tuple[pd.DataFrame, float]:
     """The study's measured points, and the budget to use (the study's own unless one is given)."""
     opened = open_study(storage, study)
     frame = points_frame(opened)

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING
 import click
 
 from cli.errors import one_line
-
+from cli.options import study_options
 from serving.keys import LOCAL_TENANT, check_exposure, read_keys
 from storage import open_study, points_frame, recommend
 from storage.trials import complete_trial
-from cli.options import study_options
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -37,27 +36,62 @@ if TYPE_CHECKING:
 @click.option("--best", is_flag=True, help="Serve the study's recommended model.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address of the HTTP endpoint.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port of the HTTP endpoint.")
-@click.option("--keys", "keys_file", type=click.Path(path_type=Path), default=None,
-              help="API keys, one `tenant key` line each; requests then need `Authorization: Bearer KEY`.")
+@click.option(
+    "--keys",
+    "keys_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="API keys, one `tenant key` line each; requests then need `Authorization: Bearer KEY`.",
+)
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (needs --keys).")
 @click.option("--replicas", type=int, default=1, show_default=True, help="Model replicas.")
-@click.option("--max-batch", type=int, default=None,
-              help="Instances per batch, a multiple of N [default: 32 groups of N].")
-@click.option("--max-wait-ms", type=float, default=10.0, show_default=True,
-              help="How long a batch waits to fill after its first request.")
+@click.option(
+    "--max-batch", type=int, default=None, help="Instances per batch, a multiple of N [default: 32 groups of N]."
+)
+@click.option(
+    "--max-wait-ms",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="How long a batch waits to fill after its first request.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:K].")
-@click.option("--cpus-per-replica", type=float, default=None,
-              help="CPUs (and torch threads) per replica [default: the cluster's CPUs shared by the replicas].")
+@click.option(
+    "--cpus-per-replica",
+    type=float,
+    default=None,
+    help="CPUs (and torch threads) per replica [default: the cluster's CPUs shared by the replicas].",
+)
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="Larger bodies get 413.")
 @click.option("--max-inputs", type=int, default=1024, show_default=True, help="More inputs in one request get 413.")
 @click.option("--access-log", is_flag=True, help="Log every request in Ray Serve's logs (costs throughput).")
-@click.option("--ray-address", default=None,
-              help="Ray cluster to serve on: auto or HOST:6379 [default: a local instance]. The model folder must "
-                   "then be a path every node sees, or a URI.")  # fmt: skip
-def serve(run_dir: Path | str, storage: str, study: str, model_dir: str | None, number: int | None, best: bool,
-          host: str, port: int, keys_file: Path | None, allow_remote: bool, replicas: int, max_batch: int | None,
-          max_wait_ms: float, device: str, cpus_per_replica: float | None, max_body_bytes: int, max_inputs: int,
-          access_log: bool, ray_address: str | None) -> None:  # fmt: skip
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to serve on: auto or HOST:6379 [default: a local instance]. The model folder must "
+    "then be a path every node sees, or a URI.",
+)
+def serve(
+    run_dir: Path | str,
+    storage: str,
+    study: str,
+    model_dir: str | None,
+    number: int | None,
+    best: bool,
+    host: str,
+    port: int,
+    keys_file: Path | None,
+    allow_remote: bool,
+    replicas: int,
+    max_batch: int | None,
+    max_wait_ms: float,
+    device: str,
+    cpus_per_replica: float | None,
+    max_body_bytes: int,
+    max_inputs: int,
+    access_log: bool,
+    ray_address: str | None,
+) -> None:
     """Serve a model on POST /v1/classify (with GET /v1/health and /v1/stats) until Ctrl-C."""
     try:
         from serving.app import ServeOptions, batch_instances, prepare, run
@@ -70,15 +104,24 @@ def serve(run_dir: Path | str, storage: str, study: str, model_dir: str | None, 
     keys = read_keys(keys_file) if keys_file else None
     with _model_source(model_dir, number, best, storage, study) as (location, what):
         options = ServeOptions(
-            model=location, keys=keys, max_batch=max_batch, max_wait_ms=max_wait_ms, replicas=replicas,
-            device=device, cpus_per_replica=cpus_per_replica, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
+            model=location,
+            keys=keys,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            replicas=replicas,
+            device=device,
+            cpus_per_replica=cpus_per_replica,
+            max_body_bytes=max_body_bytes,
+            max_inputs=max_inputs,
             access_log=access_log,
-        )  # fmt: skip
+        )
         spec = prepare(options)
         if ray_address is None:
             _check_port_free(host, port)
         url = f"http://{host}:{port}"
-        tenants = f"{len(set(keys.values()))} tenant(s) from {keys_file}" if keys else f"one tenant ({LOCAL_TENANT}), no keys"
+        tenants = (
+            f"{len(set(keys.values()))} tenant(s) from {keys_file}" if keys else f"one tenant ({LOCAL_TENANT}), no keys"
+        )
         click.echo(f"starting Ray Serve: loading {what} on {replicas} replica(s)")
         with _ray(ray_address):
             try:
@@ -86,17 +129,20 @@ def serve(run_dir: Path | str, storage: str, study: str, model_dir: str | None, 
             except RuntimeError as failed:  # Serve gave up starting a deployment
                 where = "see the replica logs in logs/serve of Ray's session dir"
                 raise click.ClickException(f"{one_line(failed)} ({where})") from None
-            click.echo(f"serving {what} (N={spec.N}, s={spec.s:g}, {spec.task}, length {spec.seq_len}) "
-                       f"on {replicas} replica(s), batches of up to {batch_instances(max_batch, spec.N)} instances "
-                       f"or {max_wait_ms:g} ms; {tenants}")  # fmt: skip
+            click.echo(
+                f"serving {what} (N={spec.N}, s={spec.s:g}, {spec.task}, length {spec.seq_len}) "
+                f"on {replicas} replica(s), batches of up to {batch_instances(max_batch, spec.N)} instances "
+                f"or {max_wait_ms:g} ms; {tenants}"
+            )
             click.echo(f"POST {url}/v1/classify  GET {url}/v1/health  GET {url}/v1/stats  (Ctrl-C stops)")
             _wait_for_stop()
             click.echo("stopping: removing the application")
 
 
 @contextmanager
-def _model_source(model_dir: str | None, number: int | None, best: bool, storage: str, study: str
-                  ) -> Iterator[tuple[str, str]]:  # fmt: skip
+def _model_source(
+    model_dir: str | None, number: int | None, best: bool, storage: str, study: str
+) -> Iterator[tuple[str, str]]:
     """(location of a servable folder, what it is): --model as given, or a study's trial exported to a temporary folder."""
     from trainers.servable import export_servable
 
@@ -148,7 +194,6 @@ def _ray(address: str | None) -> Iterator[None]:
             ray_serve.delete(APP_NAME)
 
 
-
 def _wait_for_stop() -> None:
     """Block until SIGINT or SIGTERM."""
     stop = threading.Event()
@@ -159,4 +204,3 @@ def _wait_for_stop() -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-

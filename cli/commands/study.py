@@ -19,19 +19,19 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from cli.errors import JobFailed
 from cli.main import EXIT_CODES
+from cli.options import study_options
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
-from cli.options import study_options
 from storage.curves import STOPPED_ATTR
 from storage.study import find_study
 from storage.trials import complete_trial, dense_accuracy, is_feasible_trial, json_safe
-from cli.errors import JobFailed
 
 if TYPE_CHECKING:
     from cli.console import SearchConsole
-    from search.driver import SearchOptions, SearchOutcome
     from dashboards.summary import StudySummary
+    from search.driver import SearchOptions, SearchOutcome
     from trainers.job import Job
     from trainers.recipes import Recipe
 
@@ -58,28 +58,45 @@ def definition_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Base model alias, folder or hub id."),
         click.option("--recipe", default=DEFAULT_RECIPE, show_default=True, help="Recipe name or JSON file."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field."),
-        click.option("--grid-n", default=None, help=f"Multiplexing widths N [default: {DEFAULT_GRID_N}].",
-                     metavar="LIST"),
+        click.option(
+            "--grid-n", default=None, help=f"Multiplexing widths N [default: {DEFAULT_GRID_N}].", metavar="LIST"
+        ),
         click.option("--grid-s", default=None, help=f"Sparsities s [default: {DEFAULT_GRID_S}].", metavar="LIST"),
-        click.option("--budget", default=DEFAULT_BUDGET, show_default=True, type=float,
-                     help="Accuracy loss allowed below dense (1, 0), a fraction."),
-    ]  # fmt: skip
+        click.option(
+            "--budget",
+            default=DEFAULT_BUDGET,
+            show_default=True,
+            type=float,
+            help="Accuracy loss allowed below dense (1, 0), a fraction.",
+        ),
+    ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
 def check_search(
-    task: str, model: str, recipe: str, overrides: tuple[str, ...], grid_n: str | None, grid_s: str | None,
-    budget: float, command: str, *, cwd: str | Path | None = None, hub: bool = True,
+    task: str,
+    model: str,
+    recipe: str,
+    overrides: tuple[str, ...],
+    grid_n: str | None,
+    grid_s: str | None,
+    budget: float,
+    command: str,
+    *,
+    cwd: str | Path | None = None,
+    hub: bool = True,
 ) -> tuple[StudySettings, Job]:
     """Check a search's definition (budget, grid, and the whole job: task, model, recipe) before
     anything is written; return the study settings (resolved paths, the text given) and the job."""
     from search.grid import check_budget, check_grid, parse_values
     from trainers.job import check_job
 
-    grid_N, grid_S = check_grid(parse_values(DEFAULT_GRID_N if grid_n is None else grid_n, "grid N"),
-                                parse_values(DEFAULT_GRID_S if grid_s is None else grid_s, "grid s"))  # fmt: skip
+    grid_N, grid_S = check_grid(
+        parse_values(DEFAULT_GRID_N if grid_n is None else grid_n, "grid N"),
+        parse_values(DEFAULT_GRID_S if grid_s is None else grid_s, "grid s"),
+    )
     budget = check_budget(budget)
     job = check_job(task, model, recipe, overrides, grid_N=grid_N, grid_s=grid_S, cwd=cwd, hub=hub)
     settings = StudySettings(
@@ -111,27 +128,65 @@ def _command_line() -> str:
 @study_options
 @definition_options
 @click.option("--max-trials", type=int, default=None, help="Stop once the study holds this many trained points.")
-@click.option("--time-budget", type=float, default=None,
-              help="End this run within this many seconds (the running trial is stopped up to 30 s before, "
-                   "to record it); 0 = when the search is done [default: the recipe's search_time_budget: 1200 "
-                   "for cpu-demo, none for paper].")
+@click.option(
+    "--time-budget",
+    type=float,
+    default=None,
+    help="End this run within this many seconds (the running trial is stopped up to 30 s before, "
+    "to record it); 0 = when the search is done [default: the recipe's search_time_budget: 1200 "
+    "for cpu-demo, none for paper].",
+)
 @click.option("--concurrency", type=int, default=None, help="Concurrent trials [default: one per GPU, else 1].")
 @click.option("--cpus-per-trial", type=float, default=None, help="CPUs per trial [default: all, shared].")
 @click.option("--gpus-per-trial", type=float, default=None, help="GPUs per trial [default: 1 if any].")
-@click.option("--max-failures", type=int, default=2, show_default=True,
-              help="Ray retries of a failed trial (a retry that fails with the same error stops the search).")
-@click.option("--ray-address", default=None,
-              help="Ray cluster to use: auto or HOST:6379, from a node of the cluster [default: a local instance].")
-@click.option("--cache-lock", type=click.Choice(["auto", "file", "database"]), default="auto", show_default=True,
-              help="Lock of the shared phase 1-2 cache: lock files, or leases in the study's database for a run "
-                   "dir shared by cluster nodes (auto: database unless the study is SQLite).")
-@click.option("--early-stopping/--no-early-stopping", default=True, show_default=True,
-              help="Stop a trial once its learning curve shows its point cannot reach the budget's threshold, "
-                   "or cannot beat the best feasible point (it is stored PRUNED with its bound).")
-def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, recipe: str, overrides: tuple[str, ...],
-          grid_n: str | None, grid_s: str | None, budget: float, max_trials: int | None, time_budget: float | None,
-          concurrency: int | None, cpus_per_trial: float | None, gpus_per_trial: float | None,
-          max_failures: int, ray_address: str | None, cache_lock: str, early_stopping: bool) -> None:  # fmt: skip
+@click.option(
+    "--max-failures",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Ray retries of a failed trial (a retry that fails with the same error stops the search).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to use: auto or HOST:6379, from a node of the cluster [default: a local instance].",
+)
+@click.option(
+    "--cache-lock",
+    type=click.Choice(["auto", "file", "database"]),
+    default="auto",
+    show_default=True,
+    help="Lock of the shared phase 1-2 cache: lock files, or leases in the study's database for a run "
+    "dir shared by cluster nodes (auto: database unless the study is SQLite).",
+)
+@click.option(
+    "--early-stopping/--no-early-stopping",
+    default=True,
+    show_default=True,
+    help="Stop a trial once its learning curve shows its point cannot reach the budget's threshold, "
+    "or cannot beat the best feasible point (it is stored PRUNED with its bound).",
+)
+def start(
+    run_dir: Path | str,
+    storage: str,
+    study: str,
+    task: str,
+    model: str,
+    recipe: str,
+    overrides: tuple[str, ...],
+    grid_n: str | None,
+    grid_s: str | None,
+    budget: float,
+    max_trials: int | None,
+    time_budget: float | None,
+    concurrency: int | None,
+    cpus_per_trial: float | None,
+    gpus_per_trial: float | None,
+    max_failures: int,
+    ray_address: str | None,
+    cache_lock: str,
+    early_stopping: bool,
+) -> None:
     """Run (or resume) an Auto-PruMUX search: one Ray Tune trial per (N, s) point.
 
     Every input is checked first (task data, base model and tokenizer, recipe, grid, budget,
@@ -144,17 +199,33 @@ def start(run_dir: Path | str, storage: str, study: str, task: str, model: str, 
     settings, job = check_search(task, model, recipe, overrides, grid_n, grid_s, budget, _command_line())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = SearchOptions(
-        run_dir=str(run_dir), storage_url=storage, study_name=study, concurrency=concurrency,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_trials=max_trials,
-        time_budget_s=_time_budget(time_budget, job.recipe), max_failures=max_failures, ray_address=ray_address,
-        cache_lock=cache_lock, early_stopping=early_stopping,
-    )  # fmt: skip
+        run_dir=str(run_dir),
+        storage_url=storage,
+        study_name=study,
+        concurrency=concurrency,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        max_trials=max_trials,
+        time_budget_s=_time_budget(time_budget, job.recipe),
+        max_failures=max_failures,
+        ray_address=ray_address,
+        cache_lock=cache_lock,
+        early_stopping=early_stopping,
+    )
     console = SearchConsole()
-    console.line(f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "
-                 f"recipe {settings.recipe}, budget {settings.budget:g}")  # fmt: skip
+    console.line(
+        f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "
+        f"recipe {settings.recipe}, budget {settings.budget:g}"
+    )
     try:
-        outcome = run_search(settings, job.recipe, options, on_trial=functools.partial(_report_trial, console),
-                             on_progress=console.progress, on_notice=console.line)  # fmt: skip
+        outcome = run_search(
+            settings,
+            job.recipe,
+            options,
+            on_trial=functools.partial(_report_trial, console),
+            on_progress=console.progress,
+            on_notice=console.line,
+        )
     finally:
         console.close()
     _report_outcome(outcome, options)
@@ -180,8 +251,9 @@ def _failure(study: optuna.Study, number: int, options: SearchOptions) -> str:
     trial = study.trials[number]
     reason = trial.user_attrs.get("failed_because", "its training failed")
     where = "" if "full log:" in reason else f"; Ray's trial logs are under {options.tune_storage}"
-    return (f"the search stopped: trial {number} (N={trial.params['N']}, s={trial.params['s']:g}) failed: "
-            f"{reason}{where}")  # fmt: skip
+    return (
+        f"the search stopped: trial {number} (N={trial.params['N']}, s={trial.params['s']:g}) failed: {reason}{where}"
+    )
 
 
 @click.command("status")
@@ -194,13 +266,20 @@ def status(run_dir: Path | str, storage: str, study: str, output: str) -> None:
     summary = summarize(open_study(storage, study))
     top = _top3(summary)
     if output == "json":
-        click.echo(json.dumps(json_safe({
-            "study": study,
-            "settings": summary.settings.to_dict() if summary.settings else None,
-            "threshold": summary.threshold,
-            "trials": _records(summary.trials),
-            "top": _records(top),
-        }), indent=2))  # fmt: skip
+        click.echo(
+            json.dumps(
+                json_safe(
+                    {
+                        "study": study,
+                        "settings": summary.settings.to_dict() if summary.settings else None,
+                        "threshold": summary.threshold,
+                        "trials": _records(summary.trials),
+                        "top": _records(top),
+                    }
+                ),
+                indent=2,
+            )
+        )
         return
     click.echo(f"study {study!r}: threshold {_fmt(summary.threshold)}")
     click.echo(_table(summary.trials, TABLE_COLUMNS) if len(summary.trials) else "no trials yet")
@@ -251,11 +330,26 @@ def export(run_dir: Path | str, storage: str, study: str, number: int, out: Path
 @click.command("import")
 @study_options
 @definition_options
-@click.option("--points", "points_csv", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="CSV of measured points: N, s, accuracy, throughput.")  # fmt: skip
-def import_points(run_dir: Path | str, storage: str, study: str, task: str, model: str, recipe: str,
-                  overrides: tuple[str, ...], grid_n: str | None, grid_s: str | None, budget: float,
-                  points_csv: Path) -> None:  # fmt: skip
+@click.option(
+    "--points",
+    "points_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV of measured points: N, s, accuracy, throughput.",
+)
+def import_points(
+    run_dir: Path | str,
+    storage: str,
+    study: str,
+    task: str,
+    model: str,
+    recipe: str,
+    overrides: tuple[str, ...],
+    grid_n: str | None,
+    grid_s: str | None,
+    budget: float,
+    points_csv: Path,
+) -> None:
     """Import measured (N, s) points into a study (created with the definition options if new).
 
     Without --grid-n/--grid-s the grid is the study's, or for a new study the points' N and s values.
@@ -286,13 +380,18 @@ def model_card(trial: FrozenTrial, settings: StudySettings | None) -> str:
         ("task", attrs.get("task", settings.task if settings else "?")),
         ("base model", attrs.get("base_model", settings.base_model if settings else "?")),
         ("recipe", attrs.get("recipe", settings.recipe if settings else "?")),
-        ("multiplexing width N", N), ("target sparsity s", s), ("realised sparsity", attrs.get("sparsity")),
-        ("validation accuracy", trial.values[0]), ("test accuracy", attrs.get("test_accuracy")),
-        ("throughput (examples/s)", trial.values[1]), ("speed-up over dense", attrs.get("speedup")),
-        ("parameters", attrs.get("total_parameters")), ("measured on", attrs.get("hardware")),
+        ("multiplexing width N", N),
+        ("target sparsity s", s),
+        ("realised sparsity", attrs.get("sparsity")),
+        ("validation accuracy", trial.values[0]),
+        ("test accuracy", attrs.get("test_accuracy")),
+        ("throughput (examples/s)", trial.values[1]),
+        ("speed-up over dense", attrs.get("speedup")),
+        ("parameters", attrs.get("total_parameters")),
+        ("measured on", attrs.get("hardware")),
         ("feasible under the budget", is_feasible_trial(trial)),
         ("study trial", trial.number),
-    ]  # fmt: skip
+    ]
     table = "\n".join(f"| {label} | {_fmt(value)} |" for label, value in rows)
     return f"""# PruMUX model: N={N}, s={s:g}
 
@@ -336,8 +435,10 @@ def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Stud
 
     point = f"N={trial.params['N']} s={trial.params['s']:g}"
     if STOPPED_ATTR in trial.user_attrs and trial.state == TrialState.PRUNED:
-        console.line(f"trial {trial.number}  {point}  stopped: {trial.user_attrs[STOPPED_ATTR]}  "
-                     f"trainings used {trained_count(study)}")  # fmt: skip
+        console.line(
+            f"trial {trial.number}  {point}  stopped: {trial.user_attrs[STOPPED_ATTR]}  "
+            f"trainings used {trained_count(study)}"
+        )
         publish(study)
         return
     if trial.state != TrialState.COMPLETE:
@@ -376,12 +477,21 @@ def _best_figures(summary: StudySummary) -> dict[str, Any]:
 
     row = summary.recommended
     dense = dense_row(summary.points)
-    return json_safe({
-        "trial": int(row["number"]), "N": int(row["N"]), "s": float(row["s"]), "family": row["family"],
-        "accuracy": float(row["accuracy"]), "dense_accuracy": None if dense is None else float(dense["accuracy"]),
-        "threshold": summary.threshold, "throughput": float(row["throughput"]), "speedup": float(row["speedup"]),
-        "model_dir": row.get("model_dir"), "hardware": row.get("hardware"),
-    })  # fmt: skip
+    return json_safe(
+        {
+            "trial": int(row["number"]),
+            "N": int(row["N"]),
+            "s": float(row["s"]),
+            "family": row["family"],
+            "accuracy": float(row["accuracy"]),
+            "dense_accuracy": None if dense is None else float(dense["accuracy"]),
+            "threshold": summary.threshold,
+            "throughput": float(row["throughput"]),
+            "speedup": float(row["speedup"]),
+            "model_dir": row.get("model_dir"),
+            "hardware": row.get("hardware"),
+        }
+    )
 
 
 def _top3(summary: StudySummary) -> pd.DataFrame:

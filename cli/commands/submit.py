@@ -70,9 +70,17 @@ def checked_start_arguments(
         local = (root / Path(run).expanduser()).resolve()
         run = str(local if remote else check_writable_dir(run, "run directory", root))
     _, job = check_search(
-        params["task"], params["model"], params["recipe"], params["overrides"], params["grid_n"], params["grid_s"],
-        params["budget"], "", cwd=root, hub=not remote,
-    )  # fmt: skip
+        params["task"],
+        params["model"],
+        params["recipe"],
+        params["overrides"],
+        params["grid_n"],
+        params["grid_s"],
+        params["budget"],
+        "",
+        cwd=root,
+        hub=not remote,
+    )
     if remote:
         _check_shared(job.local_inputs(), run, address)
     recipe = str(job.recipe_file or params["recipe"])
@@ -166,13 +174,35 @@ def _mask(url: str | None) -> str:
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--address", default="http://127.0.0.1:8265", show_default=True, help="Ray dashboard (Jobs API) address of the cluster head.")
+@click.option(
+    "--address",
+    default="http://127.0.0.1:8265",
+    show_default=True,
+    help="Ray dashboard (Jobs API) address of the cluster head.",
+)
 @click.option("--storage", "storage_url", default=None, help="SQLAlchemy URL of the study; every node must reach it.")
-@click.option("--run-dir", default=None, help="Run directory on a shared filesystem (or a pyarrow URI) for checkpoints and caches.")
-@click.option("--logs", "logs_job", default=None, metavar="JOB", help="Print a submitted job's logs and follow them until it ends.")
+@click.option(
+    "--run-dir",
+    default=None,
+    help="Run directory on a shared filesystem (or a pyarrow URI) for checkpoints and caches.",
+)
+@click.option(
+    "--logs",
+    "logs_job",
+    default=None,
+    metavar="JOB",
+    help="Print a submitted job's logs and follow them until it ends.",
+)
 @click.option("--stop", "stop_job", default=None, metavar="JOB", help="Stop a submitted job.")
 @click.argument("start_args", nargs=-1, type=click.UNPROCESSED)
-def submit(address: str, storage_url: str | None, run_dir: str | None, logs_job: str | None, stop_job: str | None, start_args: tuple[str, ...]) -> None:
+def submit(
+    address: str,
+    storage_url: str | None,
+    run_dir: str | None,
+    logs_job: str | None,
+    stop_job: str | None,
+    start_args: tuple[str, ...],
+) -> None:
     """Submit `start` to a Ray cluster as a Ray Job, or follow / stop one.
 
     Example: prumux-search submit --address http://HEAD:8265 --storage postgresql://... -- start --task sst2

@@ -12,7 +12,6 @@ HUB_TASK = "hub, not loaded offline"
 HUB_MODEL = "hub, not available offline"
 
 
-
 @click.command("tasks")
 @click.argument("names", nargs=-1)
 @click.option("--seed", default=0, show_default=True, help="Seed of the splits.")
@@ -47,8 +46,15 @@ def models(names: tuple[str, ...]) -> None:
             continue
         shape = model_summary(name)
         rows.append(
-            [name, shape["layers"], shape["hidden"], shape["heads"], shape["intermediate"],
-             f"{shape['parameters']:,}", shape["source"]]
+            [
+                name,
+                shape["layers"],
+                shape["hidden"],
+                shape["heads"],
+                shape["intermediate"],
+                f"{shape['parameters']:,}",
+                shape["source"],
+            ]
         )
     click.echo(format_table(["model", "layers", "hidden", "heads", "intermediate", "parameters", "source"], rows))
 
@@ -67,16 +73,28 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 @click.option("--model", "base_model", required=True, help="Base model alias (see `models`), folder or hub id.")
 @click.option("--n", "N", type=int, required=True, help="Multiplexing width N (1 = no multiplexing).")
 @click.option("--sparsity", "s", type=float, default=0.0, show_default=True, help="Target sparsity s in [0, 1).")
-@click.option("--recipe", default="cpu-demo", show_default=True, help="Recipe name (paper, cpu-demo, smoke) or JSON file.")
-@click.option("--workdir", default="./prumux-runs", show_default=True, help="Work dir: caches, checkpoints, models, train.log.")
+@click.option(
+    "--recipe", default="cpu-demo", show_default=True, help="Recipe name (paper, cpu-demo, smoke) or JSON file."
+)
+@click.option(
+    "--workdir", default="./prumux-runs", show_default=True, help="Work dir: caches, checkpoints, models, train.log."
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (repeatable).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:K (default: CUDA when present).")
 @click.option("--bf16", is_flag=True, help="bf16 autocast for training and bf16 throughput.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(
-    task: str, base_model: str, N: int, s: float, recipe: str, workdir: str, overrides: tuple[str, ...],
-    device: str | None, bf16: bool, quiet: bool,
-) -> None:  # fmt: skip
+    task: str,
+    base_model: str,
+    N: int,
+    s: float,
+    recipe: str,
+    workdir: str,
+    overrides: tuple[str, ...],
+    device: str | None,
+    bf16: bool,
+    quiet: bool,
+) -> None:
     """Train one (N, s) point (resuming or reusing what the work dir holds) and print its result.
 
     Every input is checked before training starts (exit status 2 on bad input); a training that
@@ -92,8 +110,9 @@ def train(
     folder = check_writable_dir(workdir, "work dir")
     Runtime.create(device, bf16)  # an unknown or absent device is bad input, not a failed training
     try:
-        result = train_point(job.task, job.base_model, N, s, job.recipe, folder, progress=not quiet, device=device,
-                             bf16=bf16)  # fmt: skip
+        result = train_point(
+            job.task, job.base_model, N, s, job.recipe, folder, progress=not quiet, device=device, bf16=bf16
+        )
     except Exception as error:
         raise JobFailed(_logged_failure(folder, f"train {job.task}/{job.base_model}/N={N}/s={s:g}", error)) from None
     values = result.to_dict()

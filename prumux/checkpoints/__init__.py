@@ -22,7 +22,13 @@ from torch import Tensor
 
 from prumux.checkpoints.cofi import binary_masks, check_mask_shapes, fold_masks, our_masks
 from prumux.checkpoints.files import CheckpointFiles, find_checkpoint
-from prumux.checkpoints.hf import base_head_state, base_model_config, dense_encoder_config, encoder_config, encoder_state
+from prumux.checkpoints.hf import (
+    base_head_state,
+    base_model_config,
+    dense_encoder_config,
+    encoder_config,
+    encoder_state,
+)
 from prumux.checkpoints.muxplm import is_mux_plm, mux_plm_config, mux_plm_state
 from prumux.config import PruMUXConfig
 
@@ -73,9 +79,10 @@ class LoadedCheckpoint:
     def fitting(self, model_state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The tensors to load: a base's optional head weights of another shape are left out (they stay fresh)."""
         return {
-            key: value for key, value in self.state.items()
+            key: value
+            for key, value in self.state.items()
             if not key.startswith(self.fresh) or key not in model_state or model_state[key].shape == value.shape
-        }  # fmt: skip
+        }
 
     def check_keys(self, missing: list[str], unexpected: list[str]) -> None:
         """Raise a one-line ValueError if the weights left a part of the model empty that must come from them."""

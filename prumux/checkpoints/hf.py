@@ -70,19 +70,27 @@ def encoder_config(hf: dict[str, Any], shapes: Shapes, source: str) -> EncoderCo
     if extra:
         raise _contradiction(source, f"weights for layer {extra[0]} of a {dense.num_layers}-layer model")
     pruned = EncoderConfig(
-        **{**dense.to_dict(), "hidden_size": hidden, "num_heads": heads, "intermediate_sizes": ffn,
-           "vocab_size": word[0], "embedding_size": word[1] if project else None,
-           "max_position_embeddings": _shape(shapes, "embeddings.position_embeddings.weight", source)[0],
-           "type_vocab_size": _shape(shapes, "embeddings.token_type_embeddings.weight", source)[0]}
-    )  # fmt: skip
+        **{
+            **dense.to_dict(),
+            "hidden_size": hidden,
+            "num_heads": heads,
+            "intermediate_sizes": ffn,
+            "vocab_size": word[0],
+            "embedding_size": word[1] if project else None,
+            "max_position_embeddings": _shape(shapes, "embeddings.position_embeddings.weight", source)[0],
+            "type_vocab_size": _shape(shapes, "embeddings.token_type_embeddings.weight", source)[0],
+        }
+    )
     _check_not_larger(pruned, dense, source)
     return pruned
 
 
 def is_pruned(encoder: EncoderConfig, dense: EncoderConfig) -> bool:
     return (encoder.hidden_size, encoder.num_heads, encoder.intermediate_sizes) != (
-        dense.hidden_size, dense.num_heads, dense.intermediate_sizes,
-    )  # fmt: skip
+        dense.hidden_size,
+        dense.num_heads,
+        dense.intermediate_sizes,
+    )
 
 
 def encoder_state(state: dict[str, Tensor], config: EncoderConfig) -> dict[str, Tensor]:
@@ -101,7 +109,9 @@ def encoder_state(state: dict[str, Tensor], config: EncoderConfig) -> dict[str, 
         if heads:
             for part in ("weight", "bias"):
                 names = ("query", "key", "value")
-                mapped[f"{dst}attention.qkv.{part}"] = torch.cat([state[f"{src}attention.self.{name}.{part}"] for name in names])
+                mapped[f"{dst}attention.qkv.{part}"] = torch.cat(
+                    [state[f"{src}attention.self.{name}.{part}"] for name in names]
+                )
             mapped |= copy_pairs(state, f"{src}attention.output.dense", f"{dst}attention.out")
             mapped |= copy_pairs(state, f"{src}attention.output.LayerNorm", f"{dst}attention.norm")
         if ffn:
@@ -112,9 +122,15 @@ def encoder_state(state: dict[str, Tensor], config: EncoderConfig) -> dict[str, 
 
 
 def base_model_config(
-    hf: dict[str, Any], shapes: Shapes, encoder: EncoderConfig, num_instances: int | None, num_labels: int | None,
-    mux_norm: float, muxing_variant: str, source: str,
-) -> PruMUXConfig:  # fmt: skip
+    hf: dict[str, Any],
+    shapes: Shapes,
+    encoder: EncoderConfig,
+    num_instances: int | None,
+    num_labels: int | None,
+    mux_norm: float,
+    muxing_variant: str,
+    source: str,
+) -> PruMUXConfig:
     """Our layout on a plain (or CoFi-pruned) base: N and labels as given, a task head if it has one."""
     pooler = shapes.get("pooler.dense.weight")
     classifier = shapes.get("classifier.weight")
@@ -169,7 +185,9 @@ def _check_not_larger(pruned: EncoderConfig, dense: EncoderConfig, source: str) 
     if pruned.hidden_size > dense.hidden_size:
         raise _contradiction(source, f"hidden width {pruned.hidden_size} > config.json's {dense.hidden_size}")
     if dense.embedding_size and pruned.embedding_size != dense.embedding_size:
-        raise _contradiction(source, f"embedding width {pruned.embedding_width} != config.json's {dense.embedding_size}")
+        raise _contradiction(
+            source, f"embedding width {pruned.embedding_width} != config.json's {dense.embedding_size}"
+        )
     for layer, (heads, ffn) in enumerate(zip(pruned.num_heads, pruned.intermediate_sizes)):
         if heads > dense.num_heads[layer] or ffn > dense.intermediate_sizes[layer]:
             raise _contradiction(source, f"layer {layer} has {heads} heads and FFN {ffn}, more than config.json's")

@@ -37,9 +37,13 @@ def is_mux_plm(hf: dict[str, Any]) -> bool:
 
 
 def mux_plm_config(
-    hf: dict[str, Any], shapes: Shapes, encoder: EncoderConfig, num_instances: int | None, num_labels: int | None,
+    hf: dict[str, Any],
+    shapes: Shapes,
+    encoder: EncoderConfig,
+    num_instances: int | None,
+    num_labels: int | None,
     source: str,
-) -> PruMUXConfig:  # fmt: skip
+) -> PruMUXConfig:
     """Our config in the MUX-PLM layout, every value read from the checkpoint and checked against its weights."""
     model_type = hf.get("model_type")
     if model_type not in MUX_MODEL_TYPES:
@@ -87,7 +91,9 @@ def demux_layers(hf: dict[str, Any], shapes: Shapes, source: str) -> int:
         raise ValueError(f"{source}: num_hidden_demux_layers must be an integer >= 2, got {layers!r}")
     missing = [k for k in range(1, layers) if k not in stored]
     if missing:
-        raise ValueError(f"{source}: the weights have no demux_module.dense_{missing[0]} (num_hidden_demux_layers {layers})")
+        raise ValueError(
+            f"{source}: the weights have no demux_module.dense_{missing[0]} (num_hidden_demux_layers {layers})"
+        )
     return layers
 
 
@@ -139,4 +145,3 @@ def _expect(shapes: Shapes, key: str, shape: tuple[int | None, ...], source: str
         raise ValueError(f"{source}: the weights have no {key}")
     if len(found) != len(shape) or any(want is not None and want != got for want, got in zip(shape, found)):
         raise ValueError(f"{source}: the weights contradict config.json: {key} has shape {found}, expected {shape}")
-

@@ -270,7 +270,9 @@ def adamw(parameters: Iterable[nn.Parameter], lr: float, recipe: Recipe) -> torc
     return torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=lr, weight_decay=recipe.weight_decay)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_schedule(
+    optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over `warmup_ratio` of the steps, then linear decay to zero."""
     warmup = math.ceil(steps * warmup_ratio)
 

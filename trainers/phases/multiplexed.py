@@ -46,9 +46,11 @@ def _train_mlm(
 
     def loss(batch: Batch) -> Tensor:
         return model.mlm_loss(
-            **batch.inputs(), mask_token_id=mask_token_id, ignore_token_ids=ignore_token_ids,
+            **batch.inputs(),
+            mask_token_id=mask_token_id,
+            ignore_token_ids=ignore_token_ids,
             mlm_probability=recipe.mlm_probability,
-        )  # fmt: skip
+        )
 
     rows = recipe.batch_rows(MLM, model.config.num_instances)
     return train_model_stage(model, MLM, MLM, train, rows, recipe.mlm_lr, _task_norm(model, recipe), loss, None, ctx)
@@ -66,7 +68,15 @@ def _finetune(model: PruMUXModel, task: EncodedTask, ctx: StageContext) -> tuple
 
     rows = recipe.batch_rows(FINETUNE, model.config.num_instances)
     return train_model_stage(
-        model, FINETUNE, FINETUNE_OUTPUT, task.train, rows, recipe.finetune_lr, _task_norm(model, recipe), loss, evaluate,
+        model,
+        FINETUNE,
+        FINETUNE_OUTPUT,
+        task.train,
+        rows,
+        recipe.finetune_lr,
+        _task_norm(model, recipe),
+        loss,
+        evaluate,
         ctx,
     )
 

@@ -30,8 +30,8 @@ from trainers.phases.loop import (
     StageContext,
     adamw,
     backward_and_step,
-    resume_finished,
     linear_schedule,
+    resume_finished,
     run_stage,
     save_output,
     seed_stage,
@@ -92,7 +92,8 @@ def masks_at_sparsity(l0: L0Module, sparsity: float) -> dict[str, torch.Tensor]:
     budget = (1 - sparsity) * l0.prunable_parameters
     kept = fill_budget(head_scores, ffn_scores, hidden, l0.encoder_config.head_dim, budget)
     soft = {
-        name: torch.sigmoid(log_alpha / l0.temperature * DETERMINISTIC_SHARPNESS) for name, log_alpha in l0.log_alphas.items()
+        name: torch.sigmoid(log_alpha / l0.temperature * DETERMINISTIC_SHARPNESS)
+        for name, log_alpha in l0.log_alphas.items()
     }
     return {
         "head_z": soft["head_z"] * kept[0],
@@ -152,13 +153,22 @@ def _prune(
         return {"accuracy": score, "sparsity": realised}
 
     state = {
-        "student": student, "l0": l0, "distiller": distiller, "optimizer": optimizer, "scheduler": scheduler,
-        "alpha_optimizer": alpha_optimizer, "lambda_optimizer": lambda_optimizer, "best": best,
-    }  # fmt: skip
+        "student": student,
+        "l0": l0,
+        "distiller": distiller,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "alpha_optimizer": alpha_optimizer,
+        "lambda_optimizer": lambda_optimizer,
+        "best": best,
+    }
     seconds = run_stage(ctx, PRUNE, steps, state, step, evaluate)
     if not best.restore():
-        ctx.log.warning("prune: no evaluation reached sparsity %.3f within %.3f; using the last masks", sparsity,
-                        recipe.sparsity_epsilon)  # fmt: skip
+        ctx.log.warning(
+            "prune: no evaluation reached sparsity %.3f within %.3f; using the last masks",
+            sparsity,
+            recipe.sparsity_epsilon,
+        )
     masks = masks_at_sparsity(l0, sparsity)
     record = {"seconds": seconds, "steps": steps, "best_step": best.step, "sparsity": realised_sparsity(l0, masks)}
     pruned = prune(student, masks)

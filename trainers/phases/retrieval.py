@@ -26,4 +26,6 @@ def train_retrieval(
         return model.retrieval_loss(**batch.inputs(), ignore_token_ids=ignore_token_ids)
 
     rows = recipe.pretrain_batch_size * model.config.num_instances
-    return train_model_stage(model, STAGE, STAGE, train, rows, recipe.retrieval_lr, recipe.retrieval_mux_norm, loss, None, ctx)
+    return train_model_stage(
+        model, STAGE, STAGE, train, rows, recipe.retrieval_lr, recipe.retrieval_mux_norm, loss, None, ctx
+    )

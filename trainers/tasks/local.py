@@ -86,7 +86,9 @@ def _read_file(file: Path) -> pd.DataFrame:
     except OSError as error:
         raise OSError(f"cannot read task file {str(file)!r}: {error.strerror or error}") from None
     except (ValueError, ArrowException) as error:  # what pandas and pyarrow raise on malformed content
-        raise ValueError(f"task file {file.name!r} is not valid {_KINDS[suffix]}: {_brief(first_line(error))}") from None
+        raise ValueError(
+            f"task file {file.name!r} is not valid {_KINDS[suffix]}: {_brief(first_line(error))}"
+        ) from None
     return _checked(frame, file)
 
 

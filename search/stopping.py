@@ -141,7 +141,7 @@ class BudgetStopping(FIFOScheduler):
         finished = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         numbers = tuple(trial.number for trial in finished)
         if self._bound is None or numbers != self._bound_fitted_on:
-            curves = [curve for curve in map(Curve.from_trial, finished) if curve is not None]
+            curves = [curve for curve in map(Curve.from_trial, finished) if curve is not None and curve.finished]
             self._bound, self._bound_fitted_on = CurveBound().fit(curves), numbers
         return self._bound
 

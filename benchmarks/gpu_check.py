@@ -217,6 +217,7 @@ def search_section(plan: Plan, device: torch.device, folder: Path) -> Section:
         storage_url=default_url(run_dir),
         study_name="gpu-check",
         time_budget_s=plan.search_budget_s,
+        early_stopping=False,  # this section measures trials sharing the device: every point trains to its end
         **share,
     )
     outcome = run_search(settings, load_recipe("smoke", plan.recipe_overrides), options)

@@ -46,8 +46,10 @@ from conftest import REPO, S3_TEST_CREDENTIALS, SEARCH
 pytestmark = pytest.mark.timeout(600)
 # two trials at once, every N > 1 starting from the dense model (phase 1-2 models shared across
 # points and nodes), phase 3 long enough for a fault after a checkpoint even on a loaded machine
+# The cluster tests are about placement and faults, not early stopping: every point trains to its end.
 CLUSTER_SEARCH = [
     *SEARCH,
+    "--no-early-stopping",
     "--set",
     "prune_steps=200",
     "--set",

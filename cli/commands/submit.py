@@ -108,6 +108,9 @@ def _start_arguments(context: click.Context, resolved: dict[str, str]) -> list[s
             words += [parameter.opts[0], resolved[name]]
         elif context.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             value = context.params[name]
+            if getattr(parameter, "is_flag", False):  # an on/off flag: the spelling of the value given
+                words.append(parameter.opts[0] if value else parameter.secondary_opts[0])
+                continue
             for item in value if isinstance(value, tuple) else (value,):
                 words += [parameter.opts[0], str(item)]
     return words

@@ -5,23 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_driver import FAST as DRIVER_FAST
 
 from trainers.curve import PointCurve, point_stages
 from trainers.point import train_point
 from trainers.recipes import load_recipe
 
-FAST = {
-    "max_train_examples": 64,
-    "max_eval_examples": 64,
-    "eval_examples": 32,
-    "eval_every": 4,
-    "retrieval_steps": 6,
-    "mlm_steps": 2,
-    "finetune_steps": 8,
-    "prune_steps": 8,
-    "lagrangian_warmup_steps": 4,
-    "pruned_finetune_steps": 4,
-}
+FAST = DRIVER_FAST | {"pruned_finetune_steps": 4}  # the step counts asserted below
 
 
 def test_stages_are_placed_one_after_another() -> None:

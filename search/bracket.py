@@ -36,13 +36,14 @@ from optuna.pruners import SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import open_storage
+from storage.trials import CONFIGURATION_ATTR
 from trainers.cache import LockFactory
 from trainers.curve import Evaluation
 from trainers.point import PointResult, train_point_until
 from trainers.recipes import Recipe
 
 REDUCTION_FACTOR = 2
-INDEX_ATTR, VALUES_ATTR, DIGEST_ATTR, SECONDS_ATTR = "configuration_index", "configuration", "digest", "seconds"
+INDEX_ATTR, DIGEST_ATTR, SECONDS_ATTR = "configuration_index", "digest", "seconds"
 
 
 def bracket_study_name(study_name: str, N: int, s: float) -> str:
@@ -142,13 +143,13 @@ def _configurations(study: optuna.Study, recipes: list[Recipe], values: list[dic
         trial = stored.get(index)
         if trial is None:
             new = study.ask()
-            for key, value in ((INDEX_ATTR, index), (VALUES_ATTR, chosen), (DIGEST_ATTR, recipe.digest())):
+            for key, value in ((INDEX_ATTR, index), (CONFIGURATION_ATTR, chosen), (DIGEST_ATTR, recipe.digest())):
                 new.set_user_attr(key, value)
             trial = study._storage.get_trial(new._trial_id)
         elif trial.user_attrs.get(DIGEST_ATTR) != recipe.digest():
             raise ValueError(
                 f"study {study.study_name!r} holds configuration {index} with other values "
-                f"({trial.user_attrs.get(VALUES_ATTR)}); use another --study name"
+                f"({trial.user_attrs.get(CONFIGURATION_ATTR)}); use another --study name"
             )
         configurations.append(
             _Configuration(
@@ -240,7 +241,7 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
     full_steps = total * len(configurations)
     return {
         **winner.result.to_dict(),
-        "configuration": winner.values,
+        CONFIGURATION_ATTR: winner.values,
         "configuration_digest": winner.recipe.digest(),
         "configurations": outcomes,
         "bracket": {

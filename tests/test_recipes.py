@@ -95,6 +95,8 @@ def _changed(value: object, name: str) -> object:
     others = {"muxing_variant": MUXING_VARIANTS, "mux_start": MUX_STARTS}
     if name in others:
         return next(option for option in others[name] if option != value)
+    if name == "sweep":  # a sweep of a phase 1-2 field: still no field of the cache key itself
+        return (("finetune_lr", (0.5, 0.25)),)
     if isinstance(value, bool):
         return not value
     if isinstance(value, str):

@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from test_driver import FAST
 
+from dashboards.report import write_report
 from search.bracket import Point, bracket_study_name, train_bracket
 from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url, open_study
@@ -117,3 +118,37 @@ def test_a_swept_point_is_its_best_configuration(swept_search) -> None:
     # 4 configurations, 2 phase-2 value sets: one cached phase-2 model for the configurations of each
     entries = list((run_dir / "work" / "cache").glob("*/*/N1-*"))
     assert len([entry for entry in entries if entry.is_dir()]) == 2
+
+
+def test_status_best_and_export_name_the_winning_configuration(swept_search, run_main) -> None:
+    run_dir, _, study = swept_search
+    trial = next(t for t in study.trials if t.params["s"] == 0.5)
+    words = " ".join(f"{key}={value:g}" for key, value in trial.user_attrs["configuration"].items())
+
+    code, out, err = run_main("status", "--run-dir", str(run_dir), "--study", "swept")
+    assert code == 0, err
+    assert "configuration" in out and words in out
+    code, out, err = run_main("best", "--run-dir", str(run_dir), "--study", "swept", "--format", "json")
+    assert code == 0, err
+    best = json.loads(out)
+    assert best["configuration"] == study.trials[best["trial"]].user_attrs["configuration"]
+    report = write_report(study, run_dir / "report.html").read_text()
+    assert "Sweeps inside the points" in report and bracket_study_name("swept", 1, 0.5) in report
+    exported = run_dir / "exported"
+    code, out, err = run_main(
+        "export", "--run-dir", str(run_dir), "--study", "swept", "--trial", str(trial.number), "--out", str(exported)
+    )
+    assert code == 0, err
+    assert words in out and words in (exported / "README.md").read_text()
+    assert (exported / "model.safetensors").read_bytes() == (
+        Path(trial.user_attrs["model_dir"]) / "model.safetensors"
+    ).read_bytes()
+
+
+def test_recipes_show_prints_the_sweep_and_its_configurations(run_main) -> None:
+    code, out, err = run_main("recipes", "show", "paper")
+    assert code == 0, err
+    assert "pruned_finetune_lr: [1e-05, 2e-05, 3e-05, 5e-05]" in out
+    assert "configurations: 12 per point with s > 0, 1 per point with s = 0" in out
+    code, out, _ = run_main("recipes", "show", "cpu-demo")
+    assert code == 0 and "sweep: none (1 configuration)" in out

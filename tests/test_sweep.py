@@ -17,9 +17,13 @@ from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url, open_study
 from trainers.recipes import load_recipe, recipe_from_dict
 
-# Two phase-2 learning rates (one too small to learn) x two phase-3 ones: 4 configurations, 2 phase-2 models.
-SWEEP = {"finetune_lr": [0.001, 1e-06], "pruned_finetune_lr": [0.001, 0.01]}
-ALPHAS = {"distill_alpha_layer,distill_alpha_ce": [[0.9, 0.1], [0.5, 0.5]]}
+# Two phase-2 learning rates (one too small to learn) x two CoFi layer-distillation versions: 4 configurations, 2 phase-2 models.
+SWEEP = {"finetune_lr": [0.001, 1e-06], "layer_distill_version": [3, 6]}
+PHASE3 = {
+    "pruned_finetune_lr": [0.001, 0.01],
+    "distill_alpha_layer,distill_alpha_ce": [[0.9, 0.1], [0.5, 0.5]],
+    "layer_distill_version": [4, 6],
+}
 
 
 def sweep_recipe(sweep: dict = SWEEP):
@@ -27,15 +31,19 @@ def sweep_recipe(sweep: dict = SWEEP):
 
 
 def test_configurations_are_plain_recipes_and_the_sweep_is_in_no_digest() -> None:
-    recipe = sweep_recipe({**SWEEP, **ALPHAS})
+    recipe = sweep_recipe({"finetune_lr": SWEEP["finetune_lr"], **PHASE3})
     plain = load_recipe("smoke", FAST)
 
     configurations = recipe.configurations(0.5)
-    assert len(configurations) == 8 and all(not c.sweep for c in configurations)
+    assert len(configurations) == 16 and all(not c.sweep for c in configurations)
     assert recipe.digest() == plain.digest()
-    first = load_recipe(
-        "smoke", {**FAST, "pruned_finetune_lr": 0.001, "distill_alpha_layer": 0.9, "distill_alpha_ce": 0.1}
-    )
+    first = {
+        "pruned_finetune_lr": 0.001,
+        "distill_alpha_layer": 0.9,
+        "distill_alpha_ce": 0.1,
+        "layer_distill_version": 4,
+    }
+    first = load_recipe("smoke", {**FAST, **first})
     assert configurations[0].digest() == first.digest()
     assert configurations[0].digest(("finetune_lr",)) == configurations[1].digest(("finetune_lr",))
     assert [c.finetune_lr for c in recipe.configurations(0)] == [0.001, 1e-06]  # s = 0: no phase 3 to sweep
@@ -149,6 +157,6 @@ def test_recipes_show_prints_the_sweep_and_its_configurations(run_main) -> None:
     code, out, err = run_main("recipes", "show", "paper")
     assert code == 0, err
     assert "pruned_finetune_lr: [1e-05, 2e-05, 3e-05, 5e-05]" in out
-    assert "configurations: 12 per point with s > 0, 1 per point with s = 0" in out
+    assert "configurations: 36 per point with s > 0, 1 per point with s = 0" in out
     code, out, _ = run_main("recipes", "show", "cpu-demo")
     assert code == 0 and "sweep: none (1 configuration)" in out

@@ -27,7 +27,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from prumux.config import MUXING_VARIANTS
 
 RECIPE_DIR = Path(__file__).with_name("recipes")
 MUX_STARTS = ("base", "dense")
+LAYER_DISTILL_VERSIONS = (3, 4, 6)  # CoFi's layer-distillation versions that `trainers.distill` implements
 RECIPES: dict[str, Path] = {path.stem: path for path in sorted(RECIPE_DIR.glob("*.json"))}
 
 # The stages whose length is set by `<stage>_steps` / `<stage>_epochs`.
@@ -124,6 +125,9 @@ class Recipe:
     throughput_warmup: int
     # Search: how long `prumux-search start` runs by default (seconds; null = until the sampler is done).
     search_time_budget: float | None
+    # Fields with a default below are left out of `to_dict` (and so of every digest) at that default.
+    # Phase 3: CoFi's layer-distillation version (3, 4 or 6; `trainers.distill`); null = our in-order matching.
+    layer_distill_version: int | None = None
     # Values to try per field (or tied group "a,b"), as ((key, (value, ...)), ...); see `Recipe.configurations`.
     sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
@@ -157,6 +161,11 @@ class Recipe:
             raise ValueError(f"recipe field mux_start must be one of {', '.join(MUX_STARTS)}, got {self.mux_start!r}")
         if not 0 < self.droprate_init < 1:
             raise ValueError(f"recipe field droprate_init must be in (0, 1), got {self.droprate_init}")
+        if self.layer_distill_version not in (None, *LAYER_DISTILL_VERSIONS):
+            raise ValueError(
+                f"recipe field layer_distill_version must be null or one of {', '.join(map(str, LAYER_DISTILL_VERSIONS))}, "
+                f"got {self.layer_distill_version}"
+            )
         for values in self.sweep_values() if self.sweep else ():  # every configuration must be a valid recipe
             try:
                 self.configure(values)
@@ -209,9 +218,12 @@ class Recipe:
         return bool(getattr(self, f"{stage}_epochs") or getattr(self, f"{stage}_steps"))
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe's values as JSON; ``sweep`` (``{key: [values]}``) only when there is one."""
+        """The recipe's values as JSON; the fields with a default only when they differ from it
+        (``sweep`` as ``{key: [values]}``)."""
         values = asdict(self)
-        del values["sweep"]
+        for name, default in OPTIONAL_FIELDS.items():
+            if values[name] == default:
+                del values[name]
         if self.sweep:
             values["sweep"] = {
                 key: [list(v) if isinstance(v, tuple) else v for v in items] for key, items in self.sweep
@@ -232,8 +244,13 @@ NOT_TRAINING = ("name", "description", "search_time_budget")
 PHASE12_FIELDS = tuple(item.name for item in fields(Recipe) if item.metadata.get(PHASE12))
 _NAMES = [item.name for item in fields(Recipe)]
 # The fields only phase 3 (pruning and the pruned model's fine-tuning) reads.
-PHASE3_FIELDS = tuple(_NAMES[_NAMES.index("prune_steps") : _NAMES.index("distill_temperature") + 1])
+PHASE3_FIELDS = (
+    *_NAMES[_NAMES.index("prune_steps") : _NAMES.index("distill_temperature") + 1],
+    "layer_distill_version",
+)
 SWEEP = "sweep"
+# The fields with a default (added after recipes had digests): name -> default.
+OPTIONAL_FIELDS = {item.name: item.default for item in fields(Recipe) if item.default is not MISSING}
 
 
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -286,7 +303,7 @@ def recipe_from_dict(values: dict[str, Any], strict: bool = False) -> Recipe:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown recipe field(s) {', '.join(_with_suggestion(name, known) for name in unknown)}")
-    missing = sorted(set(known) - set(values) - {SWEEP})
+    missing = sorted(set(known) - set(values) - set(OPTIONAL_FIELDS))
     if missing:
         raise ValueError(f"recipe is missing field(s) {', '.join(missing)}")
     hints = typing.get_type_hints(Recipe)

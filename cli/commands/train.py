@@ -144,9 +144,23 @@ def train(
     job = check_job(task, base_model, recipe, overrides, grid_N=(N,), grid_s=(s,))
     folder = check_writable_dir(workdir, "work dir")
     Runtime.create(device, bf16)  # an unknown or absent device is bad input, not a failed training
+    if (count := len(job.recipe.configurations(s))) > 1:
+        click.echo(
+            f"note: train trains the recipe's own values; its sweep ({count} configurations at s={s:g}) "
+            "is trained by start, as a bracket inside the point",
+            err=True,
+        )
     try:
         result = train_point(
-            job.task, job.base_model, N, s, job.recipe, folder, progress=not quiet, device=device, bf16=bf16
+            job.task,
+            job.base_model,
+            N,
+            s,
+            job.recipe.configure({}),
+            folder,
+            progress=not quiet,
+            device=device,
+            bf16=bf16,
         )
     except Exception as error:
         raise JobFailed(_logged_failure(folder, f"train {job.task}/{job.base_model}/N={N}/s={s:g}", error)) from None

@@ -19,6 +19,7 @@ from cli.errors import one_line
 COMMANDS: dict[str, str] = {
     "tasks": "cli.commands.train:tasks",
     "models": "cli.commands.train:models",
+    "recipes": "cli.commands.train:recipes",
     "train": "cli.commands.train:train",
     "start": "cli.commands.study:start",
     "status": "cli.commands.study:status",
@@ -37,6 +38,7 @@ COMMANDS: dict[str, str] = {
 HELP = {
     "tasks": "List the classification tasks with split sizes and label balance.",
     "models": "List the known base models with their shapes.",
+    "recipes": "List the recipes, or show one with its sweep and configuration count.",
     "train": "Train one (N, s) point and print its result.",
     "start": "Run (or resume) an Auto-PruMUX search on Ray Tune.",
     "status": "Show the study's trials, feasibility and current top-3.",

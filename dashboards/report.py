@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from dashboards.figures import frontier_figure, learning_curves_figure, point_label, surrogate_figure
 from dashboards.summary import StudySummary, summarize
 from search.grid import dense_row, is_feasible
+from storage.trials import configuration_text
 
 BUDGETS = tuple(round(0.01 * k, 2) for k in range(11))
 TRIAL_COLUMNS = (
@@ -104,7 +105,7 @@ def _page(summary: StudySummary, figures: dict[str, go.Figure]) -> str:
     if summary.points.empty:
         body = f"<p>Nothing yet: study <code>{html.escape(summary.name)}</code> has no complete trials.</p>"
     else:
-        body = "\n".join([_figures_html(figures), _trials_html(summary), _budgets_html(summary)])
+        body = "\n".join([_figures_html(figures), _trials_html(summary), _sweeps_html(summary), _budgets_html(summary)])
     return (
         f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
@@ -137,6 +138,35 @@ def _trials_html(summary: StudySummary) -> str:
         index=False, classes="trials", border=0, na_rep="", float_format=lambda x: f"{x:.4g}"
     )
     return f"<h2>Trials</h2>\n{table}"
+
+
+def _sweeps_html(summary: StudySummary) -> str:
+    """Each swept point's configurations (outcome, steps, validation accuracy, seconds) and what its
+    bracket spent beside what training every configuration to its end would have; empty without sweeps."""
+    if "bracket" not in summary.points:
+        return ""
+    parts = ["<h2>Sweeps inside the points</h2>"]
+    for _, row in summary.points.iterrows():
+        bracket = row["bracket"]
+        if not isinstance(bracket, dict):
+            continue
+        cost = (
+            f"{bracket['steps']} steps in {bracket['seconds']:.0f} s for {bracket['configurations']} configurations; "
+            f"the full sweep: {bracket['full_sweep_steps']} steps, about {bracket['full_sweep_seconds'] or 0:.0f} s"
+        )
+        parts.append(
+            f"<h3>{html.escape(point_label(row['N'], row['s']))}</h3>\n<p>{html.escape(cost)}; every configuration's "
+            f"curve is in study <code>{html.escape(bracket['study'])}</code>.</p>"
+        )
+        frame = pd.DataFrame(row["configurations"]).drop(columns=["digest"], errors="ignore")
+        frame["values"] = [configuration_text(values) for values in frame["values"]]
+        frame.insert(
+            0, "winner", [values == row["configuration"] for values in pd.DataFrame(row["configurations"])["values"]]
+        )
+        parts.append(
+            frame.to_html(index=False, classes="sweep", border=0, na_rep="", float_format=lambda x: f"{x:.4g}")
+        )
+    return "\n".join(parts)
 
 
 def _budgets_html(summary: StudySummary) -> str:

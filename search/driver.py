@@ -56,7 +56,7 @@ from storage.progress import running_progress
 from storage.remote import RemoteFolder, check_uri, child_uri, is_uri, mirror_dir
 from storage.study import find_study
 from storage.trials import trial_id
-from trainers.cache import cache_entry
+from trainers.cache import CacheEntry, cache_entry
 from trainers.job import check_writable_dir
 from trainers.recipes import Recipe
 
@@ -365,7 +365,13 @@ def _stop_reserve(time_budget_s: float) -> float:
 
 
 def _has_phase12_model(options: SearchOptions, task: str, base_model: str, recipe: Recipe, N: int) -> bool:
-    entry = cache_entry(options.work_dir, task, base_model, N, recipe)
+    """Whether every phase 1-2 model of N the recipe's configurations need is cached (one without a sweep)."""
+    return all(
+        _cached(options, cache_entry(options.work_dir, task, base_model, N, c)) for c in recipe.configurations(0)
+    )
+
+
+def _cached(options: SearchOptions, entry: CacheEntry) -> bool:
     if options.work_uri is None:
         return entry.exists()
     return RemoteFolder(options.work_uri, options.work_dir).exists(entry.record_path.relative_to(options.work_dir))

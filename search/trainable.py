@@ -9,7 +9,8 @@ With ``cache_lock="database"`` (a work folder shared by the nodes of a cluster) 
 cache entries and point folders are locked with leases in the study's database instead of
 lock files. A work folder at a URI (``work_uri``) is trained in a local mirror: a folder is
 pulled when its lease is taken and pushed while and after it is held (``storage.remote``), and
-the trial records the model's URI.
+the trial records the model's URI. A recipe with a sweep trains the point as a bracket of its
+configurations (``search.bracket``); the trial records the winner's result.
 
 A trial's constraint is ``threshold - accuracy`` with threshold = dense (1, 0) accuracy -
 budget, and Optuna cannot change it after ``tell``. Trials may train concurrently with the
@@ -49,6 +50,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from sqlalchemy.engine import Engine
 
+from search.bracket import Point, train_bracket
 from storage import Lease, database_engine, open_study, record_result
 from storage.curves import set_total_steps, write_evaluations
 from storage.errors import first_line
@@ -98,10 +100,7 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
     try:
         with work_dir_locks(job) as (remote, lock), reporting_progress(progress):
             progress({"stage": "preparing", "phase": None, "step": 0, "total": 0, "eta": None})
-            point = train_point(
-                job.task, job.base_model, N, s, job.recipe, job.workdir, progress=False, lock=lock, on_evaluation=curve
-            )
-            result = point.to_dict()
+            result = _train(job, N, s, lock, curve)
     except Exception as error:
         if failed_for_good(study, number, f"N={N}/s={s:g}", error, job):
             tune.report(
@@ -118,6 +117,17 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
         threshold = result["val_accuracy"] - job.budget if is_dense(N, s) else wait_for_threshold(study, job.budget)
         trial = record_result(study, number, result, threshold)
     tune.report(trial_metrics(trial))
+
+
+def _train(job: PointJob, N: int, s: float, lock: LockFactory | None, curve: TrialCurve) -> dict[str, Any]:
+    """The point's result: its one configuration trained, or its sweep's as a bracket (``search.bracket``)."""
+    configurations = job.recipe.configurations(s)
+    if len(configurations) > 1:
+        point = Point(job.storage_url, job.study_name, job.task, job.base_model, N, s, job.recipe, job.workdir, lock)
+        return train_bracket(point, on_evaluation=curve)
+    return train_point(
+        job.task, job.base_model, N, s, configurations[0], job.workdir, progress=False, lock=lock, on_evaluation=curve
+    ).to_dict()
 
 
 class TrialCurve:

@@ -22,6 +22,7 @@ from storage.study import SETTINGS_ATTR
 TrialRef = int | optuna.trial.BaseTrial | FrozenTrial
 CONSTRAINT = "accuracy"
 FAIL_REASON_ATTR = "failed_because"
+CONFIGURATION_ATTR = "configuration"  # the swept values of a point's winning configuration (search.bracket)
 POINT_COLUMNS = ("N", "s", "accuracy", "throughput")
 FRAME_COLUMNS = ("number", "state", "N", "s", "family", "accuracy", "throughput", "speedup", "feasible")
 _ACTIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
@@ -155,6 +156,13 @@ def accuracy_threshold(study: optuna.Study) -> float | None:
         if CONSTRAINT in trial.constraints and trial.values:
             return trial.values[0] + trial.constraints[CONSTRAINT]
     return None
+
+
+def configuration_text(values: dict[str, Any]) -> str:
+    """A configuration of a recipe's sweep (``CONFIGURATION_ATTR``) as ``field=value`` words."""
+    return " ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items()
+    )
 
 
 def json_safe(value: Any) -> Any:

@@ -102,6 +102,14 @@ CASES = {
     ),
     "unknown recipe": (["start", *STUDY, *GRID, "--recipe", "no-such-recipe"], "recipe"),
     "unknown recipe field": (["start", *STUDY, *GRID, "--recipe", "smoke", "--set", "bogus=1"], "unknown recipe field"),
+    "sweep of an unknown field": (
+        ["start", *STUDY, *GRID, "--recipe", "smoke", "--set", 'sweep={{"finetune_rl": [0.001]}}'],
+        "recipe field sweep: unknown field finetune_rl (did you mean finetune_lr?)",
+    ),
+    "sweep of no values": (
+        ["start", *STUDY, *GRID, "--recipe", "smoke", "--set", 'sweep={{"finetune_lr": []}}'],
+        "recipe field sweep: finetune_lr needs a non-empty list of values",
+    ),
     "max trials 0": (
         ["start", *STUDY, *GRID, "--model", "{model}", "--max-trials", "0"],
         "max trials must be positive",

@@ -75,3 +75,31 @@ def test_lagrangian_drives_expected_sparsity_to_target() -> None:
             optimizer.zero_grad()
     assert l0.expected_sparsity().item() == pytest.approx(target, abs=0.02)
     assert l0.lambda_2.item() > 0  # the ascent side grew its penalty
+
+
+def test_cofi_layer_distillation_versions_match_as_cofi_does() -> None:
+    from trainers.distill import match_layers_backward, sampled_teacher_layers
+
+    distances = torch.tensor([[0.1, 0.5, 0.9], [0.0, 0.8, 0.2], [0.7, 0.1, 0.6]])
+    # version 4: last teacher row first (column 1), then each row strictly before the next one's match
+    assert match_layers_backward(distances) == [0, 0, 1]
+    assert match_layers_backward(torch.tensor([[0.9, 0.1, 0.5], [0.5, 0.9, 0.1]])) == [1, 2]
+    assert match_layers_backward(torch.tensor([[0.1, 0.9], [0.1, 0.9]])) == [0, 0]  # no column left before 0
+    torch.manual_seed(0)
+    for _ in range(20):  # version 6: one layer per quarter of 12, the first no lower than 2
+        layers = sampled_teacher_layers(12)
+        assert len(layers) == 4 and layers[0] == 2
+        assert all(3 * k <= layer < 3 * (k + 1) for k, layer in enumerate(layers[1:], start=1))
+
+
+@pytest.mark.parametrize("version", [3, 4, 6])
+def test_each_version_is_zero_for_the_teacher_and_trains(tiny_mux_model: PruMUXModel, version: int) -> None:
+    ids = torch.randint(1000, 30000, (6, 12))
+    encoder = tiny_mux_model.config.encoder
+    layers = LayerDistiller(encoder.num_layers, encoder.hidden_size, encoder.hidden_size, version)
+    recipe = load_recipe("smoke", {"layer_distill_version": version})
+    with torch.no_grad():
+        out = tiny_mux_model(ids, output_hidden_states=True)
+    assert distillation_loss(out, out, layers, recipe).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="version must be one of"):
+        LayerDistiller(encoder.num_layers, encoder.hidden_size, encoder.hidden_size, 5)

@@ -92,9 +92,11 @@ def test_phase12_digest_ignores_phase3_values() -> None:
 
 def _changed(value: object, name: str) -> object:
     """Another valid value of a recipe field."""
-    others = {"muxing_variant": MUXING_VARIANTS, "mux_start": MUX_STARTS}
+    others = {"muxing_variant": MUXING_VARIANTS, "mux_start": MUX_STARTS, "layer_distill_version": (3, 4, 6)}
     if name in others:
         return next(option for option in others[name] if option != value)
+    if name == "sweep":  # a sweep of a phase 1-2 field: still no field of the cache key itself
+        return (("finetune_lr", (0.5, 0.25)),)
     if isinstance(value, bool):
         return not value
     if isinstance(value, str):

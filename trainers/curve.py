@@ -65,6 +65,10 @@ class PointCurve:
         if self.sink is not None:
             self.sink(evaluation)
 
+    def reached(self, step: int) -> Callable[[], bool]:
+        """A pause check (``trainers.progress.pausing``): true once an evaluation at or after ``step`` is in."""
+        return lambda: any(evaluation.step >= step for evaluation in self.evaluations_)
+
     def rows(self) -> list[list]:
         """The evaluations as JSON rows ``[step, accuracy, stage]``, by step."""
         return [[e.step, e.accuracy, e.stage] for e in sorted(self.evaluations_, key=lambda e: e.step)]

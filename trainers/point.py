@@ -19,6 +19,10 @@ stored result.
 Every evaluation reaches ``on_evaluation`` at the point's own cumulative step
 (``trainers.curve``), the cached phase 1-2 evaluations included, and the whole curve is kept in
 the result (``curve``: ``[step, accuracy, stage]`` rows, ``total_steps``).
+
+``train_point_until`` trains a point only up to its first evaluation at or after a given step,
+saves the running stage's checkpoint and returns; called again (with a later step, or none) it
+resumes there. The configurations of a sweep are trained so, rung by rung (``search.bracket``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from trainers.phases.loop import Runtime, StageContext, resume_finished, save_ou
 from trainers.phases.multiplexed import train_multiplexed
 from trainers.phases.pruning import train_pruned
 from trainers.phases.retrieval import train_retrieval
-from trainers.progress import job_log, reporting_evaluations
+from trainers.progress import Paused, job_log, pausing, reporting_evaluations
 from trainers.recipes import Recipe, load_recipe
 from trainers.tasks import TaskSpec, load_task
 
@@ -137,6 +141,41 @@ def train_point(
 
     ``lock`` locks the point's folder and the phase 1-2 cache entries while this job uses them
     (`trainers.cache.locked`; default: lock files, for nodes that share a filesystem with locks)."""
+    result = train_point_until(
+        task,
+        base_model,
+        N,
+        s,
+        recipe,
+        workdir,
+        None,
+        progress,
+        device=device,
+        bf16=bf16,
+        lock=lock,
+        on_evaluation=on_evaluation,
+    )
+    assert result is not None  # without a step to stop at, a point always trains to its end
+    return result
+
+
+def train_point_until(
+    task: str,
+    base_model: str,
+    N: int,
+    s: float,
+    recipe: Recipe | str,
+    workdir: str | Path,
+    stop_at_step: int | None,
+    progress: bool = True,
+    *,
+    device: str | None = None,
+    bf16: bool = False,
+    lock: LockFactory | None = None,
+    on_evaluation: Callable[[Evaluation], None] | None = None,
+) -> PointResult | None:
+    """``train_point``, stopped once the point has an evaluation at or after ``stop_at_step`` (None:
+    never): the running stage saves its checkpoint and None is returned; a later call resumes there."""
     check_point(N, s)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     job = _Job(task, base_model, N, s, recipe, _writable_workdir(workdir), Runtime.create(device, bf16), lock)
@@ -146,17 +185,22 @@ def train_point(
     label = f"{task}/{base_model}/N={N}/s={s:g}"
     point_dir = point_directory(job.workdir, task, base_model, N, s, recipe)
     curve = PointCurve(on_evaluation)
+    pause = None if stop_at_step is None else curve.reached(stop_at_step)
     with job_log(job.workdir, label) as log, locked(point_dir, log, job.lock), reporting_evaluations(curve):
         if (point_dir / RESULT_FILE).is_file():
             log.info("already trained: %s", point_dir / RESULT_FILE)
             return PointResult.from_dict(json.loads((point_dir / RESULT_FILE).read_text()))
         ctx = StageContext(recipe, job.runtime, point_dir, label, log, progress)
         seconds = dict.fromkeys(PHASES, 0.0)
-        phase2_dir, cache_hit, record = _phase12(job, data.spec, encoded, tokenizer, ctx, seconds, curve)
-        model_dir = phase2_dir
-        if s > 0:
-            _, seconds["pruning"] = train_pruned(phase2_dir, s, encoded, ctx)
-            model_dir = ctx.output("model")
+        try:
+            with pausing(pause):
+                phase2_dir, cache_hit, record = _phase12(job, data.spec, encoded, tokenizer, ctx, seconds, curve)
+                model_dir = phase2_dir
+                if s > 0:
+                    _, seconds["pruning"] = train_pruned(phase2_dir, s, encoded, ctx)
+                    model_dir = ctx.output("model")
+        except Paused:
+            return None
         result = _measure(job, encoded, model_dir, _saved_config(phase2_dir).dense_encoder(), seconds, log)
         result.cache_hit, result.checkpoint = cache_hit, record["checkpoint"]
         result.phases = record["phases"] | {"pruning": TRAINED if s > 0 else SKIPPED}
@@ -189,7 +233,9 @@ def _phase12(
                 resume_finished(entry.model_dir)  # the cached fine-tuning's evaluations, reported again
             return entry.model_dir, True, record
         ctx.log.info("phases 1-2 cache miss: training %s", entry.directory)
-        entry_ctx = StageContext(job.recipe, job.runtime, entry.directory, f"{ctx.job} phase1-2", ctx.log, ctx.progress)
+        # named by the entry's own identity: every point of its N, at any s, resumes its checkpoints
+        entry_job = f"{job.task}/{job.base_model}/N={job.N} phase1-2"
+        entry_ctx = StageContext(job.recipe, job.runtime, entry.directory, entry_job, ctx.log, ctx.progress)
         special = list(tokenizer.all_special_ids)
         start = _starting_point(job, spec, encoded, tokenizer, ctx)
         model, phases = start.model, start.phases(job.N, job.recipe)
@@ -250,7 +296,7 @@ def _starting_point(job: _Job, spec: TaskSpec, encoded: EncodedTask, tokenizer, 
         stored_N, head = info.config.num_instances if info.multiplexed else 1, info.has_task_head
     multiplexed, fine_tuned = stored_N > 1, head and stored_N == job.N  # a dense classifier widened to N is trained
     if job.N > 1 and not multiplexed and recipe.mux_start == "dense":
-        with reporting_evaluations(None):  # the dense model's curve is the dense point's, not this one's
+        with reporting_evaluations(None), pausing(None):  # the dense model's curve is the dense point's, not this one's
             dense = replace(job, N=1, s=0.0)
             source, _, _ = _phase12(dense, spec, encoded, tokenizer, ctx, dict.fromkeys(PHASES, 0.0))
         fine_tuned = False  # its head is the dense model's, trained again with the new mux and demux

@@ -5,7 +5,9 @@ Several jobs may share a work dir, so every log line names the job and its proce
 A search's trial sets a progress sink (``reporting_progress``); every stage then sends it a
 record per step (the search's trainable writes them, throttled, into the study for the driver).
 An evaluation sink (``reporting_evaluations``) receives each evaluation a stage makes (stage,
-step within the stage, validation accuracy): a point's learning curve.
+step within the stage, validation accuracy): a point's learning curve. A pause check
+(``pausing``) is asked before every step; when it says so, the stage saves its checkpoint and
+raises ``Paused`` (a point trained to a given step, resumed later: ``trainers.point.train_point_until``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,27 @@ ProgressSink = Callable[[dict[str, Any]], None]
 EvaluationSink = Callable[[str, int, float, bool], None]  # stage, step within the stage, accuracy, reported again
 _sink: ProgressSink | None = None
 _evaluation_sink: EvaluationSink | None = None
+_pause_check: Callable[[], bool] | None = None
+
+
+class Paused(Exception):
+    """A stage stopped before its next step because the pause check said so; its checkpoint is saved."""
+
+
+@contextmanager
+def pausing(check: Callable[[], bool] | None) -> Iterator[None]:
+    """Ask ``check`` before every training step in this process while the block runs (None: never pause)."""
+    global _pause_check
+    previous, _pause_check = _pause_check, check
+    try:
+        yield
+    finally:
+        _pause_check = previous
+
+
+def pause_requested() -> bool:
+    """Whether the pause check (if any) asks the running stage to stop before its next step."""
+    return _pause_check is not None and _pause_check()
 
 
 @contextmanager

@@ -9,17 +9,25 @@ Units. Batch sizes count *mixed sequences* per step: a training batch holds
 `batch_size * N` instance rows, so the paper's "pruning batch size 32*N" is 32 here.
 Each phase's length is given in optimiser steps (`*_steps`) or in epochs over the task's
 training set (`*_epochs`, which win when not null); see `Recipe.steps`.
+
+A recipe may hold a `sweep`: fields, or tied groups of fields named together
+(`"distill_alpha_layer,distill_alpha_ce"`), mapped to the values to try (a list of lists for a
+group). Each combination is a *configuration*: the recipe with those values and no sweep, so its
+digest and its phase 1-2 cache key are those of a plain recipe with the same values; the sweep
+itself is in no digest. A point of a recipe with a sweep is trained as a bracket of its
+configurations (`search.bracket`).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,7 @@ from prumux.config import MUXING_VARIANTS
 
 RECIPE_DIR = Path(__file__).with_name("recipes")
 MUX_STARTS = ("base", "dense")
+LAYER_DISTILL_VERSIONS = (3, 4, 6)  # CoFi's layer-distillation versions that `trainers.distill` implements
 RECIPES: dict[str, Path] = {path.stem: path for path in sorted(RECIPE_DIR.glob("*.json"))}
 
 # The stages whose length is set by `<stage>_steps` / `<stage>_epochs`.
@@ -116,6 +125,11 @@ class Recipe:
     throughput_warmup: int
     # Search: how long `prumux-search start` runs by default (seconds; null = until the sampler is done).
     search_time_budget: float | None
+    # Fields with a default below are left out of `to_dict` (and so of every digest) at that default.
+    # Phase 3: CoFi's layer-distillation version (3, 4 or 6; `trainers.distill`); null = our in-order matching.
+    layer_distill_version: int | None = None
+    # Values to try per field (or tied group "a,b"), as ((key, (value, ...)), ...); see `Recipe.configurations`.
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -147,6 +161,40 @@ class Recipe:
             raise ValueError(f"recipe field mux_start must be one of {', '.join(MUX_STARTS)}, got {self.mux_start!r}")
         if not 0 < self.droprate_init < 1:
             raise ValueError(f"recipe field droprate_init must be in (0, 1), got {self.droprate_init}")
+        if self.layer_distill_version not in (None, *LAYER_DISTILL_VERSIONS):
+            raise ValueError(
+                f"recipe field layer_distill_version must be null or one of {', '.join(map(str, LAYER_DISTILL_VERSIONS))}, "
+                f"got {self.layer_distill_version}"
+            )
+        for values in self.sweep_values() if self.sweep else ():  # every configuration must be a valid recipe
+            try:
+                self.configure(values)
+            except ValueError as error:
+                raise ValueError(
+                    f"recipe field sweep: the configuration {json.dumps(values)} is invalid: {error}"
+                ) from None
+
+    def sweep_values(self, s: float | None = None) -> list[dict[str, Any]]:
+        """The swept values of each configuration, in the sweep's order (the last key varying fastest).
+
+        At ``s == 0`` a point trains no phase 3, so entries that only set phase-3 fields are left
+        out (the recipe's own values stay): the configurations that remain all train differently.
+        """
+        axes = []
+        for key, values in self.sweep:
+            names = key.split(",")
+            if s == 0 and set(names) <= set(PHASE3_FIELDS):
+                continue
+            axes.append([dict(zip(names, value if len(names) > 1 else (value,))) for value in values])
+        return [dict(item for row in combination for item in row.items()) for combination in itertools.product(*axes)]
+
+    def configure(self, values: dict[str, Any]) -> Recipe:
+        """The configuration with ``values``: this recipe with them set and no sweep."""
+        return replace(self, sweep=(), **values)
+
+    def configurations(self, s: float | None = None) -> list[Recipe]:
+        """The recipes of the sweep's configurations (``sweep_values``); [self] without a sweep."""
+        return [self.configure(values) for values in self.sweep_values(s)] if self.sweep else [self]
 
     def steps(self, stage: str, train_size: int, batch_rows: int) -> int:
         """Optimiser steps of `stage`: `<stage>_epochs` over `train_size` rows if set, else `<stage>_steps`."""
@@ -170,12 +218,22 @@ class Recipe:
         return bool(getattr(self, f"{stage}_epochs") or getattr(self, f"{stage}_steps"))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The recipe's values as JSON; the fields with a default only when they differ from it
+        (``sweep`` as ``{key: [values]}``)."""
+        values = asdict(self)
+        for name, default in OPTIONAL_FIELDS.items():
+            if values[name] == default:
+                del values[name]
+        if self.sweep:
+            values["sweep"] = {
+                key: [list(v) if isinstance(v, tuple) else v for v in items] for key, items in self.sweep
+            }
+        return values
 
     def digest(self, names: tuple[str, ...] | None = None) -> str:
-        """A short stable hash of the values of `names` (all fields when None)."""
+        """A short stable hash of the values of `names` (all fields when None); the sweep is in none."""
         values = self.to_dict()
-        chosen = {name: values[name] for name in (names or tuple(values)) if name not in NOT_TRAINING}
+        chosen = {name: values[name] for name in (names or tuple(values)) if name not in NOT_TRAINING + ("sweep",)}
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -184,6 +242,15 @@ NOT_TRAINING = ("name", "description", "search_time_budget")
 
 # The fields that determine the phase 1-2 model (marked ``phase12()``): its cache key hashes exactly these.
 PHASE12_FIELDS = tuple(item.name for item in fields(Recipe) if item.metadata.get(PHASE12))
+_NAMES = [item.name for item in fields(Recipe)]
+# The fields only phase 3 (pruning and the pruned model's fine-tuning) reads.
+PHASE3_FIELDS = (
+    *_NAMES[_NAMES.index("prune_steps") : _NAMES.index("distill_temperature") + 1],
+    "layer_distill_version",
+)
+SWEEP = "sweep"
+# The fields with a default (added after recipes had digests): name -> default.
+OPTIONAL_FIELDS = {item.name: item.default for item in fields(Recipe) if item.default is not MISSING}
 
 
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -236,12 +303,55 @@ def recipe_from_dict(values: dict[str, Any], strict: bool = False) -> Recipe:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown recipe field(s) {', '.join(_with_suggestion(name, known) for name in unknown)}")
-    missing = sorted(set(known) - set(values))
+    missing = sorted(set(known) - set(values) - set(OPTIONAL_FIELDS))
     if missing:
         raise ValueError(f"recipe is missing field(s) {', '.join(missing)}")
     hints = typing.get_type_hints(Recipe)
     convert = _checked_type if strict else _convert
-    return Recipe(**{name: convert(name, value, hints[name]) for name, value in values.items()})
+    converted = {name: convert(name, value, hints[name]) for name, value in values.items() if name != SWEEP}
+    return Recipe(**converted, sweep=parse_sweep(values.get(SWEEP, {}), hints))
+
+
+def parse_sweep(value: Any, hints: dict[str, Any] | None = None) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """A sweep from JSON (a file's object, or ``--set sweep=`` text), checked: known fields, each
+    swept once, non-empty lists of values of the fields' types, one value per field of a group."""
+    hints = hints or typing.get_type_hints(Recipe)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"recipe field sweep must be a JSON object, got {value!r} ({error.msg})") from None
+    if isinstance(value, tuple):  # already parsed (a Recipe's own sweep)
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"recipe field sweep must be a JSON object of field: [values], got {json.dumps(value)}")
+    known = {name: name for name in _NAMES if name not in NOT_TRAINING + (SWEEP,)}
+    seen: set[str] = set()
+    sweep = []
+    for key, values in value.items():
+        names = [name.strip() for name in str(key).split(",")]
+        for name in names:
+            if name not in known:
+                raise ValueError(f"recipe field sweep: unknown field {_with_suggestion(name, known)}")
+            if name in seen:
+                raise ValueError(f"recipe field sweep: field {name} is swept twice")
+            seen.add(name)
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"recipe field sweep: {key} needs a non-empty list of values, got {json.dumps(values)}")
+        sweep.append((",".join(names), tuple(_sweep_value(names, item, hints) for item in values)))
+    return tuple(sweep)
+
+
+def _sweep_value(names: list[str], item: Any, hints: dict[str, Any]) -> Any:
+    """One swept value (a tuple for a group), each of its field's JSON type."""
+    key = ",".join(names)
+    if len(names) == 1:
+        return _checked_type(names[0], item, hints[names[0]])
+    if not isinstance(item, list) or len(item) != len(names):
+        raise ValueError(
+            f"recipe field sweep: each value of {key} must be a list of {len(names)}, got {json.dumps(item)}"
+        )
+    return tuple(_checked_type(name, part, hints[name]) for name, part in zip(names, item))
 
 
 def _with_suggestion(name: str, known: dict[str, Any]) -> str:

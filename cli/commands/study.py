@@ -26,7 +26,14 @@ from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
 from storage.curves import STOPPED_ATTR
 from storage.study import find_study
-from storage.trials import complete_trial, dense_accuracy, is_feasible_trial, json_safe
+from storage.trials import (
+    CONFIGURATION_ATTR,
+    complete_trial,
+    configuration_text,
+    dense_accuracy,
+    is_feasible_trial,
+    json_safe,
+)
 
 if TYPE_CHECKING:
     from cli.console import SearchConsole
@@ -282,7 +289,7 @@ def status(run_dir: Path | str, storage: str, study: str, output: str) -> None:
         )
         return
     click.echo(f"study {study!r}: threshold {_fmt(summary.threshold)}")
-    click.echo(_table(summary.trials, TABLE_COLUMNS) if len(summary.trials) else "no trials yet")
+    click.echo(_table(*_with_configuration(summary.trials, TABLE_COLUMNS)) if len(summary.trials) else "no trials yet")
     click.echo("\ncurrent top-3 (surrogate predictions under the budget):")
     click.echo(_table(top, list(top.columns)) if len(top) else "none yet (needs the dense point and one more)")
 
@@ -306,6 +313,8 @@ def best(run_dir: Path | str, storage: str, study: str, output: str) -> None:
         f"{figures['accuracy']:.4f} (dense {_fmt(figures['dense_accuracy'])}, threshold {_fmt(figures['threshold'])}), "
         f"{figures['speedup']:.2f}x dense throughput ({figures['throughput']:.4g} examples/s on {figures['hardware']})"
     )
+    if CONFIGURATION_ATTR in figures:
+        click.echo(f"configuration (best of the recipe's sweep): {configuration_text(figures['configuration'])}")
     if figures["model_dir"]:
         click.echo(f"model: {figures['model_dir']}")
 
@@ -324,7 +333,9 @@ def export(run_dir: Path | str, storage: str, study: str, number: int, out: Path
     trial = complete_trial(opened, number)
     export_servable({**trial.user_attrs, **trial.params}, out, f"trial {number}")
     (out / "README.md").write_text(model_card(trial, study_settings(opened)))
-    click.echo(f"exported trial {number} (N={trial.params['N']}, s={trial.params['s']:g}) to {out}")
+    chosen = trial.user_attrs.get(CONFIGURATION_ATTR)
+    also = f", configuration {configuration_text(chosen)}" if chosen else ""
+    click.echo(f"exported trial {number} (N={trial.params['N']}, s={trial.params['s']:g}{also}) to {out}")
 
 
 @click.command("import")
@@ -380,6 +391,11 @@ def model_card(trial: FrozenTrial, settings: StudySettings | None) -> str:
         ("task", attrs.get("task", settings.task if settings else "?")),
         ("base model", attrs.get("base_model", settings.base_model if settings else "?")),
         ("recipe", attrs.get("recipe", settings.recipe if settings else "?")),
+        *(
+            [("configuration (best of the sweep)", configuration_text(attrs[CONFIGURATION_ATTR]))]
+            if CONFIGURATION_ATTR in attrs
+            else []
+        ),
         ("multiplexing width N", N),
         ("target sparsity s", s),
         ("realised sparsity", attrs.get("sparsity")),
@@ -491,7 +507,22 @@ def _best_figures(summary: StudySummary) -> dict[str, Any]:
             "model_dir": row.get("model_dir"),
             "hardware": row.get("hardware"),
         }
+        | ({CONFIGURATION_ATTR: row[CONFIGURATION_ATTR]} if isinstance(row.get(CONFIGURATION_ATTR), dict) else {})
     )
+
+
+def _with_configuration(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The table and its columns, with each trial's winning configuration when the study has any."""
+    if CONFIGURATION_ATTR not in frame:
+        return frame, columns
+    shown = frame.assign(
+        **{
+            CONFIGURATION_ATTR: [
+                configuration_text(v) if isinstance(v, dict) else "-" for v in frame[CONFIGURATION_ATTR]
+            ]
+        }
+    )
+    return shown, [*columns, CONFIGURATION_ATTR]
 
 
 def _top3(summary: StudySummary) -> pd.DataFrame:

@@ -1,7 +1,8 @@
-"""The `tasks`, `models` and `train` commands of `prumux-search`."""
+"""The `tasks`, `models`, `recipes` and `train` commands of `prumux-search`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import click
@@ -59,6 +60,40 @@ def models(names: tuple[str, ...]) -> None:
     click.echo(format_table(["model", "layers", "hidden", "heads", "intermediate", "parameters", "source"], rows))
 
 
+@click.group("recipes")
+def recipes() -> None:
+    """List the shipped recipes, or show one with its sweep."""
+
+
+@recipes.command("list")
+def list_recipes() -> None:
+    """The shipped recipes with their number of configurations per pruned point."""
+    from trainers.recipes import RECIPES, load_recipe
+
+    rows = [[name, len(load_recipe(name).configurations()), str(path)] for name, path in RECIPES.items()]
+    click.echo(format_table(["recipe", "configurations", "file"], rows))
+
+
+@recipes.command("show")
+@click.argument("name")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (repeatable).")
+def show_recipe(name: str, overrides: tuple[str, ...]) -> None:
+    """Print recipe NAME (a shipped name or a JSON file) as JSON, then its sweep and how many
+    configurations a pruned point (s > 0) and an unpruned one (s = 0) train."""
+    from trainers.recipes import load_recipe, parse_overrides
+
+    recipe = load_recipe(name, parse_overrides(overrides))
+    click.echo(json.dumps(recipe.to_dict(), indent=2))
+    if not recipe.sweep:
+        click.echo("sweep: none (1 configuration)")
+        return
+    click.echo("sweep:")
+    for key, values in recipe.to_dict()["sweep"].items():
+        click.echo(f"  {key}: {json.dumps(values)}")
+    pruned, dense = len(recipe.configurations(0.5)), len(recipe.configurations(0))
+    click.echo(f"configurations: {pruned} per point with s > 0, {dense} per point with s = 0")
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table: left-aligned columns separated by two spaces, with a header rule."""
     cells = [[str(value) for value in row] for row in [headers, *rows]]
@@ -109,9 +144,23 @@ def train(
     job = check_job(task, base_model, recipe, overrides, grid_N=(N,), grid_s=(s,))
     folder = check_writable_dir(workdir, "work dir")
     Runtime.create(device, bf16)  # an unknown or absent device is bad input, not a failed training
+    if (count := len(job.recipe.configurations(s))) > 1:
+        click.echo(
+            f"note: train trains the recipe's own values; its sweep ({count} configurations at s={s:g}) "
+            "is trained by start, as a bracket inside the point",
+            err=True,
+        )
     try:
         result = train_point(
-            job.task, job.base_model, N, s, job.recipe, folder, progress=not quiet, device=device, bf16=bf16
+            job.task,
+            job.base_model,
+            N,
+            s,
+            job.recipe.configure({}),
+            folder,
+            progress=not quiet,
+            device=device,
+            bf16=bf16,
         )
     except Exception as error:
         raise JobFailed(_logged_failure(folder, f"train {job.task}/{job.base_model}/N={N}/s={s:g}", error)) from None

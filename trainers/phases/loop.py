@@ -2,7 +2,8 @@
 
 A stage is a fixed number of optimiser steps. It checkpoints every
 `checkpoint_every_seconds` (and resumes from its checkpoint), evaluates every `eval_every`
-steps, shows a progress bar and logs. Its result is an output folder written through a
+steps, shows a progress bar and logs; when the pause check (``trainers.progress.pausing``) asks,
+it saves its checkpoint before the next step and raises ``Paused``. Its result is an output folder written through a
 temporary folder and one rename, with `stage.json` inside; a stage whose output exists is
 finished and never runs again.
 
@@ -38,7 +39,7 @@ from prumux import PruMUXModel
 from storage.errors import first_line
 from trainers.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from trainers.data import Batch, BatchStream, EncodedSplit
-from trainers.progress import StageProgress, report_evaluation
+from trainers.progress import Paused, StageProgress, pause_requested, report_evaluation
 from trainers.recipes import Recipe
 
 MAX_GRAD_NORM = 1.0
@@ -120,8 +121,19 @@ def run_stage(
         ctx.log.info("started %s: %d steps", stage, steps)
     started = last_saved = time.monotonic()
     bar = StageProgress(f"{ctx.job} {stage}", steps, first, ctx.progress)
+
+    def save(done: int) -> None:
+        states = {k: v.state_dict() for k, v in state.items()}
+        elapsed_now = elapsed + time.monotonic() - started
+        save_checkpoint(checkpoint, job, done, elapsed_now, states, {EVALUATIONS: evaluations})
+
     try:
         for index in range(first, steps):
+            if pause_requested():
+                if index > first:
+                    save(index)
+                ctx.log.info("paused %s at step %d of %d", stage, index, steps)
+                raise Paused(f"{stage} paused at step {index}")
             metrics = step(index)
             done = index + 1
             if evaluate is not None and (done % ctx.recipe.eval_every == 0 or done == steps):
@@ -131,9 +143,7 @@ def run_stage(
                 ctx.log.info("%s step %d: %s", stage, done, _format(metrics))
             bar.update(done, metrics)
             if time.monotonic() - last_saved >= ctx.recipe.checkpoint_every_seconds and done < steps:
-                now = time.monotonic()
-                states = {k: v.state_dict() for k, v in state.items()}
-                save_checkpoint(checkpoint, job, done, elapsed + now - started, states, {EVALUATIONS: evaluations})
+                save(done)
                 last_saved = time.monotonic()
     finally:
         bar.close()

@@ -109,7 +109,7 @@ def _prune(
 ) -> tuple[PruMUXModel, LayerDistiller, float]:
     output, recipe, device = ctx.output(PRUNED_OUTPUT), ctx.recipe, ctx.runtime.device
     if record := resume_finished(output):
-        pruned, distiller = _load_pruned(output, teacher, device)
+        pruned, distiller = _load_pruned(output, teacher, device, recipe.layer_distill_version)
         return pruned, distiller, record["seconds"]
     seed_stage(ctx, PRUNE)
     student = PruMUXModel.from_pretrained(teacher_dir).to(device).train()
@@ -120,7 +120,8 @@ def _prune(
     with torch.no_grad():  # the initial masks' (seeded, so also on resume)
         start = min(l0.expected_sparsity().item(), sparsity)
     hidden = student.config.encoder.hidden_size
-    distiller = LayerDistiller(student.config.encoder.num_layers, hidden, hidden).to(device)
+    distiller = LayerDistiller(student.config.encoder.num_layers, hidden, hidden, recipe.layer_distill_version)
+    distiller = distiller.to(device)
     steps = recipe.steps(PRUNE, len(task.train), rows)
     warmup = recipe.steps("lagrangian_warmup", len(task.train), rows)
     weights = list(student.parameters()) + list(distiller.parameters())
@@ -187,10 +188,12 @@ def _start_masks(l0: L0Module, teacher: PruMUXModel, stream: BatchStream, ctx: S
         rank_log_alphas(l0, fisher, unit_costs(teacher), recipe.mask_init_spread)
 
 
-def _load_pruned(output: Path, teacher: PruMUXModel, device: torch.device) -> tuple[PruMUXModel, LayerDistiller]:
+def _load_pruned(
+    output: Path, teacher: PruMUXModel, device: torch.device, version: int | None
+) -> tuple[PruMUXModel, LayerDistiller]:
     pruned = PruMUXModel.from_pretrained(output).to(device)
     encoder = pruned.config.encoder
-    distiller = LayerDistiller(encoder.num_layers, encoder.hidden_size, teacher.config.encoder.hidden_size)
+    distiller = LayerDistiller(encoder.num_layers, encoder.hidden_size, teacher.config.encoder.hidden_size, version)
     distiller.load_state_dict(torch.load(output / DISTILLER_FILE, map_location="cpu", weights_only=True))
     return pruned, distiller.to(device)
 

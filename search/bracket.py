@@ -1,0 +1,271 @@
+"""A point of a recipe with a sweep: its configurations trained as a bracket of successive halving.
+
+Each configuration (``Recipe.configurations``: the recipe with one combination of the sweep's
+values) is one trial of the point's own single-objective Optuna study, ``"<study>/N<N>-s<s>"`` in
+the search's storage, which maximises validation accuracy with Optuna's
+``SuccessiveHalvingPruner``: the pruner, not this module, decides which configurations stop.
+The configurations are trained interleaved, rung by rung (``trainers.point.train_point_until``):
+every live one to its first evaluation at or after the rung's step, each evaluation reported to
+its trial, then each trial asks ``should_prune`` in the sweep's order (Optuna's pruner is
+asynchronous: the configurations asked first at a rung compete with fewer) and a pruned one
+is stopped where it is. Survivors train to their end; the point is its best finished
+configuration by validation accuracy, and only that one's test accuracy is recorded.
+
+With reduction factor r and n configurations the bracket has K = floor(log_r n) rungs before the
+end, at R, R r, ..., R r^(K-1) steps with R = T / r^K (T: the point's steps; the pruner's
+``min_resource`` is R), so about n / r^k configurations pass rung k.
+Configurations that share their phase 1-2 values share one cached phase-2 model, as any two
+points do. Everything lives in the work folder (checkpoints) and the study (the trials, their
+curves and decisions), so a bracket cut short continues where it stopped when the point is
+trained again.
+
+While it runs, the point's own curve (the outer trial's, judged by ``search.stopping``) is the
+best configuration's: after each rung, every step's best accuracy over the configurations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.pruners import SuccessiveHalvingPruner
+from optuna.trial import FrozenTrial, TrialState
+
+from storage import open_storage
+from storage.trials import CONFIGURATION_ATTR
+from trainers.cache import LockFactory
+from trainers.curve import Evaluation
+from trainers.point import PointResult, train_point_until
+from trainers.recipes import Recipe
+
+REDUCTION_FACTOR = 2
+INDEX_ATTR, DIGEST_ATTR, SECONDS_ATTR = "configuration_index", "digest", "seconds"
+
+
+def bracket_study_name(study_name: str, N: int, s: float) -> str:
+    """The name of the point's own study of configurations, beside the search's study."""
+    return f"{study_name}/N{N}-s{s:g}"
+
+
+def rung_steps(total_steps: int, configurations: int, reduction_factor: int = REDUCTION_FACTOR) -> list[int]:
+    """The steps of the rungs before the end: R r^k for k < K, K = floor(log_r n), R = ceil(T / r^K)."""
+    rungs = int(math.log(configurations, reduction_factor) + 1e-9) if configurations > 1 else 0
+    first = max(1, math.ceil(total_steps / reduction_factor**rungs))
+    return [first * reduction_factor**k for k in range(rungs)]
+
+
+@dataclass
+class _Configuration:
+    """One configuration of the bracket and its trial in the point's study."""
+
+    index: int
+    values: dict[str, Any]
+    recipe: Recipe
+    trial_id: int
+    number: int
+    evaluations: dict[int, Evaluation] = field(default_factory=dict)
+    result: PointResult | None = None
+    seconds: float = 0.0
+
+    @property
+    def last(self) -> Evaluation | None:
+        return self.evaluations[max(self.evaluations)] if self.evaluations else None
+
+
+@dataclass(frozen=True)
+class Point:
+    """The point being trained: the search's study it belongs to, where it trains, its lock."""
+
+    storage_url: str
+    study_name: str
+    task: str
+    base_model: str
+    N: int
+    s: float
+    recipe: Recipe
+    workdir: str
+    lock: LockFactory | None = None
+
+
+def train_bracket(point: Point, on_evaluation: Callable[[Evaluation], None] | None = None) -> dict[str, Any]:
+    """Train (or continue) the point's bracket of configurations; return the point's result: the winner's
+    ``PointResult`` values plus ``configuration`` (its swept values), ``configuration_digest``,
+    ``configurations`` (every one's outcome) and ``bracket`` (the steps and seconds it spent, and
+    what training every configuration to its end would have cost)."""
+    recipes = point.recipe.configurations(point.s)
+    values = point.recipe.sweep_values(point.s)
+    probe = _Probe(on_evaluation)
+    study = _study(point, recipes)
+    configurations = _configurations(study, recipes, values)
+    live = [c for c in configurations if _state(study, c) in (TrialState.RUNNING, TrialState.WAITING)]
+    first = live[0] if live else configurations[0]
+    _advance(point, study, first, 0, probe)
+    total = first.result.total_steps if first.result else first.last.total_steps
+    rungs = rung_steps(total, len(configurations))
+    study.set_user_attr("rungs", rungs)
+    study.pruner = SuccessiveHalvingPruner(min_resource=rungs[0] if rungs else 1, reduction_factor=REDUCTION_FACTOR)
+    for rung in [*rungs, None]:
+        live = [c for c in configurations if _state(study, c) == TrialState.RUNNING]
+        for configuration in live:
+            _advance(point, study, configuration, rung, probe)
+        probe.flush()
+        for configuration in live:
+            if configuration.result is None and optuna.Trial(study, configuration.trial_id).should_prune():
+                study.tell(configuration.number, state=TrialState.PRUNED)
+    for configuration in configurations:  # finished or pruned before this call: its stored result and curve
+        if configuration.result is None and _state(study, configuration) == TrialState.COMPLETE:
+            _advance(point, study, configuration, None, probe)
+        if not configuration.evaluations:
+            configuration.evaluations = _stored_curve(study, configuration)
+    return _outcome(study, configurations)
+
+
+def _study(point: Point, recipes: list[Recipe]) -> optuna.Study:
+    study = optuna.create_study(
+        storage=open_storage(point.storage_url),
+        study_name=bracket_study_name(point.study_name, point.N, point.s),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    study.set_user_attr("configurations", len(recipes))
+    return study
+
+
+def _configurations(study: optuna.Study, recipes: list[Recipe], values: list[dict[str, Any]]) -> list[_Configuration]:
+    """Each configuration with its trial: the stored one (a bracket trained before), else a new one."""
+    stored = {t.user_attrs[INDEX_ATTR]: t for t in study.get_trials(deepcopy=False) if INDEX_ATTR in t.user_attrs}
+    configurations = []
+    for index, (recipe, chosen) in enumerate(zip(recipes, values)):
+        trial = stored.get(index)
+        if trial is None:
+            new = study.ask()
+            for key, value in ((INDEX_ATTR, index), (CONFIGURATION_ATTR, chosen), (DIGEST_ATTR, recipe.digest())):
+                new.set_user_attr(key, value)
+            trial = study._storage.get_trial(new._trial_id)
+        elif trial.user_attrs.get(DIGEST_ATTR) != recipe.digest():
+            raise ValueError(
+                f"study {study.study_name!r} holds configuration {index} with other values "
+                f"({trial.user_attrs.get(CONFIGURATION_ATTR)}); use another --study name"
+            )
+        configurations.append(
+            _Configuration(
+                index, chosen, recipe, trial._trial_id, trial.number, seconds=trial.user_attrs.get(SECONDS_ATTR, 0.0)
+            )
+        )
+    return configurations
+
+
+def _advance(point: Point, study: optuna.Study, configuration: _Configuration, rung: int | None, probe: _Probe) -> None:
+    """Train ``configuration`` to its first evaluation at or after ``rung`` (None: to its end) and
+    report its new evaluations to its trial; a finished one is told its validation accuracy."""
+    was_running = _state(study, configuration) == TrialState.RUNNING
+    started = time.monotonic()
+    result = train_point_until(
+        point.task,
+        point.base_model,
+        point.N,
+        point.s,
+        configuration.recipe,
+        point.workdir,
+        rung,
+        progress=False,
+        lock=point.lock,
+        on_evaluation=lambda evaluation: _keep(configuration, evaluation, probe),
+    )
+    trial = study._storage.get_trial(configuration.trial_id)
+    if not was_running:  # finished before: only its stored result is read
+        configuration.result = result
+        return
+    configuration.seconds += time.monotonic() - started
+    study._storage.set_trial_user_attr(configuration.trial_id, SECONDS_ATTR, configuration.seconds)
+    reported = trial.intermediate_values
+    for step, evaluation in sorted(configuration.evaluations.items()):
+        if step not in reported:
+            study._storage.set_trial_intermediate_value(configuration.trial_id, step, evaluation.accuracy)
+    if result is not None:
+        configuration.result = result
+        study.tell(configuration.number, result.val_accuracy)
+
+
+def _keep(configuration: _Configuration, evaluation: Evaluation, probe: _Probe) -> None:
+    configuration.evaluations[evaluation.step] = evaluation
+    probe(evaluation)
+
+
+class _Probe:
+    """The point's curve while its bracket trains: per step the best accuracy over the configurations,
+    handed to ``sink`` once a rung is complete (``flush``), so each step is judged with all of them."""
+
+    def __init__(self, sink: Callable[[Evaluation], None] | None) -> None:
+        self.sink = sink
+        self.best: dict[int, Evaluation] = {}
+        self.pending: set[int] = set()
+
+    def __call__(self, evaluation: Evaluation) -> None:
+        known = self.best.get(evaluation.step)
+        if known is None or evaluation.accuracy > known.accuracy:
+            self.best[evaluation.step] = evaluation
+            self.pending.add(evaluation.step)
+
+    def flush(self) -> None:
+        if self.sink is not None:
+            for step in sorted(self.pending):
+                self.sink(self.best[step])
+        self.pending.clear()
+
+
+def _state(study: optuna.Study, configuration: _Configuration) -> TrialState:
+    return study._storage.get_trial(configuration.trial_id).state
+
+
+def _stored_curve(study: optuna.Study, configuration: _Configuration) -> dict[int, Evaluation]:
+    trial = study._storage.get_trial(configuration.trial_id)
+    return {step: Evaluation(step, value, "", 0) for step, value in trial.intermediate_values.items()}
+
+
+def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[str, Any]:
+    """The winner's result with every configuration's outcome and the bracket's cost."""
+    trials = {c.index: study._storage.get_trial(c.trial_id) for c in configurations}
+    finished = [c for c in configurations if c.result is not None and trials[c.index].state == TrialState.COMPLETE]
+    if not finished:
+        raise RuntimeError(f"the bracket of {study.study_name!r} finished no configuration")
+    winner = max(finished, key=lambda c: (c.result.val_accuracy, -c.index))
+    outcomes = [_configuration_outcome(c, trials[c.index]) for c in configurations]
+    total = winner.result.total_steps
+    steps = sum(outcome["steps"] for outcome in outcomes)
+    seconds = sum(outcome["seconds"] for outcome in outcomes)
+    full_steps = total * len(configurations)
+    return {
+        **winner.result.to_dict(),
+        CONFIGURATION_ATTR: winner.values,
+        "configuration_digest": winner.recipe.digest(),
+        "configurations": outcomes,
+        "bracket": {
+            "study": study.study_name,
+            "configurations": len(configurations),
+            "steps": steps,
+            "seconds": round(seconds, 2),
+            "full_sweep_steps": full_steps,
+            "full_sweep_seconds": round(seconds / steps * full_steps, 2) if steps else None,  # at the bracket's rate
+        },
+    }
+
+
+def _configuration_outcome(configuration: _Configuration, trial: FrozenTrial) -> dict[str, Any]:
+    finished = trial.state == TrialState.COMPLETE
+    last = configuration.last
+    steps = configuration.result.total_steps if finished and configuration.result else (last.step if last else 0)
+    return {
+        "index": configuration.index,
+        "values": configuration.values,
+        "digest": configuration.recipe.digest(),
+        "outcome": "finished" if finished else f"stopped at step {steps}",
+        "steps": steps,
+        "val_accuracy": trial.value if finished else (last.accuracy if last else None),
+        "seconds": round(configuration.seconds, 2),
+        "trial": trial.number,
+    }

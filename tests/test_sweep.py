@@ -1,0 +1,162 @@
+"""A recipe's sweep: its configurations, and a point trained as a bracket of them (real training on
+the tiny BERT, real Optuna pruner, real Ray for the search)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from test_driver import FAST
+
+from dashboards.report import write_report
+from search.bracket import Point, bracket_study_name, train_bracket
+from search.driver import SearchOptions, run_search
+from storage import StudySettings, default_url, open_study
+from trainers.recipes import load_recipe, recipe_from_dict
+
+# Two phase-2 learning rates (one too small to learn) x two CoFi layer-distillation versions: 4 configurations, 2 phase-2 models.
+SWEEP = {"finetune_lr": [0.001, 1e-06], "layer_distill_version": [3, 6]}
+PHASE3 = {
+    "pruned_finetune_lr": [0.001, 0.01],
+    "distill_alpha_layer,distill_alpha_ce": [[0.9, 0.1], [0.5, 0.5]],
+    "layer_distill_version": [4, 6],
+}
+
+
+def sweep_recipe(sweep: dict = SWEEP):
+    return load_recipe("smoke", {**FAST, "sweep": json.dumps(sweep)})
+
+
+def test_configurations_are_plain_recipes_and_the_sweep_is_in_no_digest() -> None:
+    recipe = sweep_recipe({"finetune_lr": SWEEP["finetune_lr"], **PHASE3})
+    plain = load_recipe("smoke", FAST)
+
+    configurations = recipe.configurations(0.5)
+    assert len(configurations) == 16 and all(not c.sweep for c in configurations)
+    assert recipe.digest() == plain.digest()
+    first = {
+        "pruned_finetune_lr": 0.001,
+        "distill_alpha_layer": 0.9,
+        "distill_alpha_ce": 0.1,
+        "layer_distill_version": 4,
+    }
+    first = load_recipe("smoke", {**FAST, **first})
+    assert configurations[0].digest() == first.digest()
+    assert configurations[0].digest(("finetune_lr",)) == configurations[1].digest(("finetune_lr",))
+    assert [c.finetune_lr for c in recipe.configurations(0)] == [0.001, 1e-06]  # s = 0: no phase 3 to sweep
+    assert recipe_from_dict(recipe.to_dict()) == recipe and "sweep" not in plain.to_dict()
+
+
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        ({"bogus": [1]}, "unknown field bogus"),
+        ({"finetune_lr": []}, "finetune_lr needs a non-empty list"),
+        ({"distill_alpha_layer,distill_alpha_ce": [[0.9]]}, "must be a list of 2"),
+        ({"prune_hidden": [1]}, "prune_hidden must be true or false"),
+        ({"droprate_init": [0.5, 1.5]}, 'configuration {"droprate_init": 1.5} is invalid'),
+    ],
+)
+def test_a_bad_sweep_is_refused_naming_it(sweep: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="sweep") as error:
+        sweep_recipe(sweep)
+    assert message in str(error.value)
+
+
+def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    point = Point(
+        default_url(tmp_path), "cut", "rt-polarity", str(tiny_bert_dir), 1, 0.5, sweep_recipe(), str(tmp_path)
+    )
+    flushed = []
+
+    def killed_after_two_rungs(evaluation) -> None:
+        flushed.append(evaluation.step)
+        if max(flushed) > 8:  # the second rung reached, in phase 3, before its decisions: the job dies
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_bracket(point, on_evaluation=killed_after_two_rungs)
+    inner = optuna.load_study(study_name=bracket_study_name("cut", 1, 0.5), storage=default_url(tmp_path))
+    cut = {t.number: (t.state, max(t.intermediate_values)) for t in inner.trials}
+
+    result = train_bracket(point)
+
+    inner = optuna.load_study(study_name=bracket_study_name("cut", 1, 0.5), storage=default_url(tmp_path))
+    assert len(inner.trials) == 4  # the same configurations' trials, continued
+    for trial in inner.trials:
+        if cut[trial.number][0] == TrialState.PRUNED:
+            assert trial.state == TrialState.PRUNED and max(trial.intermediate_values) == cut[trial.number][1]
+    running = [number for number, (state, _) in cut.items() if state == TrialState.RUNNING]
+    assert running and any(cut[number][1] > 8 for number in running)
+    log = (tmp_path / "train.log").read_text()
+    assert "resumed prune from step" in log
+    finished = [t for t in inner.trials if t.state == TrialState.COMPLETE]
+    assert result["val_accuracy"] == max(t.value for t in finished)
+
+
+@pytest.fixture(scope="module")
+def swept_search(local_ray, tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    run_dir = tmp_path_factory.mktemp("sweep-search")
+    settings = StudySettings("rt-polarity", str(tiny_bert_dir), "smoke+fast+sweep", 0.05, (1,), (0.0, 0.5))
+    options = SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="swept")
+    outcome = run_search(settings, sweep_recipe(), options)
+    return run_dir, outcome, open_study(default_url(run_dir), "swept")
+
+
+def test_a_swept_point_is_its_best_configuration(swept_search) -> None:
+    run_dir, outcome, study = swept_search
+    assert not outcome.failed
+    trial = next(t for t in study.trials if t.params["s"] == 0.5)
+    assert trial.state == TrialState.COMPLETE
+    attrs = trial.user_attrs
+    inner = optuna.load_study(study_name=bracket_study_name("swept", 1, 0.5), storage=default_url(run_dir))
+    stopped = [t for t in inner.trials if t.state == TrialState.PRUNED]
+    finished = [t for t in inner.trials if t.state == TrialState.COMPLETE]
+    assert len(inner.trials) == 4 and stopped and finished  # the pruner stopped some configurations
+    assert trial.values[0] == attrs["val_accuracy"] == max(t.value for t in finished)
+    winner = next(c for c in attrs["configurations"] if c["digest"] == attrs["configuration_digest"])
+    assert winner["outcome"] == "finished" and winner["values"] == attrs["configuration"]
+    assert sum(c["outcome"].startswith("stopped") for c in attrs["configurations"]) == len(stopped)
+    assert all("test_accuracy" not in c for c in attrs["configurations"]) and 0 <= attrs["test_accuracy"] <= 1
+    bracket = attrs["bracket"]
+    assert bracket["steps"] < bracket["full_sweep_steps"] == 4 * attrs["total_steps"]
+    # 4 configurations, 2 phase-2 value sets: one cached phase-2 model for the configurations of each
+    entries = list((run_dir / "work" / "cache").glob("*/*/N1-*"))
+    assert len([entry for entry in entries if entry.is_dir()]) == 2
+
+
+def test_status_best_and_export_name_the_winning_configuration(swept_search, run_main) -> None:
+    run_dir, _, study = swept_search
+    trial = next(t for t in study.trials if t.params["s"] == 0.5)
+    words = " ".join(f"{key}={value:g}" for key, value in trial.user_attrs["configuration"].items())
+
+    code, out, err = run_main("status", "--run-dir", str(run_dir), "--study", "swept")
+    assert code == 0, err
+    assert "configuration" in out and words in out
+    code, out, err = run_main("best", "--run-dir", str(run_dir), "--study", "swept", "--format", "json")
+    assert code == 0, err
+    best = json.loads(out)
+    assert best["configuration"] == study.trials[best["trial"]].user_attrs["configuration"]
+    report = write_report(study, run_dir / "report.html").read_text()
+    assert "Sweeps inside the points" in report and bracket_study_name("swept", 1, 0.5) in report
+    exported = run_dir / "exported"
+    code, out, err = run_main(
+        "export", "--run-dir", str(run_dir), "--study", "swept", "--trial", str(trial.number), "--out", str(exported)
+    )
+    assert code == 0, err
+    assert words in out and words in (exported / "README.md").read_text()
+    assert (exported / "model.safetensors").read_bytes() == (
+        Path(trial.user_attrs["model_dir"]) / "model.safetensors"
+    ).read_bytes()
+
+
+def test_recipes_show_prints_the_sweep_and_its_configurations(run_main) -> None:
+    code, out, err = run_main("recipes", "show", "paper")
+    assert code == 0, err
+    assert "pruned_finetune_lr: [1e-05, 2e-05, 3e-05, 5e-05]" in out
+    assert "configurations: 36 per point with s > 0, 1 per point with s = 0" in out
+    code, out, _ = run_main("recipes", "show", "cpu-demo")
+    assert code == 0 and "sweep: none (1 configuration)" in out

@@ -61,10 +61,21 @@ def _reset(storage: RDBStorage) -> None:
     storage.engine.dispose()
 
 
+# Private RDBStorage methods that Optuna's _CachedStorage (the wrapper of every study's storage)
+# calls directly, bypassing the public ones.
+_CACHED_STORAGE_CALLS = (
+    "_get_trials",
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+)
+
+
 def _retry_storage_calls(cls: type[RDBStorage]) -> type[RDBStorage]:
-    for name in vars(BaseStorage):
-        if not name.startswith("_"):
-            setattr(cls, name, _retrying(getattr(RDBStorage, name)))
+    public = [name for name in vars(BaseStorage) if not name.startswith("_")]
+    for name in [*public, *(name for name in _CACHED_STORAGE_CALLS if hasattr(RDBStorage, name))]:
+        setattr(cls, name, _retrying(getattr(RDBStorage, name)))
     return cls
 
 

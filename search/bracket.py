@@ -4,7 +4,7 @@ Each configuration (``Recipe.configurations``: the recipe with one combination o
 values) is one trial of the point's own single-objective Optuna study, ``"<study>/N<N>-s<s>"`` in
 the search's storage, which maximises validation accuracy with Optuna's
 ``SuccessiveHalvingPruner``: the pruner, not this module, decides which configurations stop.
-The configurations are trained interleaved, rung by rung (``trainers.point.train_point_until``):
+The configurations are trained interleaved, rung by rung (``trainers.point.train_point`` with ``stop_at_step``):
 every live one to its first evaluation at or after the rung's step, each evaluation reported to
 its trial, then each trial asks ``should_prune`` in the sweep's order (Optuna's pruner is
 asynchronous: the configurations asked first at a rung compete with fewer) and a pruned one
@@ -33,13 +33,14 @@ from typing import Any
 
 import optuna
 from optuna.pruners import SuccessiveHalvingPruner
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import open_storage
 from storage.trials import CONFIGURATION_ATTR
 from trainers.cache import LockFactory
 from trainers.curve import Evaluation
-from trainers.point import PointResult, train_point_until
+from trainers.point import PointResult, train_point
 from trainers.recipes import Recipe
 
 REDUCTION_FACTOR = 2
@@ -91,15 +92,26 @@ class Point:
     lock: LockFactory | None = None
 
 
-def train_bracket(point: Point, on_evaluation: Callable[[Evaluation], None] | None = None) -> dict[str, Any]:
+def train_bracket(
+    point: Point, on_evaluation: Callable[[Evaluation], None] | None = None, storage: BaseStorage | None = None
+) -> dict[str, Any]:
     """Train (or continue) the point's bracket of configurations; return the point's result: the winner's
     ``PointResult`` values plus ``configuration`` (its swept values), ``configuration_digest``,
     ``configurations`` (every one's outcome) and ``bracket`` (the steps and seconds it spent, and
-    what training every configuration to its end would have cost)."""
+    what training every configuration to its end would have cost).
+
+    ``storage``: the search's open storage (a trial's), else one is opened at ``point.storage_url``
+    and closed at the end."""
+    if storage is None:
+        opened = open_storage(point.storage_url)
+        try:
+            return train_bracket(point, on_evaluation, opened)
+        finally:
+            opened.engine.dispose()
     recipes = point.recipe.configurations(point.s)
     values = point.recipe.sweep_values(point.s)
     probe = _Probe(on_evaluation)
-    study = _study(point, recipes)
+    study = _study(point, recipes, storage)
     configurations = _configurations(study, recipes, values)
     live = [c for c in configurations if _state(study, c) in (TrialState.RUNNING, TrialState.WAITING)]
     first = live[0] if live else configurations[0]
@@ -124,9 +136,9 @@ def train_bracket(point: Point, on_evaluation: Callable[[Evaluation], None] | No
     return _outcome(study, configurations)
 
 
-def _study(point: Point, recipes: list[Recipe]) -> optuna.Study:
+def _study(point: Point, recipes: list[Recipe], storage: BaseStorage) -> optuna.Study:
     study = optuna.create_study(
-        storage=open_storage(point.storage_url),
+        storage=storage,
         study_name=bracket_study_name(point.study_name, point.N, point.s),
         direction="maximize",
         load_if_exists=True,
@@ -164,15 +176,15 @@ def _advance(point: Point, study: optuna.Study, configuration: _Configuration, r
     report its new evaluations to its trial; a finished one is told its validation accuracy."""
     was_running = _state(study, configuration) == TrialState.RUNNING
     started = time.monotonic()
-    result = train_point_until(
+    result = train_point(
         point.task,
         point.base_model,
         point.N,
         point.s,
         configuration.recipe,
         point.workdir,
-        rung,
         progress=False,
+        stop_at_step=rung,
         lock=point.lock,
         on_evaluation=lambda evaluation: _keep(configuration, evaluation, probe),
     )

@@ -124,7 +124,7 @@ def _train(job: PointJob, N: int, s: float, lock: LockFactory | None, curve: Tri
     configurations = job.recipe.configurations(s)
     if len(configurations) > 1:
         point = Point(job.storage_url, job.study_name, job.task, job.base_model, N, s, job.recipe, job.workdir, lock)
-        return train_bracket(point, on_evaluation=curve)
+        return train_bracket(point, on_evaluation=curve, storage=curve.study._storage)
     return train_point(
         job.task, job.base_model, N, s, configurations[0], job.workdir, progress=False, lock=lock, on_evaluation=curve
     ).to_dict()

@@ -9,6 +9,7 @@ evaluations on.
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.bracket import bracket_study_name
 from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url
 from storage.curves import STOPPED_ATTR, read_curve
@@ -57,12 +59,12 @@ def cue_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def search(run_dir: Path, task: Path, model: Path, **options):
+def search(run_dir: Path, task: Path, model: Path, recipe: dict = RECIPE, **options):
     settings = StudySettings(str(task), str(model), "smoke+cue", BUDGET, (1, 2), (0.0, 0.5))
     lines: list[tuple[int, str]] = []
     outcome = run_search(
         settings,
-        load_recipe("smoke", RECIPE),
+        load_recipe("smoke", recipe),
         SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="cue", **options),
         on_trial=lambda trial, study: lines.append((trial.number, trial.state.name)),
     )
@@ -106,6 +108,24 @@ def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
         points(optuna.load_study(study_name="cue", storage=default_url(tmp_path)))[(2, 0.0)].state == TrialState.PRUNED
     )
     assert lines == [] and again.stop_reason == "the search is done"
+
+
+def test_a_swept_point_stops_when_its_best_configuration_cannot_reach_the_threshold(
+    local_ray, tiny_bert_dir: Path, cue_task: Path, tmp_path: Path
+) -> None:
+    swept = {**RECIPE, "sweep": json.dumps({"finetune_lr": [0.01, 0.003]})}  # both learn the cue at N = 1 only
+    outcome, _ = search(tmp_path, cue_task, tiny_bert_dir, swept)
+
+    study = optuna.load_study(study_name="cue", storage=default_url(tmp_path))
+    trials = points(study)
+    assert trials[(1, 0.0)].state == TrialState.COMPLETE and "configuration" in trials[(1, 0.0)].user_attrs
+    mux = trials[(2, 0.0)]
+    assert mux.state == TrialState.PRUNED and mux.user_attrs["stopped_kind"] == "threshold"
+    inner = optuna.load_study(study_name=bracket_study_name("cue", 2, 0.0), storage=default_url(tmp_path))
+    best = max(max(t.intermediate_values.values()) for t in inner.trials if t.intermediate_values)
+    # the point's curve is its best configuration's, and that one could not reach the threshold either
+    assert mux.user_attrs["val_accuracy"] <= best < mux.user_attrs["threshold"]
+    assert not outcome.failed
 
 
 def test_without_early_stopping_every_point_trains_to_its_end(

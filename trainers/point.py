@@ -20,7 +20,7 @@ Every evaluation reaches ``on_evaluation`` at the point's own cumulative step
 (``trainers.curve``), the cached phase 1-2 evaluations included, and the whole curve is kept in
 the result (``curve``: ``[step, accuracy, stage]`` rows, ``total_steps``).
 
-``train_point_until`` trains a point only up to its first evaluation at or after a given step,
+``train_point(..., stop_at_step=k)`` trains a point only up to its first evaluation at or after a given step,
 saves the running stage's checkpoint and returns; called again (with a later step, or none) it
 resumes there. The configurations of a sweep are trained so, rung by rung (``search.bracket``).
 """
@@ -135,47 +135,17 @@ def train_point(
     bf16: bool = False,
     lock: LockFactory | None = None,
     on_evaluation: Callable[[Evaluation], None] | None = None,
-) -> PointResult:
+    stop_at_step: int | None = None,
+) -> PointResult | None:
     """Train (or resume, or reuse) the point (N, s) of `task` on `base_model` and measure it;
     hand every evaluation to `on_evaluation` as it is made.
 
+    With ``stop_at_step``, training stops once the point has an evaluation at or after that step:
+    the running stage saves its checkpoint and None is returned (a later call resumes there).
+    Without it, the point always trains to its end and its result is returned.
+
     ``lock`` locks the point's folder and the phase 1-2 cache entries while this job uses them
     (`trainers.cache.locked`; default: lock files, for nodes that share a filesystem with locks)."""
-    result = train_point_until(
-        task,
-        base_model,
-        N,
-        s,
-        recipe,
-        workdir,
-        None,
-        progress,
-        device=device,
-        bf16=bf16,
-        lock=lock,
-        on_evaluation=on_evaluation,
-    )
-    assert result is not None  # without a step to stop at, a point always trains to its end
-    return result
-
-
-def train_point_until(
-    task: str,
-    base_model: str,
-    N: int,
-    s: float,
-    recipe: Recipe | str,
-    workdir: str | Path,
-    stop_at_step: int | None,
-    progress: bool = True,
-    *,
-    device: str | None = None,
-    bf16: bool = False,
-    lock: LockFactory | None = None,
-    on_evaluation: Callable[[Evaluation], None] | None = None,
-) -> PointResult | None:
-    """``train_point``, stopped once the point has an evaluation at or after ``stop_at_step`` (None:
-    never): the running stage saves its checkpoint and None is returned; a later call resumes there."""
     check_point(N, s)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     job = _Job(task, base_model, N, s, recipe, _writable_workdir(workdir), Runtime.create(device, bf16), lock)

@@ -7,7 +7,7 @@ record per step (the search's trainable writes them, throttled, into the study f
 An evaluation sink (``reporting_evaluations``) receives each evaluation a stage makes (stage,
 step within the stage, validation accuracy): a point's learning curve. A pause check
 (``pausing``) is asked before every step; when it says so, the stage saves its checkpoint and
-raises ``Paused`` (a point trained to a given step, resumed later: ``trainers.point.train_point_until``).
+raises ``Paused`` (a point trained to a given step, resumed later: ``trainers.point.train_point`` with ``stop_at_step``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ For each point, the full sweep trains every configuration of the recipe's sweep 
 (``trainers.point.train_point``) and keeps the best by validation accuracy; the bracket trains
 the same configurations by successive halving (``search.bracket.train_bracket``, Optuna's
 pruner deciding). Each side has its own work folder, so neither reuses the other's trainings.
+"steps" counts every configuration's own steps; "trained" counts a phase 1-2 model that several
+configurations share once, as the cache trains it.
 The target (issue 19): the bracket picks the full sweep's winner, or one within 0.5 points of it,
 at <= 40% of its steps.
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from search.bracket import Point, train_bracket
 from storage import default_url
+from trainers.curve import PHASE12_STAGES
 from trainers.point import train_point
 from trainers.recipes import Recipe, load_recipe, parse_overrides
 
@@ -38,25 +41,38 @@ COLUMNS = (
     "full: winner",
     "full: val acc",
     "full: steps",
+    "full: trained",
     "full: s",
     "bracket: winner",
     "bracket: val acc",
     "bracket: steps",
+    "bracket: trained",
     "bracket: s",
     "steps ratio",
+    "trained ratio",
     "gap (points)",
 )
+PHASE12_SECONDS = ("retrieval", "multiplexed")  # a result's phase_seconds keys of the (maybe cached) phase 1-2
 
 
 def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path) -> dict:
-    """Every configuration to its end; the best by validation accuracy, with the steps and seconds of all."""
-    started, outcomes = time.monotonic(), []
+    """Every configuration to its end; the best by validation accuracy, with the steps and seconds of all
+    (seconds from the results, so a rerun on the same work folder reports what the trainings took)."""
+    outcomes = []
     for values, configuration in zip(recipe.sweep_values(s), recipe.configurations(s)):
         result = train_point(task, model, N, s, configuration, workdir, progress=False)
-        outcomes.append((result.val_accuracy, values, result.total_steps))
+        phase12 = max((step for step, _, stage in result.curve if stage in PHASE12_STAGES), default=0)
+        trained = result.total_steps - (phase12 if result.cache_hit else 0)
+        seconds = sum(v for k, v in result.phase_seconds.items() if not (result.cache_hit and k in PHASE12_SECONDS))
+        outcomes.append((result.val_accuracy, values, result.total_steps, trained, seconds))
     best = max(outcomes, key=lambda outcome: outcome[0])
-    steps = sum(outcome[2] for outcome in outcomes)
-    return {"winner": best[1], "accuracy": best[0], "steps": steps, "seconds": time.monotonic() - started}
+    return {
+        "winner": best[1],
+        "accuracy": best[0],
+        "steps": sum(outcome[2] for outcome in outcomes),
+        "trained": sum(outcome[3] for outcome in outcomes),
+        "seconds": sum(outcome[4] for outcome in outcomes),
+    }
 
 
 def bracket(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path) -> dict:
@@ -67,24 +83,27 @@ def bracket(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Pa
         "winner": result["configuration"],
         "accuracy": result["val_accuracy"],
         "steps": result["bracket"]["steps"],
+        "trained": result["bracket"]["trained_steps"],
         "seconds": time.monotonic() - started,
     }
 
 
 def row(point: tuple[int, float], count: int, full: dict, halved: dict) -> list[str]:
-    ratio = halved["steps"] / full["steps"] if full["steps"] else float("nan")
     return [
         f"({point[0]}, {point[1]:g})",
         str(count),
         json.dumps(full["winner"]),
         f"{full['accuracy']:.4f}",
         str(full["steps"]),
+        str(full["trained"]),
         f"{full['seconds']:.0f}",
         json.dumps(halved["winner"]),
         f"{halved['accuracy']:.4f}",
         str(halved["steps"]),
+        str(halved["trained"]),
         f"{halved['seconds']:.0f}",
-        f"{ratio:.2f}",
+        f"{halved['steps'] / full['steps']:.2f}",
+        f"{halved['trained'] / full['trained']:.2f}",
         f"{100 * (full['accuracy'] - halved['accuracy']):.2f}",
     ]
 

@@ -154,6 +154,11 @@ def _sweeps_html(summary: StudySummary) -> str:
             f"{bracket['steps']} steps in {bracket['seconds']:.0f} s for {bracket['configurations']} configurations; "
             f"the full sweep: {bracket['full_sweep_steps']} steps, about {bracket['full_sweep_seconds'] or 0:.0f} s"
         )
+        if "trained_steps" in bracket:  # recorded since the shared phase 1-2 steps are counted once
+            cost += (
+                f"; a shared phase 1-2 model counted once: {bracket['trained_steps']} steps trained, "
+                f"{bracket['full_sweep_trained_steps']} for the full sweep"
+            )
         parts.append(
             f"<h3>{html.escape(point_label(row['N'], row['s']))}</h3>\n<p>{html.escape(cost)}; every configuration's "
             f"curve is in study <code>{html.escape(bracket['study'])}</code>.</p>"

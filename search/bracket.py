@@ -2,14 +2,24 @@
 
 Each configuration (``Recipe.configurations``: the recipe with one combination of the sweep's
 values) is one trial of the point's own single-objective Optuna study, ``"<study>/N<N>-s<s>"`` in
-the search's storage, which maximises validation accuracy with Optuna's
-``SuccessiveHalvingPruner``: the pruner, not this module, decides which configurations stop.
+the search's storage, which maximises validation accuracy with a successive-halving pruner
+(``SynchronousHalvingPruner``): the pruner, not this module, decides which configurations stop.
 The configurations are trained interleaved, rung by rung (``trainers.point.train_point`` with ``stop_at_step``):
 every live one to its first evaluation at or after the rung's step, each evaluation reported to
-its trial, then each trial asks ``should_prune`` in the sweep's order (Optuna's pruner is
-asynchronous: the configurations asked first at a rung compete with fewer) and a pruned one
-is stopped where it is. Survivors train to their end; the point is its best finished
-configuration by validation accuracy, and only that one's test accuracy is recorded.
+its trial, then each trial asks ``should_prune`` and a pruned one is stopped where it is.
+Survivors train to their end; the point is its best finished configuration by validation
+accuracy, and only that one's test accuracy is recorded.
+
+Why not Optuna's ``SuccessiveHalvingPruner`` as it is: it is asynchronous, a trial competes at
+its rung only with the trials asked before it, so in a bracket asked in the sweep's order the
+first configuration is never stopped and the first of each tied group (configurations that
+share a phase-2 model report equal values through phase 2) shelters the rest. On the values
+measured for the cpu-demo (1, 0.5) sweep of ``benchmarks/point_sweep.py`` (4 configurations at
+0.609 and then 4 at 0.770 at step 40) it stops none of them (``tests/test_sweep.py``).
+``SynchronousHalvingPruner``
+is that pruner with one change: every configuration has reported the rung before any is asked,
+so each competes with all of them; its promotion rule (the top 1/r, ties promoted) and its
+rung bookkeeping (``completed_rung_<k>`` system attrs) are Optuna's.
 
 With reduction factor r and n configurations the bracket has K = floor(log_r n) rungs before the
 end, at R, R r, ..., R r^(K-1) steps with R = T / r^K (T: the point's steps; the pruner's
@@ -34,17 +44,50 @@ from typing import Any
 import optuna
 from optuna.pruners import SuccessiveHalvingPruner
 from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import open_storage
 from storage.trials import CONFIGURATION_ATTR
 from trainers.cache import LockFactory
-from trainers.curve import Evaluation
+from trainers.curve import PHASE12_STAGES, Evaluation
 from trainers.point import PointResult, train_point
-from trainers.recipes import Recipe
+from trainers.recipes import PHASE12_FIELDS, Recipe
 
 REDUCTION_FACTOR = 2
+RUNG_KEY_PREFIX = "completed_rung_"  # Optuna's SuccessiveHalvingPruner's own bookkeeping
 INDEX_ATTR, DIGEST_ATTR, SECONDS_ATTR = "configuration_index", "digest", "seconds"
+
+
+class SynchronousHalvingPruner(SuccessiveHalvingPruner):
+    """Optuna's ``SuccessiveHalvingPruner`` for trials that all report a rung before any asks: a trial
+    at rung k (its first step at or after ``min_resource * reduction_factor**k``) is promoted when its
+    value there is in the top ``max(1, n // reduction_factor)`` of the n trials that reached the rung."""
+
+    def __init__(self, min_resource: int, reduction_factor: int = REDUCTION_FACTOR) -> None:
+        super().__init__(min_resource=min_resource, reduction_factor=reduction_factor)
+        self.min_resource, self.reduction_factor = min_resource, reduction_factor
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if trial.last_step is None:
+            return False
+        rung = sum(1 for key in trial.system_attrs if key.startswith(RUNG_KEY_PREFIX))
+        while trial.last_step >= (rung_step := self.min_resource * self.reduction_factor**rung):
+            competing = [v for t in study.get_trials(deepcopy=False) if (v := _value_at(t, rung_step)) is not None]
+            value = _value_at(trial, rung_step)
+            study._storage.set_trial_system_attr(trial._trial_id, f"{RUNG_KEY_PREFIX}{rung}", value)
+            best_first = sorted(competing, reverse=study.direction == StudyDirection.MAXIMIZE)
+            cutoff = best_first[max(1, len(competing) // self.reduction_factor) - 1]
+            if math.isnan(value) or (value < cutoff if study.direction == StudyDirection.MAXIMIZE else value > cutoff):
+                return True
+            rung += 1
+        return False
+
+
+def _value_at(trial: FrozenTrial, step: int) -> float | None:
+    """The trial's value at its first reported step at or after ``step`` (None: it never got there)."""
+    reached = [reported for reported in trial.intermediate_values if reported >= step]
+    return trial.intermediate_values[min(reached)] if reached else None
 
 
 def bracket_study_name(study_name: str, N: int, s: float) -> str:
@@ -98,7 +141,9 @@ def train_bracket(
     """Train (or continue) the point's bracket of configurations; return the point's result: the winner's
     ``PointResult`` values plus ``configuration`` (its swept values), ``configuration_digest``,
     ``configurations`` (every one's outcome) and ``bracket`` (the steps and seconds it spent, and
-    what training every configuration to its end would have cost).
+    what training every configuration to its end would have cost; ``steps`` counts each
+    configuration's own steps, ``trained_steps`` a phase 1-2 model that several share once, as the
+    cache trains it; the full sweep's figures are at the winner's phase lengths).
 
     ``storage``: the search's open storage (a trial's), else one is opened at ``point.storage_url``
     and closed at the end."""
@@ -119,7 +164,7 @@ def train_bracket(
     total = first.result.total_steps if first.result else first.last.total_steps
     rungs = rung_steps(total, len(configurations))
     study.set_user_attr("rungs", rungs)
-    study.pruner = SuccessiveHalvingPruner(min_resource=rungs[0] if rungs else 1, reduction_factor=REDUCTION_FACTOR)
+    study.pruner = SynchronousHalvingPruner(min_resource=rungs[0] if rungs else 1)
     for rung in [*rungs, None]:
         live = [c for c in configurations if _state(study, c) == TrialState.RUNNING]
         for configuration in live:
@@ -251,6 +296,8 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
     steps = sum(outcome["steps"] for outcome in outcomes)
     seconds = sum(outcome["seconds"] for outcome in outcomes)
     full_steps = total * len(configurations)
+    shared = _phase12_steps(winner.result)
+    groups = {c.recipe.digest(PHASE12_FIELDS) for c in configurations}
     return {
         **winner.result.to_dict(),
         CONFIGURATION_ATTR: winner.values,
@@ -263,8 +310,24 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
             "seconds": round(seconds, 2),
             "full_sweep_steps": full_steps,
             "full_sweep_seconds": round(seconds / steps * full_steps, 2) if steps else None,  # at the bracket's rate
+            "trained_steps": _trained_steps(configurations, outcomes, shared),
+            "full_sweep_trained_steps": len(groups) * shared + len(configurations) * (total - shared),
         },
     }
+
+
+def _phase12_steps(result: PointResult) -> int:
+    """The point's phase 1-2 steps (every stage evaluates at its end)."""
+    return max((step for step, _, stage in result.curve if stage in PHASE12_STAGES), default=0)
+
+
+def _trained_steps(configurations: list[_Configuration], outcomes: list[dict[str, Any]], shared: int) -> int:
+    """The steps the configurations trained, a phase 1-2 model that several share counted once."""
+    phase12: dict[str, int] = {}
+    for configuration, outcome in zip(configurations, outcomes):
+        group = configuration.recipe.digest(PHASE12_FIELDS)
+        phase12[group] = max(phase12.get(group, 0), min(outcome["steps"], shared))
+    return sum(phase12.values()) + sum(max(0, outcome["steps"] - shared) for outcome in outcomes)
 
 
 def _configuration_outcome(configuration: _Configuration, trial: FrozenTrial) -> dict[str, Any]:

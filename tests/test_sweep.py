@@ -8,11 +8,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.pruners import SuccessiveHalvingPruner
 from optuna.trial import TrialState
 from test_driver import FAST
 
 from dashboards.report import write_report
-from search.bracket import Point, bracket_study_name, train_bracket
+from search.bracket import Point, SynchronousHalvingPruner, bracket_study_name, train_bracket
 from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url, open_study
 from trainers.recipes import load_recipe, recipe_from_dict
@@ -64,6 +65,17 @@ def test_a_bad_sweep_is_refused_naming_it(sweep: dict, message: str) -> None:
     with pytest.raises(ValueError, match="sweep") as error:
         sweep_recipe(sweep)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("pruner, stopped", [(SuccessiveHalvingPruner, []), (SynchronousHalvingPruner, [0, 1, 2, 3])])
+def test_the_bracket_pruner_compares_each_configuration_with_every_one_at_its_rung(pruner, stopped) -> None:
+    # the cpu-demo (1, 0.5) sweep at step 40: the first four configurations share a phase-2 model at 0.609,
+    # the last four one at 0.770; asked in the sweep's order, the stock pruner lets every one through
+    study = optuna.create_study(direction="maximize", pruner=pruner(min_resource=35, reduction_factor=2))
+    trials = [study.ask() for _ in range(8)]
+    for trial in trials:
+        trial.report(0.609 if trial.number < 4 else 0.770, 40)
+    assert [trial.number for trial in trials if trial.should_prune()] == stopped
 
 
 def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp_path: Path) -> None:
@@ -123,6 +135,11 @@ def test_a_swept_point_is_its_best_configuration(swept_search) -> None:
     assert all("test_accuracy" not in c for c in attrs["configurations"]) and 0 <= attrs["test_accuracy"] <= 1
     bracket = attrs["bracket"]
     assert bracket["steps"] < bracket["full_sweep_steps"] == 4 * attrs["total_steps"]
+    # each phase-2 model once: at N = 1 phase 1-2 is the fine-tuning, shared by the two configurations of its learning rate
+    phase12, phase3 = FAST["finetune_steps"], FAST["prune_steps"] + FAST["pruned_finetune_steps"]
+    assert attrs["total_steps"] == phase12 + phase3
+    assert bracket["full_sweep_trained_steps"] == 2 * phase12 + 4 * phase3
+    assert bracket["trained_steps"] < bracket["steps"]
     # 4 configurations, 2 phase-2 value sets: one cached phase-2 model for the configurations of each
     entries = list((run_dir / "work" / "cache").glob("*/*/N1-*"))
     assert len([entry for entry in entries if entry.is_dir()]) == 2

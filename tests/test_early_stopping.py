@@ -59,8 +59,8 @@ def cue_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def search(run_dir: Path, task: Path, model: Path, recipe: dict = RECIPE, **options):
-    settings = StudySettings(str(task), str(model), "smoke+cue", BUDGET, (1, 2), (0.0, 0.5))
+def search(run_dir: Path, task: Path, model: Path, recipe: dict = RECIPE, sparsities=(0.0, 0.5), **options):
+    settings = StudySettings(str(task), str(model), "smoke+cue", BUDGET, (1, 2), sparsities)
     lines: list[tuple[int, str]] = []
     outcome = run_search(
         settings,
@@ -114,7 +114,7 @@ def test_a_swept_point_stops_when_its_best_configuration_cannot_reach_the_thresh
     local_ray, tiny_bert_dir: Path, cue_task: Path, tmp_path: Path
 ) -> None:
     swept = {**RECIPE, "sweep": json.dumps({"finetune_lr": [0.01, 0.003]})}  # both learn the cue at N = 1 only
-    outcome, _ = search(tmp_path, cue_task, tiny_bert_dir, swept)
+    outcome, _ = search(tmp_path, cue_task, tiny_bert_dir, swept, sparsities=(0.0,))
 
     study = optuna.load_study(study_name="cue", storage=default_url(tmp_path))
     trials = points(study)

@@ -59,6 +59,7 @@ CLUSTER_SEARCH = [
     "--concurrency",
     "2",
 ]
+DRIVER_KILLED_PRUNE_STEPS = 1000
 PRUNED = "N=1/s=0.5"
 COMPARED = ("val_accuracy", "test_accuracy", "sparsity")  # printed: this run's / the undisturbed run's
 
@@ -78,8 +79,10 @@ def cluster() -> Iterator[LocalCluster]:
         cluster.stop()
 
 
-def submit(cluster: LocalCluster, run_uri: str, postgres_url: str, study: str, model: Path) -> str:
-    """`submit` the cluster search; return the job id."""
+def submit(
+    cluster: LocalCluster, run_uri: str, postgres_url: str, study: str, model: Path, extra: tuple[str, ...] = ()
+) -> str:
+    """`submit` the cluster search (``extra``: more `start` options); return the job id."""
     submitted = subprocess.run(
         [
             sys.executable,
@@ -99,6 +102,7 @@ def submit(cluster: LocalCluster, run_uri: str, postgres_url: str, study: str, m
             "--study",
             study,
             *CLUSTER_SEARCH,
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -351,7 +355,9 @@ def test_a_node_joining_mid_search_then_the_driver_killed(
     for node in [node for node in cluster.workers if node.process.poll() is None][1:]:
         node.kill()  # (the node-lost test leaves one already)
     run_uri, study = child_uri(s3_uri, "driver-killed"), fresh_postgres_study_name
-    first = Watch(cluster, submit(cluster, run_uri, postgres_url, study, tiny_bert_dir))
+    # a phase 3 that outlasts the node's joining even on a fast machine (200 steps took 10 s on one)
+    longer = ("--set", f"prune_steps={DRIVER_KILLED_PRUNE_STEPS}")
+    first = Watch(cluster, submit(cluster, run_uri, postgres_url, study, tiny_bert_dir, longer))
     first.until(lambda: running(postgres_url, study))
     joined = cluster.add_workers(1)[0]
     first.until(lambda: node_log(joined, run_uri))  # the node that joined trains a point
@@ -368,7 +374,7 @@ def test_a_node_joining_mid_search_then_the_driver_killed(
     left_running = running(postgres_url, study)
     assert (1, 0.5) in [(t.params["N"], t.params["s"]) for t in left_running]
 
-    second = Watch(cluster, submit(cluster, run_uri, postgres_url, study, tiny_bert_dir))
+    second = Watch(cluster, submit(cluster, run_uri, postgres_url, study, tiny_bert_dir, longer))
     output = second.to_the_end()
 
     assert output.rstrip().endswith("SUCCEEDED") and "stopped: the search is done" in output, output[-3000:]

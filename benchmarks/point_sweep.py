@@ -25,8 +25,7 @@ from pathlib import Path
 
 from search.bracket import Point, train_bracket
 from storage import default_url
-from trainers.curve import PHASE12_STAGES
-from trainers.point import train_point
+from trainers.point import PHASE12_PHASES, train_point
 from trainers.recipes import Recipe, load_recipe, parse_overrides
 
 # Phase 2 (the fine-tuning learning rate, around cpu-demo's 8e-5) and phase 3 (Table 5's kind of values).
@@ -52,7 +51,6 @@ COLUMNS = (
     "trained ratio",
     "gap (points)",
 )
-PHASE12_SECONDS = ("retrieval", "multiplexed")  # a result's phase_seconds keys of the (maybe cached) phase 1-2
 
 
 def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path) -> dict:
@@ -61,9 +59,8 @@ def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir:
     outcomes = []
     for values, configuration in zip(recipe.sweep_values(s), recipe.configurations(s)):
         result = train_point(task, model, N, s, configuration, workdir, progress=False)
-        phase12 = max((step for step, _, stage in result.curve if stage in PHASE12_STAGES), default=0)
-        trained = result.total_steps - (phase12 if result.cache_hit else 0)
-        seconds = sum(v for k, v in result.phase_seconds.items() if not (result.cache_hit and k in PHASE12_SECONDS))
+        trained = result.total_steps - (result.phase12_steps if result.cache_hit else 0)
+        seconds = sum(v for k, v in result.phase_seconds.items() if not (result.cache_hit and k in PHASE12_PHASES))
         outcomes.append((result.val_accuracy, values, result.total_steps, trained, seconds))
     best = max(outcomes, key=lambda outcome: outcome[0])
     return {

@@ -50,7 +50,7 @@ from optuna.trial import FrozenTrial, TrialState
 from storage import open_storage
 from storage.trials import CONFIGURATION_ATTR
 from trainers.cache import LockFactory
-from trainers.curve import PHASE12_STAGES, Evaluation
+from trainers.curve import Evaluation
 from trainers.point import PointResult, train_point
 from trainers.recipes import PHASE12_FIELDS, Recipe
 
@@ -296,7 +296,7 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
     steps = sum(outcome["steps"] for outcome in outcomes)
     seconds = sum(outcome["seconds"] for outcome in outcomes)
     full_steps = total * len(configurations)
-    shared = _phase12_steps(winner.result)
+    shared = winner.result.phase12_steps
     groups = {c.recipe.digest(PHASE12_FIELDS) for c in configurations}
     return {
         **winner.result.to_dict(),
@@ -314,11 +314,6 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
             "full_sweep_trained_steps": len(groups) * shared + len(configurations) * (total - shared),
         },
     }
-
-
-def _phase12_steps(result: PointResult) -> int:
-    """The point's phase 1-2 steps (every stage evaluates at its end)."""
-    return max((step for step, _, stage in result.curve if stage in PHASE12_STAGES), default=0)
 
 
 def _trained_steps(configurations: list[_Configuration], outcomes: list[dict[str, Any]], shared: int) -> int:

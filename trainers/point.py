@@ -39,7 +39,7 @@ from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
 from storage.trials import family
 from trainers.cache import LockFactory, ThroughputCache, cache_entry, locked, slug, write_json_atomic
-from trainers.curve import Evaluation, PointCurve, point_stages
+from trainers.curve import PHASE12_STAGES, Evaluation, PointCurve, point_stages
 from trainers.data import EncodedTask, encode_task
 from trainers.evaluate import accuracy, check_label_order
 from trainers.families import model_for, tokenizer_for
@@ -55,6 +55,7 @@ from trainers.recipes import Recipe, load_recipe
 from trainers.tasks import TaskSpec, load_task
 
 PHASES = ("retrieval", "multiplexed", "pruning", "measure")
+PHASE12_PHASES = PHASES[:2]  # the phase_seconds of phases 1-2: a cached model's are copied from its entry
 RESULT_FILE = "result.json"
 TRAINED, SKIPPED, EVALUATED = "trained", "skipped", "evaluated"
 
@@ -96,6 +97,11 @@ class PointResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def phase12_steps(self) -> int:
+        """The point's phase 1-2 steps (every stage evaluates at its end)."""
+        return max((step for step, _, stage in self.curve if stage in PHASE12_STAGES), default=0)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PointResult:
@@ -220,7 +226,7 @@ def _phase12(
                 model, encoded, special, tokenizer.mask_token_id, entry_ctx, mlm=phases["mlm"] == TRAINED
             )
         record = {
-            "phase_seconds": {phase: seconds[phase] for phase in ("retrieval", "multiplexed")},
+            "phase_seconds": {phase: seconds[phase] for phase in PHASE12_PHASES},
             "checkpoint": start.checkpoint,
             "phases": phases,
         }

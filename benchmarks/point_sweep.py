@@ -1,15 +1,19 @@
 """The sweep inside a point: every configuration trained to its end against the bracket, side by side.
 
-For each point, the full sweep trains every configuration of the recipe's sweep to its end
-(``trainers.point.train_point``) and keeps the best by validation accuracy; the bracket trains
-the same configurations by successive halving (``search.bracket.train_bracket``, Optuna's
-pruner deciding). Each side has its own work folder, so neither reuses the other's trainings.
+For each point, the bracket trains the configurations of its sweep by successive halving
+(``search.bracket.train_bracket``, Optuna's pruner deciding); then the full sweep trains every
+configuration to its end (``trainers.point.train_point``) and keeps the best by validation
+accuracy. The full sweep runs in the bracket's work folder: a configuration the bracket stopped
+resumes from its checkpoint, which trains exactly as without the stop
+(``tests/test_point_curve.py``), one it finished is read back, and its figures are those of
+every configuration's whole training (from the results), so each configuration is trained once.
 "steps" counts every configuration's own steps; "trained" counts a phase 1-2 model that several
-configurations share once, as the cache trains it.
+configurations share once, as the cache trains it: the compute spent.
 The target (issue 19): the bracket picks the full sweep's winner, or one within 0.5 points of it,
-at <= 40% of its steps.
+at <= 40% of its (trained) steps.
 
-    nice -n 19 python benchmarks/point_sweep.py                        # cpu-demo, (1, 0.5) and (2, 0)
+    nice -n 19 python benchmarks/point_sweep.py          # cpu-demo: (1, 0.5) and (2, 0.5), 8 configurations each
+    nice -n 19 python benchmarks/point_sweep.py --points 1:0.5 --bracket-only
     nice -n 19 python benchmarks/point_sweep.py --model tiny-folder --recipe smoke --set prune_steps=8 ...
 
 Writes a Markdown table to ``--out`` (default: stdout only).
@@ -26,14 +30,22 @@ from pathlib import Path
 from search.bracket import Point, train_bracket
 from storage import default_url
 from trainers.point import PHASE12_PHASES, train_point
-from trainers.recipes import Recipe, load_recipe, parse_overrides
+from trainers.recipes import PHASE12_FIELDS, Recipe, load_recipe, parse_overrides
 
 # Phase 2 (the fine-tuning learning rate, around cpu-demo's 8e-5) and phase 3 (Table 5's kind of values).
-DEFAULT_SWEEP = {
+COFI_SWEEP = {
     "finetune_lr": [4e-05, 8e-05],
     "pruned_finetune_lr": [5e-05, 1e-04],
     "distill_alpha_layer,distill_alpha_ce": [[0.9, 0.1], [0.5, 0.5]],
 }
+# Phase 3 only: at N = 2 every phase-2 value is also the dense model's it starts from (mux_start dense),
+# so a phase-2 sweep would train a dense model per configuration besides the point's own steps.
+PRUMUX_SWEEP = {
+    "pruned_finetune_lr": [5e-05, 1e-04],
+    "distill_alpha_layer,distill_alpha_ce": [[0.9, 0.1], [0.5, 0.5]],
+    "layer_distill_version": [4, 6],
+}
+DEFAULT_POINTS = {(1, 0.5): COFI_SWEEP, (2, 0.5): PRUMUX_SWEEP}
 COLUMNS = (
     "point",
     "configurations",
@@ -55,26 +67,27 @@ COLUMNS = (
 
 def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path) -> dict:
     """Every configuration to its end; the best by validation accuracy, with the steps and seconds of all
-    (seconds from the results, so a rerun on the same work folder reports what the trainings took)."""
-    outcomes = []
+    (from the results: a phase 1-2 model's once per model, as a sweep on its own trains it)."""
+    outcomes, phase12 = [], {}
     for values, configuration in zip(recipe.sweep_values(s), recipe.configurations(s)):
         result = train_point(task, model, N, s, configuration, workdir, progress=False)
-        trained = result.total_steps - (result.phase12_steps if result.cache_hit else 0)
-        seconds = sum(v for k, v in result.phase_seconds.items() if not (result.cache_hit and k in PHASE12_PHASES))
-        outcomes.append((result.val_accuracy, values, result.total_steps, trained, seconds))
+        own_seconds = sum(v for k, v in result.phase_seconds.items() if k not in PHASE12_PHASES)
+        shared_seconds = sum(result.phase_seconds[k] for k in PHASE12_PHASES)
+        phase12[configuration.digest(PHASE12_FIELDS)] = (result.phase12_steps, shared_seconds)
+        outcomes.append((result.val_accuracy, values, result.total_steps, result.phase12_steps, own_seconds))
     best = max(outcomes, key=lambda outcome: outcome[0])
     return {
         "winner": best[1],
         "accuracy": best[0],
         "steps": sum(outcome[2] for outcome in outcomes),
-        "trained": sum(outcome[3] for outcome in outcomes),
-        "seconds": sum(outcome[4] for outcome in outcomes),
+        "trained": sum(o[2] - o[3] for o in outcomes) + sum(steps for steps, _ in phase12.values()),
+        "seconds": sum(o[4] for o in outcomes) + sum(seconds for _, seconds in phase12.values()),
     }
 
 
 def bracket(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path) -> dict:
     started = time.monotonic()
-    point = Point(default_url(workdir), "point-sweep", task, model, N, s, recipe, str(workdir / "work"))
+    point = Point(default_url(workdir), "point-sweep", task, model, N, s, recipe, str(workdir))
     result = train_bracket(point)
     return {
         "winner": result["configuration"],
@@ -85,24 +98,26 @@ def bracket(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Pa
     }
 
 
-def row(point: tuple[int, float], count: int, full: dict, halved: dict) -> list[str]:
-    return [
-        f"({point[0]}, {point[1]:g})",
-        str(count),
-        json.dumps(full["winner"]),
-        f"{full['accuracy']:.4f}",
-        str(full["steps"]),
-        str(full["trained"]),
-        f"{full['seconds']:.0f}",
-        json.dumps(halved["winner"]),
-        f"{halved['accuracy']:.4f}",
-        str(halved["steps"]),
-        str(halved["trained"]),
-        f"{halved['seconds']:.0f}",
-        f"{halved['steps'] / full['steps']:.2f}",
-        f"{halved['trained'] / full['trained']:.2f}",
-        f"{100 * (full['accuracy'] - halved['accuracy']):.2f}",
-    ]
+def row(point: tuple[int, float], count: int, full: dict | None, halved: dict) -> list[str]:
+    def side(result: dict | None) -> list[str]:
+        if result is None:
+            return ["-"] * 5
+        figures = (
+            f"{result['accuracy']:.4f}",
+            str(result["steps"]),
+            str(result["trained"]),
+            f"{result['seconds']:.0f}",
+        )
+        return [json.dumps(result["winner"]), *figures]
+
+    compared = ["-"] * 3
+    if full is not None:
+        compared = [
+            f"{halved['steps'] / full['steps']:.2f}",
+            f"{halved['trained'] / full['trained']:.2f}",
+            f"{100 * (full['accuracy'] - halved['accuracy']):.2f}",
+        ]
+    return [f"({point[0]}, {point[1]:g})", str(count), *side(full), *side(halved), *compared]
 
 
 def main() -> None:
@@ -111,24 +126,34 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--recipe", default="cpu-demo")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--sweep", default=json.dumps(DEFAULT_SWEEP), help="The sweep, as JSON.")
-    parser.add_argument("--points", default="1:0.5,2:0", help="N:s points, comma-separated.")
+    parser.add_argument("--sweep", default=None, help="The sweep of every point, as JSON [default: each point's own].")
+    parser.add_argument("--points", default=None, help="N:s points, comma-separated [default: (1, 0.5), (2, 0.5)].")
+    parser.add_argument("--bracket-only", action="store_true", help="Train the brackets only, not the full sweeps.")
     parser.add_argument("--workdir", type=Path, default=None, help="Work folder [default: a temporary one].")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the table to.")
     args = parser.parse_args()
-    recipe = load_recipe(args.recipe, {**parse_overrides(args.overrides), "sweep": args.sweep})
-    points = [(int(n), float(s)) for n, s in (item.split(":") for item in args.points.split(","))]
+    points = DEFAULT_POINTS
+    if args.points:
+        chosen = [(int(n), float(s)) for n, s in (item.split(":") for item in args.points.split(","))]
+        points = {point: DEFAULT_POINTS.get(point) for point in chosen}
     root = args.workdir or Path(tempfile.mkdtemp(prefix="point-sweep-"))
-    rows = []
-    for N, s in points:
-        full = full_sweep(recipe, args.task, args.model, N, s, root / "full")
-        halved = bracket(recipe, args.task, args.model, N, s, root / "bracket")
+    rows, sweeps = [], []
+    for (N, s), own_sweep in points.items():
+        sweep = args.sweep or json.dumps(own_sweep or COFI_SWEEP)
+        recipe = load_recipe(args.recipe, {**parse_overrides(args.overrides), "sweep": sweep})
+        workdir = root / f"N{N}-s{s:g}"
+        halved = bracket(recipe, args.task, args.model, N, s, workdir)
+        print(f"({N}, {s:g}) bracket: {json.dumps(halved)}", flush=True)
+        full = None if args.bracket_only else full_sweep(recipe, args.task, args.model, N, s, workdir)
         rows.append(row((N, s), len(recipe.configurations(s)), full, halved))
+        sweeps.append(f"({N}, {s:g}): {sweep}")
         print(" | ".join(rows[-1]), flush=True)
     table = "\n".join(
         [f"| {' | '.join(COLUMNS)} |", f"|{'---|' * len(COLUMNS)}", *(f"| {' | '.join(r)} |" for r in rows)]
     )
-    header = f"{args.task}, {args.model}, recipe {args.recipe} {' '.join(args.overrides)}, sweep {args.sweep}\n\n"
+    header = (
+        f"{args.task}, {args.model}, recipe {args.recipe} {' '.join(args.overrides)}; sweeps {'; '.join(sweeps)}\n\n"
+    )
     print(table)
     if args.out:
         args.out.write_text(header + table + "\n")

@@ -5,8 +5,8 @@ values) is one trial of the point's own single-objective Optuna study, ``"<study
 the search's storage, which maximises validation accuracy with a successive-halving pruner
 (``SynchronousHalvingPruner``): the pruner, not this module, decides which configurations stop.
 The configurations are trained interleaved, rung by rung (``trainers.point.train_point`` with ``stop_at_step``):
-every live one to its first evaluation at or after the rung's step, each evaluation reported to
-its trial, then each trial asks ``should_prune`` and a pruned one is stopped where it is.
+every live one to the rung's step and evaluated there, each evaluation reported to its trial,
+then each trial asks ``should_prune`` and a pruned one is stopped where it is.
 Survivors train to their end; the point is its best finished configuration by validation
 accuracy, and only that one's test accuracy is recorded.
 
@@ -17,15 +17,26 @@ share a phase-2 model report equal values through phase 2) shelters the rest. On
 measured for the cpu-demo (1, 0.5) sweep of ``benchmarks/point_sweep.py`` (4 configurations at
 0.609 and then 4 at 0.770 at step 40) it stops none of them (``tests/test_sweep.py``).
 ``SynchronousHalvingPruner``
-is that pruner with one change: every configuration has reported the rung before any is asked,
-so each competes with all of them; its promotion rule (the top 1/r, ties promoted) and its
-rung bookkeeping (``completed_rung_<k>`` system attrs) are Optuna's.
+is that pruner with two changes: every configuration has reported the rung before any is asked,
+so each competes with all of them, and the rung steps are given (the levels below). Its
+promotion rule is the top 1/r, as Optuna's, but a fixed count, ties broken in the sweep's order:
+two distinct pruning stages tied on all 1709 validation rows at the cpu-demo (1, 0.5) rung, and
+promoting both kept 4 of 4 configurations. Its rung bookkeeping (``completed_rung_<k>`` system
+attrs) is Optuna's.
 
-With reduction factor r and n configurations the bracket has K = floor(log_r n) rungs before the
-end, at R, R r, ..., R r^(K-1) steps with R = T / r^K (T: the point's steps; the pruner's
-``min_resource`` is R), so about n / r^k configurations pass rung k.
-Configurations that share their phase 1-2 values share one cached phase-2 model, as any two
-points do. Everything lives in the work folder (checkpoints) and the study (the trials, their
+The rungs come in levels, one per stage that ends where configurations part
+(``bracket_levels``): phases 1-2 (configurations with the same phase 1-2 values share one cached
+model), the pruning stage (configurations that differ only in the pruned model's fine-tuning
+train the same pruning) and the pruned model's fine-tuning. Rungs placed by the point's total
+steps alone fall where configurations cannot differ yet (measured on the cpu-demo (1, 0.5) sweep:
+0.52 of the full sweep's steps, every rung after the first a tie). In each level the n models
+that part from one model of the level before are halved over its S steps, counted from its start:
+K = floor(log_r n) rungs at R, R r, ..., R r^(K-1) with R = ceil(S / r^K) (``rung_steps``), and
+while configurations share a model they compete as one. A rung is decided on an evaluation at
+exactly its step on the final evaluation's validation rows (the recipe's ``eval_examples`` rows
+misled: on 256 of them the same bracket stopped the full sweep's winner); it selects no kept
+state (``trainers.phases.loop``), so a configuration trains exactly as it would alone.
+Everything lives in the work folder (checkpoints) and the study (the trials, their
 curves and decisions), so a bracket cut short continues where it stopped when the point is
 trained again.
 
@@ -50,38 +61,62 @@ from optuna.trial import FrozenTrial, TrialState
 from storage import open_storage
 from storage.trials import CONFIGURATION_ATTR
 from trainers.cache import LockFactory
-from trainers.curve import Evaluation
-from trainers.point import PointResult, train_point
-from trainers.recipes import PHASE12_FIELDS, Recipe
+from trainers.curve import PHASE3_STAGES, PHASE12_STAGES, Evaluation
+from trainers.point import PausedPoint, PointResult, train_point
+from trainers.recipes import PHASE12_FIELDS, Recipe, fields_through
 
 REDUCTION_FACTOR = 2
 RUNG_KEY_PREFIX = "completed_rung_"  # Optuna's SuccessiveHalvingPruner's own bookkeeping
 INDEX_ATTR, DIGEST_ATTR, SECONDS_ATTR = "configuration_index", "digest", "seconds"
+# A configuration's model is set, up to the end of each of these stages, by these fields only: its key there.
+SHARED_MODELS = {"finetune": "phase12_digest", "prune": "pruning_digest"}
 
 
 class SynchronousHalvingPruner(SuccessiveHalvingPruner):
-    """Optuna's ``SuccessiveHalvingPruner`` for trials that all report a rung before any asks: a trial
-    at rung k (its first step at or after ``min_resource * reduction_factor**k``) is promoted when its
-    value there is in the top ``max(1, n // reduction_factor)`` of the n trials that reached the rung."""
+    """Optuna's ``SuccessiveHalvingPruner`` for trials that all report a rung before any asks, at given rung
+    steps: a trial at rung k (its first step at or after ``rungs[k]``) is promoted when it is among the
+    top ``max(1, n // reduction_factor)`` of the n competitors that reached the rung, by value there, ties
+    in the order the trials were asked (Successive Halving's fixed count; Optuna's asynchronous pruner,
+    which cannot know how many trials will reach a rung, promotes every tie).
 
-    def __init__(self, min_resource: int, reduction_factor: int = REDUCTION_FACTOR) -> None:
-        super().__init__(min_resource=min_resource, reduction_factor=reduction_factor)
-        self.min_resource, self.reduction_factor = min_resource, reduction_factor
+    ``shared``: (user attr, step) pairs: up to that step, trials with the same value of that user attr
+    train one model (a cached phase-2 model, a pruning stage with the same values) and compete as one."""
+
+    def __init__(
+        self, rungs: list[int], shared: list[tuple[str, int]] = (), reduction_factor: int = REDUCTION_FACTOR
+    ) -> None:
+        super().__init__(min_resource=rungs[0] if rungs else 1, reduction_factor=reduction_factor)
+        self.rungs, self.reduction_factor = rungs, reduction_factor
+        self.shared = sorted(shared, key=lambda pair: pair[1])
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         if trial.last_step is None:
             return False
         rung = sum(1 for key in trial.system_attrs if key.startswith(RUNG_KEY_PREFIX))
-        while trial.last_step >= (rung_step := self.min_resource * self.reduction_factor**rung):
-            competing = [v for t in study.get_trials(deepcopy=False) if (v := _value_at(t, rung_step)) is not None]
-            value = _value_at(trial, rung_step)
-            study._storage.set_trial_system_attr(trial._trial_id, f"{RUNG_KEY_PREFIX}{rung}", value)
-            best_first = sorted(competing, reverse=study.direction == StudyDirection.MAXIMIZE)
-            cutoff = best_first[max(1, len(competing) // self.reduction_factor) - 1]
-            if math.isnan(value) or (value < cutoff if study.direction == StudyDirection.MAXIMIZE else value > cutoff):
+        while rung < len(self.rungs) and trial.last_step >= (rung_step := self.rungs[rung]):
+            promoted = self._promoted(study, rung_step)
+            study._storage.set_trial_system_attr(
+                trial._trial_id, f"{RUNG_KEY_PREFIX}{rung}", _value_at(trial, rung_step)
+            )
+            if self._competitor(trial, rung_step) not in promoted:
                 return True
             rung += 1
         return False
+
+    def _competitor(self, trial: FrozenTrial, step: int) -> str | int:
+        """Who ``trial`` competes as at ``step``: the model it shares there, else itself."""
+        attr = next((attr for attr, until in self.shared if step <= until), None)
+        return trial.user_attrs.get(attr, trial.number) if attr else trial.number
+
+    def _promoted(self, study: optuna.Study, step: int) -> set[str | int]:
+        """The competitors promoted at the rung at ``step``."""
+        reached: dict[str | int, tuple[float, int]] = {}
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if (value := _value_at(t, step)) is not None:
+                reached.setdefault(self._competitor(t, step), (value, t.number))
+        sign = -1 if study.direction == StudyDirection.MAXIMIZE else 1
+        ranked = sorted(reached, key=lambda c: (math.isnan(reached[c][0]), sign * reached[c][0], reached[c][1]))
+        return set(ranked[: max(1, len(ranked) // self.reduction_factor)])
 
 
 def _value_at(trial: FrozenTrial, step: int) -> float | None:
@@ -100,6 +135,32 @@ def rung_steps(total_steps: int, configurations: int, reduction_factor: int = RE
     rungs = int(math.log(configurations, reduction_factor) + 1e-9) if configurations > 1 else 0
     first = max(1, math.ceil(total_steps / reduction_factor**rungs))
     return [first * reduction_factor**k for k in range(rungs)]
+
+
+def bracket_rungs(levels: list[tuple[int, int, int]]) -> list[int]:
+    """The rungs of a bracket in levels (start step, end step, n): the n models that part from each other in
+    a level (its configurations with the same values up to its start, different ones up to its end) are
+    halved over its steps, counted from its start."""
+    return [start + step for start, end, n in levels if end > start for step in rung_steps(end - start, n)]
+
+
+def bracket_levels(recipes: list[Recipe], stages: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, int, int]]:
+    """The bracket's levels by the stage that ends them: phases 1-2 (``finetune``), the pruning stage, the pruned
+    model's fine-tuning, as the point has them; each (start, end, the most models that part from one model
+    of the level before)."""
+    ends = {"finetune": sum(steps for stage, steps in stages if stage in PHASE12_STAGES)}
+    for stage, steps in stages:
+        if stage in PHASE3_STAGES:
+            ends[stage] = max(ends.values()) + steps
+    levels, start, parents = {}, 0, [""] * len(recipes)
+    for stage, end in ends.items():
+        keys = [recipe.digest(fields_through(stage)) for recipe in recipes]
+        children: dict[str, set[str]] = {}
+        for parent, key in zip(parents, keys):
+            children.setdefault(parent, set()).add(key)
+        levels[stage] = (start, end, max(len(models) for models in children.values()))
+        start, parents = end, keys
+    return levels
 
 
 @dataclass
@@ -160,11 +221,14 @@ def train_bracket(
     configurations = _configurations(study, recipes, values)
     live = [c for c in configurations if _state(study, c) in (TrialState.RUNNING, TrialState.WAITING)]
     first = live[0] if live else configurations[0]
-    _advance(point, study, first, 0, probe)
-    total = first.result.total_steps if first.result else first.last.total_steps
-    rungs = rung_steps(total, len(configurations))
+    plan = _advance(point, study, first, 0, probe)  # the point's stages, nothing trained
+    rungs, shared = [], []
+    if isinstance(plan, PausedPoint):  # else every configuration has finished or stopped
+        levels = bracket_levels([c.recipe for c in configurations], plan.stages)
+        rungs = bracket_rungs(list(levels.values()))
+        shared = [(attr, levels[stage][1]) for stage, attr in SHARED_MODELS.items() if stage in levels]
     study.set_user_attr("rungs", rungs)
-    study.pruner = SynchronousHalvingPruner(min_resource=rungs[0] if rungs else 1)
+    study.pruner = SynchronousHalvingPruner(rungs, shared)
     for rung in [*rungs, None]:
         live = [c for c in configurations if _state(study, c) == TrialState.RUNNING]
         for configuration in live:
@@ -200,7 +264,12 @@ def _configurations(study: optuna.Study, recipes: list[Recipe], values: list[dic
         trial = stored.get(index)
         if trial is None:
             new = study.ask()
-            for key, value in ((INDEX_ATTR, index), (CONFIGURATION_ATTR, chosen), (DIGEST_ATTR, recipe.digest())):
+            for key, value in (
+                (INDEX_ATTR, index),
+                (CONFIGURATION_ATTR, chosen),
+                (DIGEST_ATTR, recipe.digest()),
+                *((attr, recipe.digest(fields_through(stage))) for stage, attr in SHARED_MODELS.items()),
+            ):
                 new.set_user_attr(key, value)
             trial = study._storage.get_trial(new._trial_id)
         elif trial.user_attrs.get(DIGEST_ATTR) != recipe.digest():
@@ -216,9 +285,11 @@ def _configurations(study: optuna.Study, recipes: list[Recipe], values: list[dic
     return configurations
 
 
-def _advance(point: Point, study: optuna.Study, configuration: _Configuration, rung: int | None, probe: _Probe) -> None:
-    """Train ``configuration`` to its first evaluation at or after ``rung`` (None: to its end) and
-    report its new evaluations to its trial; a finished one is told its validation accuracy."""
+def _advance(
+    point: Point, study: optuna.Study, configuration: _Configuration, rung: int | None, probe: _Probe
+) -> PointResult | PausedPoint:
+    """Train ``configuration`` to step ``rung``, evaluated there (None: to its end), and report its new
+    evaluations to its trial; a finished one is told its validation accuracy. Returns ``train_point``'s answer."""
     was_running = _state(study, configuration) == TrialState.RUNNING
     started = time.monotonic()
     result = train_point(
@@ -234,18 +305,19 @@ def _advance(point: Point, study: optuna.Study, configuration: _Configuration, r
         on_evaluation=lambda evaluation: _keep(configuration, evaluation, probe),
     )
     trial = study._storage.get_trial(configuration.trial_id)
-    if not was_running:  # finished before: only its stored result is read
-        configuration.result = result
-        return
+    if not was_running:  # finished or stopped before: only its stored result is read
+        configuration.result = result if isinstance(result, PointResult) else None
+        return result
     configuration.seconds += time.monotonic() - started
     study._storage.set_trial_user_attr(configuration.trial_id, SECONDS_ATTR, configuration.seconds)
     reported = trial.intermediate_values
     for step, evaluation in sorted(configuration.evaluations.items()):
         if step not in reported:
             study._storage.set_trial_intermediate_value(configuration.trial_id, step, evaluation.accuracy)
-    if result is not None:
+    if isinstance(result, PointResult):
         configuration.result = result
         study.tell(configuration.number, result.val_accuracy)
+    return result
 
 
 def _keep(configuration: _Configuration, evaluation: Evaluation, probe: _Probe) -> None:

@@ -8,7 +8,7 @@ import pytest
 from test_driver import FAST as DRIVER_FAST
 
 from trainers.curve import PointCurve, point_stages
-from trainers.point import train_point
+from trainers.point import PausedPoint, train_point
 from trainers.recipes import load_recipe
 
 FAST = DRIVER_FAST | {"pruned_finetune_steps": 4}  # the step counts asserted below
@@ -68,3 +68,38 @@ def test_stage_records_keep_their_evaluations(tiny_bert_dir: Path, tmp_path: Pat
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("cache/**/model/stage.json")]
     assert record["stage"] == stage
     assert [step for step, _ in record["evaluations"]] == [4, 8]
+
+
+def test_a_point_stopped_at_any_steps_trains_exactly_as_one_that_is_not(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    recipe = load_recipe("smoke", FAST)
+    straight = train_point("rt-polarity", str(tiny_bert_dir), 1, 0.5, recipe, tmp_path / "straight", progress=False)
+    assert straight.total_steps == 20 and [row[0] for row in straight.curve] == [4, 8, 12, 16, 20]
+
+    stopped: list = []
+    for step in (3, 10, 10, 13):  # in phase 2, in the pruning stage off its schedule, again, in its fine-tuning
+        paused = train_point(
+            "rt-polarity",
+            str(tiny_bert_dir),
+            1,
+            0.5,
+            recipe,
+            tmp_path / "stopped",
+            progress=False,
+            stop_at_step=step,
+            on_evaluation=stopped.append,
+        )
+        assert (
+            paused == PausedPoint((("finetune", 8), ("prune", 8), ("pruned_finetune", 4)))
+            and max(e.step for e in stopped) == step
+        )
+    resumed = train_point("rt-polarity", str(tiny_bert_dir), 1, 0.5, recipe, tmp_path / "stopped", progress=False)
+
+    assert [row[0] for row in resumed.curve] == [3, 4, 8, 10, 12, 13, 16, 20]
+    assert {row[0]: row[1] for row in resumed.curve} | {row[0]: row[1] for row in straight.curve} == {
+        row[0]: row[1] for row in resumed.curve
+    }
+    assert (resumed.val_accuracy, resumed.test_accuracy, resumed.sparsity) == (
+        straight.val_accuracy,
+        straight.test_accuracy,
+        straight.sparsity,
+    )

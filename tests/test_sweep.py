@@ -13,7 +13,16 @@ from optuna.trial import TrialState
 from test_driver import FAST
 
 from dashboards.report import write_report
-from search.bracket import Point, SynchronousHalvingPruner, bracket_study_name, train_bracket
+from search.bracket import (
+    SHARED_MODELS,
+    Point,
+    SynchronousHalvingPruner,
+    bracket_levels,
+    bracket_rungs,
+    bracket_study_name,
+    rung_steps,
+    train_bracket,
+)
 from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url, open_study
 from trainers.recipes import load_recipe, recipe_from_dict
@@ -67,15 +76,83 @@ def test_a_bad_sweep_is_refused_naming_it(sweep: dict, message: str) -> None:
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("pruner, stopped", [(SuccessiveHalvingPruner, []), (SynchronousHalvingPruner, [0, 1, 2, 3])])
+@pytest.mark.parametrize(
+    "pruner, stopped",
+    [
+        (SuccessiveHalvingPruner(min_resource=35, reduction_factor=2), []),
+        (SynchronousHalvingPruner([35]), [0, 1, 2, 3]),
+    ],
+)
 def test_the_bracket_pruner_compares_each_configuration_with_every_one_at_its_rung(pruner, stopped) -> None:
     # the cpu-demo (1, 0.5) sweep at step 40: the first four configurations share a phase-2 model at 0.609,
     # the last four one at 0.770; asked in the sweep's order, the stock pruner lets every one through
-    study = optuna.create_study(direction="maximize", pruner=pruner(min_resource=35, reduction_factor=2))
+    study = optuna.create_study(direction="maximize", pruner=pruner)
     trials = [study.ask() for _ in range(8)]
     for trial in trials:
         trial.report(0.609 if trial.number < 4 else 0.770, 40)
     assert [trial.number for trial in trials if trial.should_prune()] == stopped
+
+
+def test_configurations_sharing_a_model_compete_as_one_while_they_share_it() -> None:
+    # three phase-2 models, two configurations each: one model passes the phase-2 rung (3 // 2), not two;
+    # at the phase-3 rung the two configurations of that model are two competitors
+    shared = [(SHARED_MODELS["finetune"], 100)]
+    study = optuna.create_study(direction="maximize", pruner=SynchronousHalvingPruner([50, 145], shared))
+    trials = [study.ask() for _ in range(6)]
+    for trial in trials:
+        trial.set_user_attr(SHARED_MODELS["finetune"], f"model-{trial.number // 2}")
+        trial.report([0.6, 0.7, 0.8][trial.number // 2], 50)
+    assert [trial.number for trial in trials if trial.should_prune()] == [0, 1, 2, 3]
+    for trial, value in zip(trials[4:], (0.81, 0.83)):
+        trial.report(value, 145)
+    assert [trial.number for trial in trials[4:] if trial.should_prune()] == [4]
+
+
+def test_a_tie_at_a_rung_is_broken_in_the_sweep_s_order() -> None:
+    # two of four promoted; trials 1 and 2 tie for the second place (as two cpu-demo (1, 0.5) pruning stages
+    # did at step 140, on all 1709 validation rows): the one asked first goes on
+    study = optuna.create_study(direction="maximize", pruner=SynchronousHalvingPruner([140]))
+    trials = [study.ask() for _ in range(4)]
+    for trial, value in zip(trials, (0.8, 0.7654, 0.7654, float("nan"))):
+        trial.report(value, 140)
+    assert [trial.number for trial in trials if trial.should_prune()] == [2, 3]
+
+
+CPU_DEMO_STAGES = (("finetune", 100), ("prune", 80), ("pruned_finetune", 100))
+
+
+@pytest.mark.parametrize(
+    "sweep, levels, rungs",
+    [
+        # 2 fine-tuning learning rates x 2 alphas x 2 pruned fine-tuning learning rates: each level halves 2 models
+        (
+            {
+                "finetune_lr": [4e-05, 8e-05],
+                "distill_alpha_layer,distill_alpha_ce": [[0.9, 0.1], [0.5, 0.5]],
+                "pruned_finetune_lr": [5e-05, 1e-04],
+            },
+            {"finetune": (0, 100, 2), "prune": (100, 180, 2), "pruned_finetune": (180, 280, 2)},
+            [50, 140, 230],
+        ),
+        # phase 3 only: one phase-2 model, 4 pruning stages, 2 fine-tunings of each
+        (
+            {"layer_distill_version": [4, 6], "prune_lr": [1e-05, 5e-05], "pruned_finetune_lr": [5e-05, 1e-04]},
+            {"finetune": (0, 100, 1), "prune": (100, 180, 4), "pruned_finetune": (180, 280, 2)},
+            [120, 140, 230],
+        ),
+        (
+            {"finetune_lr": [1e-05, 2e-05, 4e-05, 8e-05]},
+            {"finetune": (0, 100, 4), "prune": (100, 180, 1), "pruned_finetune": (180, 280, 1)},
+            [25, 50],
+        ),
+    ],
+)
+def test_the_rungs_halve_each_stage_s_models_from_its_start(sweep: dict, levels: dict, rungs: list[int]) -> None:
+    recipe = load_recipe("cpu-demo", {"sweep": json.dumps(sweep)})
+    assert bracket_levels(recipe.configurations(0.5), CPU_DEMO_STAGES) == levels
+    assert bracket_rungs(list(levels.values())) == rungs
+    assert rung_steps(100, 8) == [13, 26, 52]
+    assert bracket_levels(recipe.configurations(0.0), CPU_DEMO_STAGES[:1]) == {"finetune": levels["finetune"]}
 
 
 def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp_path: Path) -> None:

@@ -45,12 +45,13 @@ class PointCurve:
     def __init__(self, sink: Callable[[Evaluation], None] | None = None) -> None:
         self.sink = sink
         self.offsets_: dict[str, int] = {}
+        self.stages_: list[tuple[str, int]] = []
         self.total_steps_ = 0
         self.evaluations_: list[Evaluation] = []
 
     def plan(self, stages: list[tuple[str, int]]) -> PointCurve:
         """Set the point's stages (name, steps) in training order."""
-        offset = 0
+        self.stages_, offset = stages, 0
         for stage, steps in stages:
             self.offsets_[stage] = offset
             offset += steps
@@ -65,9 +66,9 @@ class PointCurve:
         if self.sink is not None:
             self.sink(evaluation)
 
-    def reached(self, step: int) -> Callable[[], bool]:
-        """A pause check (``trainers.progress.pausing``): true once an evaluation at or after ``step`` is in."""
-        return lambda: any(evaluation.step >= step for evaluation in self.evaluations_)
+    def reached(self, step: int) -> Callable[[str, int], bool]:
+        """A pause check (``trainers.progress.pausing``): true once a stage of the point is at or past ``step``."""
+        return lambda stage, done: stage in self.offsets_ and self.offsets_[stage] + done >= step
 
     def rows(self) -> list[list]:
         """The evaluations as JSON rows ``[step, accuracy, stage]``, by step."""

@@ -20,9 +20,11 @@ Every evaluation reaches ``on_evaluation`` at the point's own cumulative step
 (``trainers.curve``), the cached phase 1-2 evaluations included, and the whole curve is kept in
 the result (``curve``: ``[step, accuracy, stage]`` rows, ``total_steps``).
 
-``train_point(..., stop_at_step=k)`` trains a point only up to its first evaluation at or after a given step,
-saves the running stage's checkpoint and returns; called again (with a later step, or none) it
-resumes there. The configurations of a sweep are trained so, rung by rung (``search.bracket``).
+``train_point(..., stop_at_step=k)`` trains a point only up to step k, evaluates it there on the
+final evaluation's validation rows (an evaluation that selects no kept state, so training is
+exactly as without the stop), saves the running stage's checkpoint and returns a ``PausedPoint``;
+called again (with a later step, or none) it resumes there. The configurations of a sweep are
+trained so, rung by rung (``search.bracket``).
 """
 
 from __future__ import annotations
@@ -128,6 +130,17 @@ class _Job:
     lock: LockFactory | None = None  # the work dir's cross-process lock; None: lock files
 
 
+@dataclass(frozen=True)
+class PausedPoint:
+    """A point stopped before its end (``train_point`` with ``stop_at_step``): its stages (name, steps) in order."""
+
+    stages: tuple[tuple[str, int], ...]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(steps for _, steps in self.stages)
+
+
 def train_point(
     task: str,
     base_model: str,
@@ -142,12 +155,13 @@ def train_point(
     lock: LockFactory | None = None,
     on_evaluation: Callable[[Evaluation], None] | None = None,
     stop_at_step: int | None = None,
-) -> PointResult | None:
+) -> PointResult | PausedPoint:
     """Train (or resume, or reuse) the point (N, s) of `task` on `base_model` and measure it;
     hand every evaluation to `on_evaluation` as it is made.
 
-    With ``stop_at_step``, training stops once the point has an evaluation at or after that step:
-    the running stage saves its checkpoint and None is returned (a later call resumes there).
+    With ``stop_at_step``, training stops at that step of the point (at once if it is there or past it),
+    evaluated there where its stage evaluates: the running stage saves its checkpoint and a
+    ``PausedPoint`` is returned (a later call resumes there).
     Without it, the point always trains to its end and its result is returned.
 
     ``lock`` locks the point's folder and the phase 1-2 cache entries while this job uses them
@@ -176,7 +190,7 @@ def train_point(
                     _, seconds["pruning"] = train_pruned(phase2_dir, s, encoded, ctx)
                     model_dir = ctx.output("model")
         except Paused:
-            return None
+            return PausedPoint(tuple(curve.stages_))
         result = _measure(job, encoded, model_dir, _saved_config(phase2_dir).dense_encoder(), seconds, log)
         result.cache_hit, result.checkpoint = cache_hit, record["checkpoint"]
         result.phases = record["phases"] | {"pruning": TRAINED if s > 0 else SKIPPED}

@@ -6,8 +6,10 @@ A search's trial sets a progress sink (``reporting_progress``); every stage then
 record per step (the search's trainable writes them, throttled, into the study for the driver).
 An evaluation sink (``reporting_evaluations``) receives each evaluation a stage makes (stage,
 step within the stage, validation accuracy): a point's learning curve. A pause check
-(``pausing``) is asked before every step; when it says so, the stage saves its checkpoint and
-raises ``Paused`` (a point trained to a given step, resumed later: ``trainers.point.train_point`` with ``stop_at_step``).
+(``pausing``) is asked with each stage's step count, before its first step and after every step;
+when it says so, the stage evaluates (where it evaluates and has not at that step), saves its
+checkpoint and raises ``Paused`` (a point trained to a given step, resumed later:
+``trainers.point.train_point`` with ``stop_at_step``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ ProgressSink = Callable[[dict[str, Any]], None]
 EvaluationSink = Callable[[str, int, float, bool], None]  # stage, step within the stage, accuracy, reported again
 _sink: ProgressSink | None = None
 _evaluation_sink: EvaluationSink | None = None
-_pause_check: Callable[[], bool] | None = None
+PauseCheck = Callable[[str, int], bool]  # stage, its steps done: stop there?
+_pause_check: PauseCheck | None = None
 
 
 class Paused(Exception):
@@ -42,8 +45,9 @@ class Paused(Exception):
 
 
 @contextmanager
-def pausing(check: Callable[[], bool] | None) -> Iterator[None]:
-    """Ask ``check`` before every training step in this process while the block runs (None: never pause)."""
+def pausing(check: PauseCheck | None) -> Iterator[None]:
+    """Ask ``check(stage, steps_done)`` at every step of every stage in this process while the block runs
+    (None: never pause)."""
     global _pause_check
     previous, _pause_check = _pause_check, check
     try:
@@ -52,9 +56,9 @@ def pausing(check: Callable[[], bool] | None) -> Iterator[None]:
         _pause_check = previous
 
 
-def pause_requested() -> bool:
-    """Whether the pause check (if any) asks the running stage to stop before its next step."""
-    return _pause_check is not None and _pause_check()
+def pause_requested(stage: str, done: int) -> bool:
+    """Whether the pause check (if any) asks ``stage``, ``done`` steps in, to stop there."""
+    return _pause_check is not None and _pause_check(stage, done)
 
 
 @contextmanager

@@ -231,9 +231,11 @@ class Recipe:
         return values
 
     def digest(self, names: tuple[str, ...] | None = None) -> str:
-        """A short stable hash of the values of `names` (all fields when None); the sweep is in none."""
+        """A short stable hash of the values of `names` (all fields when None); the sweep is in none, nor an
+        optional field at its default (`to_dict` leaves those out)."""
         values = self.to_dict()
-        chosen = {name: values[name] for name in (names or tuple(values)) if name not in NOT_TRAINING + ("sweep",)}
+        left_out = NOT_TRAINING + ("sweep",)
+        chosen = {name: values[name] for name in (names or tuple(values)) if name in values and name not in left_out}
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -242,13 +244,28 @@ NOT_TRAINING = ("name", "description", "search_time_budget")
 
 # The fields that determine the phase 1-2 model (marked ``phase12()``): its cache key hashes exactly these.
 PHASE12_FIELDS = tuple(item.name for item in fields(Recipe) if item.metadata.get(PHASE12))
-_NAMES = [item.name for item in fields(Recipe)]
+RECIPE_FIELDS = tuple(item.name for item in fields(Recipe))
+_NAMES = list(RECIPE_FIELDS)
 # The fields only phase 3 (pruning and the pruned model's fine-tuning) reads.
 PHASE3_FIELDS = (
     *_NAMES[_NAMES.index("prune_steps") : _NAMES.index("distill_temperature") + 1],
     "layer_distill_version",
 )
+# The fields only the pruned model's fine-tuning reads; the pruning stage reads every other one.
+PRUNED_FINETUNE_FIELDS = tuple(name for name in PHASE3_FIELDS if name.startswith("pruned_finetune_"))
 SWEEP = "sweep"
+
+
+def fields_through(stage: str) -> tuple[str, ...] | None:
+    """The fields that set a point's model up to the end of ``stage`` (None: every field): phases 1-2's
+    at ``finetune``, all but the pruned fine-tuning's at ``prune``."""
+    if stage == "finetune":
+        return PHASE12_FIELDS
+    if stage == "prune":
+        return tuple(name for name in RECIPE_FIELDS if name not in PRUNED_FINETUNE_FIELDS)
+    return None
+
+
 # The fields with a default (added after recipes had digests): name -> default.
 OPTIONAL_FIELDS = {item.name: item.default for item in fields(Recipe) if item.default is not MISSING}
 

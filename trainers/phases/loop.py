@@ -3,7 +3,9 @@
 A stage is a fixed number of optimiser steps. It checkpoints every
 `checkpoint_every_seconds` (and resumes from its checkpoint), evaluates every `eval_every`
 steps, shows a progress bar and logs; when the pause check (``trainers.progress.pausing``) asks,
-it saves its checkpoint before the next step and raises ``Paused``. Its result is an output folder written through a
+it evaluates there (after the scheduled evaluation, if one falls there: on the rows of the final
+evaluation, because a pause is where a bracket decides, and selecting no kept state, so a paused
+stage trains exactly as one that is not), saves its checkpoint and raises ``Paused``. Its result is an output folder written through a
 temporary folder and one rename, with `stage.json` inside; a stage whose output exists is
 finished and never runs again.
 
@@ -42,6 +44,10 @@ from trainers.data import Batch, BatchStream, EncodedSplit
 from trainers.progress import Paused, StageProgress, pause_requested, report_evaluation
 from trainers.recipes import Recipe
 
+# A stage's evaluation after `done` steps. `scheduled`: on the `eval_every` schedule, on the recipe's
+# `eval_examples` rows, and it may select the state the stage keeps (a pruning stage's best masks);
+# else a pause's: on the rows of the final evaluation, and it selects nothing.
+Evaluate = Callable[[int, bool], dict[str, float]]
 MAX_GRAD_NORM = 1.0
 STAGE_RECORD = "stage.json"
 EVALUATIONS = "evaluations"
@@ -100,7 +106,7 @@ def run_stage(
     steps: int,
     state: dict[str, Stateful],
     step: Callable[[int], dict[str, float]],
-    evaluate: Callable[[int], dict[str, float]] | None = None,
+    evaluate: Evaluate | None = None,
 ) -> float:
     """Run steps 0..steps-1 of `stage`, resuming from its checkpoint; return the stage's total wall seconds."""
     checkpoint = ctx.checkpoint(stage)
@@ -127,21 +133,27 @@ def run_stage(
         elapsed_now = elapsed + time.monotonic() - started
         save_checkpoint(checkpoint, job, done, elapsed_now, states, {EVALUATIONS: evaluations})
 
+    def record(done: int, metrics: dict[str, float]) -> dict[str, float]:
+        evaluations[:] = [e for e in evaluations if e[0] != done] + [[done, metrics["accuracy"]]]
+        report_evaluation(stage, done, metrics["accuracy"])
+        ctx.log.info("%s step %d: %s", stage, done, _format(metrics))
+        return metrics
+
     try:
+        if pause_requested(stage, first):  # already there: resumed at the pause, or stopped before training
+            _pause(ctx, stage, first, steps)
         for index in range(first, steps):
-            if pause_requested():
-                if index > first:
-                    save(index)
-                ctx.log.info("paused %s at step %d of %d", stage, index, steps)
-                raise Paused(f"{stage} paused at step {index}")
             metrics = step(index)
             done = index + 1
+            pause = pause_requested(stage, done)
             if evaluate is not None and (done % ctx.recipe.eval_every == 0 or done == steps):
-                metrics |= evaluate(done)
-                evaluations.append([done, metrics["accuracy"]])
-                report_evaluation(stage, done, metrics["accuracy"])
-                ctx.log.info("%s step %d: %s", stage, done, _format(metrics))
+                metrics |= record(done, evaluate(done, True))
+            if evaluate is not None and pause:
+                metrics |= record(done, evaluate(done, False))
             bar.update(done, metrics)
+            if pause:
+                save(done)
+                _pause(ctx, stage, done, steps)
             if time.monotonic() - last_saved >= ctx.recipe.checkpoint_every_seconds and done < steps:
                 save(done)
                 last_saved = time.monotonic()
@@ -150,6 +162,11 @@ def run_stage(
     seconds = elapsed + time.monotonic() - started
     ctx.log.info("finished %s in %.1f s", stage, seconds)
     return seconds
+
+
+def _pause(ctx: StageContext, stage: str, done: int, steps: int) -> None:
+    ctx.log.info("paused %s at step %d of %d", stage, done, steps)
+    raise Paused(f"{stage} paused at step {done}")
 
 
 def finished(output: Path) -> dict[str, Any] | None:
@@ -212,7 +229,7 @@ def train_model_stage(
     lr: float,
     mux_norm: float | None,
     loss_of: Callable[[Batch], Tensor],
-    evaluate: Callable[[int], dict[str, float]] | None,
+    evaluate: Evaluate | None,
     ctx: StageContext,
 ) -> tuple[PruMUXModel, float]:
     """One stage optimising `loss_of(batch)` over all of the model's weights, its mux vectors at `mux_norm`

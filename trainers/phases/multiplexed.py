@@ -63,8 +63,8 @@ def _finetune(model: PruMUXModel, task: EncodedTask, ctx: StageContext) -> tuple
     def loss(batch: Batch) -> Tensor:
         return F.cross_entropy(model(**batch.inputs()).logits, batch.labels)
 
-    def evaluate(step: int) -> dict[str, float]:
-        return {"accuracy": accuracy(model, validation, recipe.eval_batch_size)}
+    def evaluate(step: int, scheduled: bool) -> dict[str, float]:
+        return {"accuracy": accuracy(model, validation if scheduled else task.validation, recipe.eval_batch_size)}
 
     rows = recipe.batch_rows(FINETUNE, model.config.num_instances)
     return train_model_stage(

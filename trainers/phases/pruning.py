@@ -144,11 +144,11 @@ def _prune(
         scheduler.step()
         return {"loss": distill.item(), "target": target, "expected_sparsity": l0.expected_sparsity().item()}
 
-    def evaluate(done: int) -> dict[str, float]:
+    def evaluate(done: int, scheduled: bool) -> dict[str, float]:
         masks = masks_at_sparsity(l0, sparsity)
         realised = realised_sparsity(l0, masks)
-        eligible = done >= warmup and abs(realised - sparsity) <= recipe.sparsity_epsilon
-        score = accuracy(student, validation, recipe.eval_batch_size, masks)
+        eligible = scheduled and done >= warmup and abs(realised - sparsity) <= recipe.sparsity_epsilon
+        score = accuracy(student, validation if scheduled else task.validation, recipe.eval_batch_size, masks)
         if eligible and best.offer(score, done):
             ctx.log.info("prune: best so far at step %d (accuracy %.4f, sparsity %.4f)", done, score, realised)
         return {"accuracy": score, "sparsity": realised}
@@ -226,9 +226,10 @@ def _finetune_pruned(
         scheduler.step()
         return {"loss": loss.item()}
 
-    def evaluate(done: int) -> dict[str, float]:
-        score = accuracy(model, validation, recipe.eval_batch_size)
-        best.offer(score, done)
+    def evaluate(done: int, scheduled: bool) -> dict[str, float]:
+        score = accuracy(model, validation if scheduled else task.validation, recipe.eval_batch_size)
+        if scheduled:
+            best.offer(score, done)
         return {"accuracy": score}
 
     state = {"model": model, "distiller": distiller, "optimizer": optimizer, "scheduler": scheduler, "best": best}

@@ -33,12 +33,15 @@ def points(study: optuna.Study, state: TrialState = TrialState.COMPLETE) -> list
     return [(t.params["N"], t.params["s"]) for t in study.get_trials(states=(state,))]
 
 
-def check_complete(study: optuna.Study) -> None:
-    """Every trial complete, the dense point first, no point twice."""
+def check_complete(study: optuna.Study, stopped_ok: bool = False) -> None:
+    """Every trial complete (or, with ``stopped_ok``, stopped by the budget's early stopping), the dense point
+    first, no point twice."""
+    finished = (TrialState.COMPLETE, TrialState.PRUNED) if stopped_ok else (TrialState.COMPLETE,)
     trials = study.get_trials()
-    assert trials and all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    assert trials and all(t.state in finished for t in trials), [t.state for t in trials]
     done = points(study)
-    assert done[0] == (1, 0.0) and len(set(done)) == len(done) and len(done) >= 3
+    decided = done + (points(study, TrialState.PRUNED) if stopped_ok else [])
+    assert done[0] == (1, 0.0) and len(set(decided)) == len(decided) and len(decided) >= 3
 
 
 def trained_once(run_dir: Path) -> None:

@@ -40,7 +40,10 @@ def test_two_drivers_share_one_study(
         (tmp_path / f"driver{i}.log").read_text() for i in range(2)
     ]
     study = open_study(postgres_url, fresh_postgres_study_name)
-    check_complete(study)  # nothing failed: neither driver took the other's trials for stale
+    # Nothing failed: neither driver took the other's trials for stale. A point may be stopped by the budget:
+    # which points have finished when it is judged depends on the two drivers' timing (measured under load:
+    # (2, 0.5) stopped at a bound of 0.48 against the threshold 0.481).
+    check_complete(study, stopped_ok=True)
     assert not study.get_trials(states=(TrialState.FAIL,))
     assert len({t.user_attrs["driver"] for t in study.trials}) == 2  # both drivers trained points
     trained_once(run_dir)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from search.bracket import Point, train_bracket
 from storage import default_url
-from trainers.point import PHASE12_PHASES, train_point
-from trainers.recipes import PHASE12_FIELDS, Recipe, load_recipe, parse_overrides
+from trainers.point import train_point
+from trainers.recipes import Recipe, load_recipe, parse_overrides
 
 # Phase 2 (the fine-tuning learning rate, around cpu-demo's 8e-5) and phase 3 (Table 5's kind of values).
 COFI_SWEEP = {
@@ -65,23 +65,22 @@ COLUMNS = (
 )
 
 
-def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path) -> dict:
-    """Every configuration to its end; the best by validation accuracy, with the steps and seconds of all
-    (from the results: a phase 1-2 model's once per model, as a sweep on its own trains it)."""
-    outcomes, phase12 = [], {}
-    for values, configuration in zip(recipe.sweep_values(s), recipe.configurations(s)):
-        result = train_point(task, model, N, s, configuration, workdir, progress=False)
-        own_seconds = sum(v for k, v in result.phase_seconds.items() if k not in PHASE12_PHASES)
-        shared_seconds = sum(result.phase_seconds[k] for k in PHASE12_PHASES)
-        phase12[configuration.digest(PHASE12_FIELDS)] = (result.phase12_steps, shared_seconds)
-        outcomes.append((result.val_accuracy, values, result.total_steps, result.phase12_steps, own_seconds))
-    best = max(outcomes, key=lambda outcome: outcome[0])
+def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path, halved: dict) -> dict:
+    """Every configuration to its end, continuing the bracket's work folder; the best by validation accuracy.
+    Its trained steps count a shared model once, as the bracket counts them; its seconds are the bracket's
+    plus this continuation's (the bracket's trainings are where every configuration's starts)."""
+    started = time.monotonic()
+    results = [
+        (values, train_point(task, model, N, s, configuration, workdir, progress=False))
+        for values, configuration in zip(recipe.sweep_values(s), recipe.configurations(s))
+    ]
+    winner, best = max(results, key=lambda outcome: outcome[1].val_accuracy)
     return {
-        "winner": best[1],
-        "accuracy": best[0],
-        "steps": sum(outcome[2] for outcome in outcomes),
-        "trained": sum(o[2] - o[3] for o in outcomes) + sum(steps for steps, _ in phase12.values()),
-        "seconds": sum(o[4] for o in outcomes) + sum(seconds for _, seconds in phase12.values()),
+        "winner": winner,
+        "accuracy": best.val_accuracy,
+        "steps": sum(result.total_steps for _, result in results),
+        "trained": halved["full_sweep_trained"],
+        "seconds": halved["seconds"] + time.monotonic() - started,
     }
 
 
@@ -95,6 +94,9 @@ def bracket(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Pa
         "steps": result["bracket"]["steps"],
         "trained": result["bracket"]["trained_steps"],
         "seconds": time.monotonic() - started,
+        "rungs": result["bracket"]["rungs"],
+        "full_sweep_steps": result["bracket"]["full_sweep_steps"],
+        "full_sweep_trained": result["bracket"]["full_sweep_trained_steps"],
     }
 
 
@@ -144,7 +146,7 @@ def main() -> None:
         workdir = root / f"N{N}-s{s:g}"
         halved = bracket(recipe, args.task, args.model, N, s, workdir)
         print(f"({N}, {s:g}) bracket: {json.dumps(halved)}", flush=True)
-        full = None if args.bracket_only else full_sweep(recipe, args.task, args.model, N, s, workdir)
+        full = None if args.bracket_only else full_sweep(recipe, args.task, args.model, N, s, workdir, halved)
         rows.append(row((N, s), len(recipe.configurations(s)), full, halved))
         sweeps.append(f"({N}, {s:g}): {sweep}")
         print(" | ".join(rows[-1]), flush=True)

@@ -156,7 +156,7 @@ def _sweeps_html(summary: StudySummary) -> str:
         )
         if "trained_steps" in bracket:  # recorded since the shared phase 1-2 steps are counted once
             cost += (
-                f"; a shared phase 1-2 model counted once: {bracket['trained_steps']} steps trained, "
+                f"; a model that configurations share counted once: {bracket['trained_steps']} steps trained, "
                 f"{bracket['full_sweep_trained_steps']} for the full sweep"
             )
         parts.append(

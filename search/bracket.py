@@ -27,12 +27,17 @@ attrs) is Optuna's.
 The rungs come in levels, one per stage that ends where configurations part
 (``bracket_levels``): phases 1-2 (configurations with the same phase 1-2 values share one cached
 model), the pruning stage (configurations that differ only in the pruned model's fine-tuning
-train the same pruning) and the pruned model's fine-tuning. Rungs placed by the point's total
-steps alone fall where configurations cannot differ yet (measured on the cpu-demo (1, 0.5) sweep:
-0.52 of the full sweep's steps, every rung after the first a tie). In each level the n models
-that part from one model of the level before are halved over its S steps, counted from its start:
-K = floor(log_r n) rungs at R, R r, ..., R r^(K-1) with R = ceil(S / r^K) (``rung_steps``), and
-while configurations share a model they compete as one. A rung is decided on an evaluation at
+share one, ``trainers.cache.pruning_directory``) and the pruned model's fine-tuning. Rungs placed
+by the point's total steps alone fall where configurations cannot differ yet (measured on the
+cpu-demo (1, 0.5) sweep: 0.52 of the full sweep's steps, every rung after the first a tie). In each
+level the n models that part from one model of the level before are halved over its S steps,
+counted from its start: K = floor(log_r n) rungs at R, R r, ..., R r^(K-1) with R = ceil(S / r^K)
+(``rung_steps``), and while configurations share a model they compete as one. The pruning level
+starts after the Lagrangian warm-up (``trainers.curve.settling_steps``): while the sparsity target
+ramps up, accuracy dips by how the masks move, not by how the configuration will end (measured on
+the cpu-demo (2, 0.5) sweep: every layer-distillation version 6 configuration stood at 0.554 at
+prune step 20 of the 40-step warm-up, below the version 4 ones, and the full sweep's winner is
+one of them, 0.660 against 0.644). A rung is decided on an evaluation at
 exactly its step on the final evaluation's validation rows (the recipe's ``eval_examples`` rows
 misled: on 256 of them the same bracket stopped the full sweep's winner); it selects no kept
 state (``trainers.phases.loop``), so a configuration trains exactly as it would alone.
@@ -61,9 +66,9 @@ from optuna.trial import FrozenTrial, TrialState
 from storage import open_storage
 from storage.trials import CONFIGURATION_ATTR
 from trainers.cache import LockFactory
-from trainers.curve import PHASE3_STAGES, PHASE12_STAGES, Evaluation
+from trainers.curve import PHASE3_STAGES, PHASE12_STAGES, Evaluation, settling_steps
 from trainers.point import PausedPoint, PointResult, train_point
-from trainers.recipes import PHASE12_FIELDS, Recipe, fields_through
+from trainers.recipes import Recipe, fields_through
 
 REDUCTION_FACTOR = 2
 RUNG_KEY_PREFIX = "completed_rung_"  # Optuna's SuccessiveHalvingPruner's own bookkeeping
@@ -144,10 +149,14 @@ def bracket_rungs(levels: list[tuple[int, int, int]]) -> list[int]:
     return [start + step for start, end, n in levels if end > start for step in rung_steps(end - start, n)]
 
 
-def bracket_levels(recipes: list[Recipe], stages: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, int, int]]:
+def bracket_levels(
+    recipes: list[Recipe], stages: tuple[tuple[str, int], ...], settling: dict[str, int] | None = None
+) -> dict[str, tuple[int, int, int]]:
     """The bracket's levels by the stage that ends them: phases 1-2 (``finetune``), the pruning stage, the pruned
     model's fine-tuning, as the point has them; each (start, end, the most models that part from one model
-    of the level before)."""
+    of the level before). A level's halving starts ``settling[stage]`` steps after the stage before it ends
+    (``trainers.curve.settling_steps``)."""
+    settling = settling or {}
     ends = {"finetune": sum(steps for stage, steps in stages if stage in PHASE12_STAGES)}
     for stage, steps in stages:
         if stage in PHASE3_STAGES:
@@ -158,7 +167,8 @@ def bracket_levels(recipes: list[Recipe], stages: tuple[tuple[str, int], ...]) -
         children: dict[str, set[str]] = {}
         for parent, key in zip(parents, keys):
             children.setdefault(parent, set()).add(key)
-        levels[stage] = (start, end, max(len(models) for models in children.values()))
+        settled = min(end, start + settling.get(stage, 0))
+        levels[stage] = (settled, end, max(len(models) for models in children.values()))
         start, parents = end, keys
     return levels
 
@@ -203,8 +213,8 @@ def train_bracket(
     ``PointResult`` values plus ``configuration`` (its swept values), ``configuration_digest``,
     ``configurations`` (every one's outcome) and ``bracket`` (the steps and seconds it spent, and
     what training every configuration to its end would have cost; ``steps`` counts each
-    configuration's own steps, ``trained_steps`` a phase 1-2 model that several share once, as the
-    cache trains it; the full sweep's figures are at the winner's phase lengths).
+    configuration's own steps, ``trained_steps`` a model that several share (a cached phase 1-2 model,
+    a pruning stage) once, as it is trained; the full sweep's figures are at the winner's phase lengths).
 
     ``storage``: the search's open storage (a trial's), else one is opened at ``point.storage_url``
     and closed at the end."""
@@ -224,7 +234,7 @@ def train_bracket(
     plan = _advance(point, study, first, 0, probe)  # the point's stages, nothing trained
     rungs, shared = [], []
     if isinstance(plan, PausedPoint):  # else every configuration has finished or stopped
-        levels = bracket_levels([c.recipe for c in configurations], plan.stages)
+        levels = bracket_levels([c.recipe for c in configurations], plan.stages, _settling(point, plan, configurations))
         rungs = bracket_rungs(list(levels.values()))
         shared = [(attr, levels[stage][1]) for stage, attr in SHARED_MODELS.items() if stage in levels]
     study.set_user_attr("rungs", rungs)
@@ -243,6 +253,15 @@ def train_bracket(
         if not configuration.evaluations:
             configuration.evaluations = _stored_curve(study, configuration)
     return _outcome(study, configurations)
+
+
+def _settling(point: Point, plan: PausedPoint, configurations: list[_Configuration]) -> dict[str, int]:
+    """Each stage's settling steps, the longest of the configurations'."""
+    settling: dict[str, int] = {}
+    for configuration in configurations:
+        for stage, steps in settling_steps(configuration.recipe, point.N, plan.train_size).items():
+            settling[stage] = max(settling.get(stage, 0), steps)
+    return settling
 
 
 def _study(point: Point, recipes: list[Recipe], storage: BaseStorage) -> optuna.Study:
@@ -364,12 +383,10 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
         raise RuntimeError(f"the bracket of {study.study_name!r} finished no configuration")
     winner = max(finished, key=lambda c: (c.result.val_accuracy, -c.index))
     outcomes = [_configuration_outcome(c, trials[c.index]) for c in configurations]
-    total = winner.result.total_steps
     steps = sum(outcome["steps"] for outcome in outcomes)
     seconds = sum(outcome["seconds"] for outcome in outcomes)
-    full_steps = total * len(configurations)
-    shared = winner.result.phase12_steps
-    groups = {c.recipe.digest(PHASE12_FIELDS) for c in configurations}
+    full_steps = winner.result.total_steps * len(configurations)
+    trained, full_trained = _trained_steps(configurations, outcomes, winner.result)
     return {
         **winner.result.to_dict(),
         CONFIGURATION_ATTR: winner.values,
@@ -378,23 +395,33 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
         "bracket": {
             "study": study.study_name,
             "configurations": len(configurations),
+            "rungs": study.user_attrs.get("rungs", []),
             "steps": steps,
             "seconds": round(seconds, 2),
             "full_sweep_steps": full_steps,
-            "full_sweep_seconds": round(seconds / steps * full_steps, 2) if steps else None,  # at the bracket's rate
-            "trained_steps": _trained_steps(configurations, outcomes, shared),
-            "full_sweep_trained_steps": len(groups) * shared + len(configurations) * (total - shared),
+            "full_sweep_seconds": round(seconds / trained * full_trained, 2)
+            if trained
+            else None,  # at the bracket's rate
+            "trained_steps": trained,
+            "full_sweep_trained_steps": full_trained,
         },
     }
 
 
-def _trained_steps(configurations: list[_Configuration], outcomes: list[dict[str, Any]], shared: int) -> int:
-    """The steps the configurations trained, a phase 1-2 model that several share counted once."""
-    phase12: dict[str, int] = {}
-    for configuration, outcome in zip(configurations, outcomes):
-        group = configuration.recipe.digest(PHASE12_FIELDS)
-        phase12[group] = max(phase12.get(group, 0), min(outcome["steps"], shared))
-    return sum(phase12.values()) + sum(max(0, outcome["steps"] - shared) for outcome in outcomes)
+def _trained_steps(
+    configurations: list[_Configuration], outcomes: list[dict[str, Any]], winner: PointResult
+) -> tuple[int, int]:
+    """The steps the configurations trained and those a full sweep trains, a model that several share up to
+    the end of a stage (a cached phase 1-2 model, a pruning stage) counted once, at the winner's stage lengths."""
+    trained = full = start = 0
+    ends = [(winner.steps_through(stage), fields_through(stage)) for stage in SHARED_MODELS]
+    for end, fields in [*ends, (winner.total_steps, None)]:
+        models: dict[str, int] = {}
+        for configuration, outcome in zip(configurations, outcomes):
+            key = configuration.recipe.digest(fields)
+            models[key] = max(models.get(key, 0), min(max(outcome["steps"] - start, 0), end - start))
+        trained, full, start = trained + sum(models.values()), full + len(models) * (end - start), end
+    return trained, full
 
 
 def _configuration_outcome(configuration: _Configuration, trial: FrozenTrial) -> dict[str, Any]:

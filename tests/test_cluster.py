@@ -240,7 +240,7 @@ def holder_other_than(postgres_url: str, key: str, pid: int) -> str | None:
 
 def pruning_with_a_checkpoint(run_uri: str, postgres_url: str, study: str) -> bool:
     """Whether the (1, 0.5) trial runs and has pushed a phase-3 checkpoint."""
-    checkpoint = pushed(run_uri, r"/points/.*/N1-s0\.5-.*/checkpoints/.*\.pt$")
+    checkpoint = pushed(run_uri, r"/(points|pruning)/.*/N1-s0\.5-.*/checkpoints/.*\.pt$")
     return bool(checkpoint) and (1, 0.5) in [(t.params["N"], t.params["s"]) for t in running(postgres_url, study)]
 
 
@@ -315,7 +315,12 @@ def test_a_node_lost_mid_trial(
     line = next(line for line in node_log(victim, run_uri) if f"{PRUNED}: prune step" in line)
     pid = int(re.search(r"pid=(\d+)", line).group(1))
     assert pid in victim.raylet_and_workers()  # the trial's worker, on that node
-    [lease] = [key for key, holder in lease_holders(postgres_url, "/N1-s0.5-").items() if f"-{pid}-" in holder]
+    # the point folder's lease (the pid also holds its pruning stage's, under work:pruning/)
+    [lease] = [
+        key
+        for key, holder in lease_holders(postgres_url, "work:points/").items()
+        if f"-{pid}-" in holder and "/N1-s0.5-" in key
+    ]
 
     killed = kill_pids(victim.raylet_and_workers())
     lost_at = time.monotonic()

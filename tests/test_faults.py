@@ -60,7 +60,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(
 ) -> None:
     run_dir = tmp_path / "run"
     driver = launch(*start_args(run_dir, tiny_bert_dir, ray_head, *LONG_PRUNE), log=tmp_path / "driver.log")
-    checkpoints = run_dir / "work" / "points"
+    checkpoints = run_dir / "work"  # a phase-3 checkpoint: the pruning stage's or the point's own
     wait_for(lambda: any(f"{PRUNED}: prune step" in line for line in train_log(run_dir)), driver)
     wait_for(lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in checkpoints.rglob("*.pt")), driver)
     pid = int(
@@ -91,9 +91,7 @@ def test_restart_after_killed_driver_finishes_the_study(
 ) -> None:
     run_dir = tmp_path / "run"
     first = launch(*start_args(run_dir, tiny_bert_dir, ray_head, *LONG_PRUNE), log=tmp_path / "first.log")
-    wait_for(
-        lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work" / "points").rglob("*.pt")), first
-    )
+    wait_for(lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work").rglob("*.pt")), first)
     kill_driver(first)
     killed_at = time.monotonic()
 
@@ -257,7 +255,7 @@ def test_stopped_ray_job_is_finished_by_the_next_start(
     assert submitted.returncode == 0, submitted.stderr
     job = re.search(r"submitted (\S+) to", submitted.stdout).group(1)
     deadline = time.monotonic() + 300
-    while not any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work" / "points").rglob("*.pt")):
+    while not any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work").rglob("*.pt")):
         assert time.monotonic() < deadline, f"the job never reached phase 3: {job_logs(ray_head, job)}"
         time.sleep(1)
 

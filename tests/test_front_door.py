@@ -92,7 +92,7 @@ def poll(condition: Callable[[], object], process: subprocess.Popen) -> object:
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "work" / "points").rglob("N1-s0.5-*/checkpoints/prune.pt"))
+    found = sorted((run_dir / "work" / "pruning").rglob("N1-s0.5-*/checkpoints/prune.pt"))
     return found[0] if found else None
 
 
@@ -255,7 +255,7 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(tiny_bert_
     ]
     first = subprocess.Popen(args, cwd=REPO, env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        checkpoint = poll(lambda: next(work.glob("points/**/checkpoints/prune.pt"), None), first)
+        checkpoint = poll(lambda: next(work.glob("pruning/**/checkpoints/prune.pt"), None), first)
         first.kill()  # a crash right after the first phase-3 checkpoint
     finally:
         first.wait()

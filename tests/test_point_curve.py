@@ -89,7 +89,7 @@ def test_a_point_stopped_at_any_steps_trains_exactly_as_one_that_is_not(tiny_ber
             on_evaluation=stopped.append,
         )
         assert (
-            paused == PausedPoint((("finetune", 8), ("prune", 8), ("pruned_finetune", 4)))
+            paused == PausedPoint((("finetune", 8), ("prune", 8), ("pruned_finetune", 4)), 64)
             and max(e.step for e in stopped) == step
         )
     resumed = train_point("rt-polarity", str(tiny_bert_dir), 1, 0.5, recipe, tmp_path / "stopped", progress=False)

@@ -25,7 +25,9 @@ from search.bracket import (
 )
 from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url, open_study
-from trainers.recipes import load_recipe, recipe_from_dict
+from trainers.curve import settling_steps
+from trainers.point import train_point
+from trainers.recipes import fields_through, load_recipe, recipe_from_dict
 
 # Two phase-2 learning rates (one too small to learn) x two CoFi layer-distillation versions: 4 configurations, 2 phase-2 models.
 SWEEP = {"finetune_lr": [0.001, 1e-06], "layer_distill_version": [3, 6]}
@@ -153,6 +155,34 @@ def test_the_rungs_halve_each_stage_s_models_from_its_start(sweep: dict, levels:
     assert bracket_rungs(list(levels.values())) == rungs
     assert rung_steps(100, 8) == [13, 26, 52]
     assert bracket_levels(recipe.configurations(0.0), CPU_DEMO_STAGES[:1]) == {"finetune": levels["finetune"]}
+
+
+@pytest.mark.parametrize("N, rungs", [(1, [50, 160, 230]), (2, [150, 160, 230])])
+def test_the_pruning_level_halves_after_the_lagrangian_warmup(N: int, rungs: list[int]) -> None:
+    # the sweeps of benchmarks/point_sweep.py: at N = 2 the phase-3 one, 4 pruning stages of one phase-2 model
+    sweep = {"distill_alpha_layer,distill_alpha_ce": [[0.9, 0.1], [0.5, 0.5]], "pruned_finetune_lr": [5e-05, 1e-04]}
+    sweep |= {"finetune_lr": [4e-05, 8e-05]} if N == 1 else {"layer_distill_version": [4, 6]}
+    recipe = load_recipe("cpu-demo", {"sweep": json.dumps(sweep)})
+    assert settling_steps(recipe, N, 8530) == {"prune": recipe.lagrangian_warmup_steps} == {"prune": 40}
+    levels = bracket_levels(recipe.configurations(0.5), CPU_DEMO_STAGES, {"prune": 40})
+    assert levels["prune"] == (140, 180, 2 if N == 1 else 4) and bracket_rungs(list(levels.values())) == rungs
+    assert bracket_levels(recipe.configurations(0.5), CPU_DEMO_STAGES, {"prune": 500})["prune"] == (180, 180, 2 * N)
+
+
+def test_configurations_differing_only_in_the_pruned_fine_tuning_share_one_pruning_stage(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    recipe = sweep_recipe({"pruned_finetune_lr": [0.001, 0.01]})
+    first, second = (
+        train_point("rt-polarity", str(tiny_bert_dir), 1, 0.5, c, tmp_path, progress=False)
+        for c in recipe.configurations(0.5)
+    )
+    assert [path.name for path in (tmp_path / "pruning").glob("*/*/*") if path.is_dir()] == [
+        f"N1-s0.5-r{recipe.configurations(0.5)[0].digest(fields_through('prune'))}-seed{recipe.seed}"
+    ]
+    through_pruning = [[row for row in result.curve if row[2] != "pruned_finetune"] for result in (first, second)]
+    assert through_pruning[0] == through_pruning[1]
+    assert (tmp_path / "train.log").read_text().count("started prune:") == 1
 
 
 def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from prumux import EncoderConfig, L0Module, PruMUXModel
-from trainers.cache import cache_entry
+from trainers.cache import cache_entry, pruning_directory
 from trainers.data import BatchStream, encode_task
 from trainers.evaluate import accuracy
 from trainers.models import load_tokenizer
 from trainers.phases.pruning import masks_at_sparsity, realised_sparsity
-from trainers.point import PointResult, point_directory, train_point
+from trainers.point import PointResult, train_point
 from trainers.recipes import load_recipe
 from trainers.tasks import load_task
 
@@ -111,7 +111,7 @@ def test_finished_job_returns_its_stored_result(full_job: PointResult, tiny_bert
 def test_resume_after_sigkill_in_phase_3(full_job: PointResult, tiny_bert_dir: Path, workdir: Path) -> None:
     overrides = {"prune_steps": 150, "pruned_finetune_steps": 2}
     recipe = load_recipe("smoke", overrides)
-    checkpoint = point_directory(workdir, TASK, str(tiny_bert_dir), 2, 0.5, recipe) / "checkpoints" / "prune.pt"
+    checkpoint = pruning_directory(workdir, TASK, str(tiny_bert_dir), 2, 0.5, recipe) / "checkpoints" / "prune.pt"
     job = _run_point(tiny_bert_dir, 2, 0.5, workdir, overrides)
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and job.poll() is None and time.monotonic() < deadline:
@@ -156,7 +156,7 @@ def test_concurrent_jobs_train_phases_1_2_once(tiny_bert_dir: Path, tmp_path: Pa
 
 def test_cli_reports_corrupt_checkpoint_and_keeps_it(full_job: PointResult, tiny_bert_dir: Path, workdir: Path) -> None:
     recipe = load_recipe("smoke", {"prune_steps": 11})
-    checkpoint = point_directory(workdir, TASK, str(tiny_bert_dir), 2, 0.25, recipe) / "checkpoints" / "prune.pt"
+    checkpoint = pruning_directory(workdir, TASK, str(tiny_bert_dir), 2, 0.25, recipe) / "checkpoints" / "prune.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"\x80\x04 this is not a checkpoint")
     done = _cli(

@@ -1,9 +1,11 @@
-"""What a work dir shares between jobs: the phase 1-2 models and the dense throughput.
+"""What a work dir shares between jobs: the phase 1-2 models, the pruning stages and the dense throughput.
 
 The phase 1-2 model depends only on (task, base model, N, phase 1-2 recipe values, seed),
 so it is trained once and reused by every sparsity s, by restarts and by concurrent jobs.
 The dense (1, 0) phase-2 model is the entry with N = 1, which is also the teacher of the
-CoFi-only points (1, s).
+CoFi-only points (1, s). Likewise a pruning stage depends only on (task, base model, N, s, the
+recipe's values but the pruned fine-tuning's, seed): the configurations of a sweep that differ
+only in the pruned model's fine-tuning train one (``pruning_directory``).
 
 Locking. Each entry has a lock file taken with `filelock.FileLock`, an `flock` on Linux.
 The kernel drops the lock when its holder exits in any way (crash, SIGKILL, OOM), so a dead
@@ -36,7 +38,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from trainers.recipes import PHASE12_FIELDS, Recipe
+from trainers.recipes import PHASE12_FIELDS, Recipe, fields_through
 
 LOCK_POLL_SECONDS = 30.0
 ENTRY_FILE = "entry.json"
@@ -87,6 +89,13 @@ def cache_entry(workdir: str | Path, task: str, base_model: str, N: int, recipe:
     """The entry of the phase 1-2 model for (task, base model, N, recipe's phase 1-2 values, seed)."""
     key = f"N{N}-r{recipe.digest(PHASE12_FIELDS)}-seed{recipe.seed}"
     return CacheEntry(Path(workdir) / "cache" / slug(task) / slug(base_model) / key)
+
+
+def pruning_directory(workdir: str | Path, task: str, base_model: str, N: int, s: float, recipe: Recipe) -> Path:
+    """The folder of the pruning stage (its checkpoint and pruned model) for (task, base model, N, s, the
+    recipe's values up to the pruning's end, seed); hold ``locked`` on it while training there."""
+    key = f"N{N}-s{s:g}-r{recipe.digest(fields_through('prune'))}-seed{recipe.seed}"
+    return Path(workdir).expanduser().resolve() / "pruning" / slug(task) / slug(base_model) / key
 
 
 class ThroughputCache:

@@ -16,6 +16,7 @@ from trainers.recipes import Recipe
 
 PHASE12_STAGES = ("retrieval", "mlm", "finetune")
 PHASE3_STAGES = ("prune", "pruned_finetune")
+STAGE_ORDER = PHASE12_STAGES + PHASE3_STAGES
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ def point_stages(recipe: Recipe, N: int, s: float, train_size: int, trained: Ite
     if s > 0:
         stages += PHASE3_STAGES
     return [(stage, recipe.stage_steps(stage, train_size, N)) for stage in stages]
+
+
+def settling_steps(recipe: Recipe, N: int, train_size: int) -> dict[str, int]:
+    """Per stage, the steps at its start over which its accuracy does not yet rank models: the pruning
+    stage's Lagrangian warm-up, while the sparsity target ramps up to s and accuracy dips with it."""
+    prune = recipe.stage_steps("prune", train_size, N)
+    return {"prune": min(prune, recipe.stage_steps("lagrangian_warmup", train_size, N))}
 
 
 class PointCurve:

@@ -40,8 +40,16 @@ from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, prun
 from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
 from storage.trials import family
-from trainers.cache import LockFactory, ThroughputCache, cache_entry, locked, slug, write_json_atomic
-from trainers.curve import PHASE12_STAGES, Evaluation, PointCurve, point_stages
+from trainers.cache import (
+    LockFactory,
+    ThroughputCache,
+    cache_entry,
+    locked,
+    pruning_directory,
+    slug,
+    write_json_atomic,
+)
+from trainers.curve import STAGE_ORDER, Evaluation, PointCurve, point_stages
 from trainers.data import EncodedTask, encode_task
 from trainers.evaluate import accuracy, check_label_order
 from trainers.families import model_for, tokenizer_for
@@ -102,8 +110,13 @@ class PointResult:
 
     @property
     def phase12_steps(self) -> int:
-        """The point's phase 1-2 steps (every stage evaluates at its end)."""
-        return max((step for step, _, stage in self.curve if stage in PHASE12_STAGES), default=0)
+        """The point's phase 1-2 steps."""
+        return self.steps_through("finetune")
+
+    def steps_through(self, stage: str) -> int:
+        """The point's steps at the end of ``stage`` (of phases 1-2's at ``finetune``; every stage evaluates at its end)."""
+        stages = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
+        return max((step for step, _, name in self.curve if name in stages), default=0)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PointResult:
@@ -132,9 +145,11 @@ class _Job:
 
 @dataclass(frozen=True)
 class PausedPoint:
-    """A point stopped before its end (``train_point`` with ``stop_at_step``): its stages (name, steps) in order."""
+    """A point stopped before its end (``train_point`` with ``stop_at_step``): its stages (name, steps) in order
+    and the rows of its task's training split (which the stages' steps follow from)."""
 
     stages: tuple[tuple[str, int], ...]
+    train_size: int
 
     @property
     def total_steps(self) -> int:
@@ -187,10 +202,12 @@ def train_point(
                 phase2_dir, cache_hit, record = _phase12(job, data.spec, encoded, tokenizer, ctx, seconds, curve)
                 model_dir = phase2_dir
                 if s > 0:
-                    _, seconds["pruning"] = train_pruned(phase2_dir, s, encoded, ctx)
+                    pruning_dir = pruning_directory(job.workdir, task, base_model, N, s, recipe)
+                    with locked(pruning_dir, log, job.lock):
+                        _, seconds["pruning"] = train_pruned(phase2_dir, s, encoded, ctx, pruning_dir)
                     model_dir = ctx.output("model")
         except Paused:
-            return PausedPoint(tuple(curve.stages_))
+            return PausedPoint(tuple(curve.stages_), len(encoded.train))
         result = _measure(job, encoded, model_dir, _saved_config(phase2_dir).dense_encoder(), seconds, log)
         result.cache_hit, result.checkpoint = cache_hit, record["checkpoint"]
         result.phases = record["phases"] | {"pruning": TRAINED if s > 0 else SKIPPED}

@@ -13,6 +13,7 @@ The best of them (by validation accuracy) is kept and materialised with `prumux.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -43,10 +44,13 @@ PRUNED_OUTPUT, FINAL_OUTPUT = "pruned", "model"
 DISTILLER_FILE = "distiller.pt"
 
 
-def train_pruned(teacher_dir: Path, sparsity: float, task: EncodedTask, ctx: StageContext) -> tuple[PruMUXModel, float]:
-    """The materialised, fine-tuned model at `sparsity` (saved in `ctx.output("model")`) and the phase's wall seconds."""
+def train_pruned(
+    teacher_dir: Path, sparsity: float, task: EncodedTask, ctx: StageContext, pruning_dir: Path
+) -> tuple[PruMUXModel, float]:
+    """The materialised, fine-tuned model at `sparsity` (saved in `ctx.output("model")`) and the phase's wall
+    seconds; the pruning stage trains in `pruning_dir` (``trainers.cache.pruning_directory``: jobs share it)."""
     teacher = PruMUXModel.from_pretrained(teacher_dir).to(ctx.runtime.device).eval().requires_grad_(False)
-    pruned, distiller, prune_seconds = _prune(teacher_dir, teacher, sparsity, task, ctx)
+    pruned, distiller, prune_seconds = _prune(teacher_dir, teacher, sparsity, task, replace(ctx, directory=pruning_dir))
     model, finetune_seconds = _finetune_pruned(pruned, distiller, teacher, task, ctx)
     return model, prune_seconds + finetune_seconds
 

@@ -386,7 +386,7 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
     steps = sum(outcome["steps"] for outcome in outcomes)
     seconds = sum(outcome["seconds"] for outcome in outcomes)
     full_steps = winner.result.total_steps * len(configurations)
-    trained, full_trained = _trained_steps(configurations, outcomes, winner.result)
+    trained, full_trained = _trained_steps(configurations, outcomes, winner.result)  # seconds scale at their rate
     return {
         **winner.result.to_dict(),
         CONFIGURATION_ATTR: winner.values,
@@ -399,9 +399,7 @@ def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[
             "steps": steps,
             "seconds": round(seconds, 2),
             "full_sweep_steps": full_steps,
-            "full_sweep_seconds": round(seconds / trained * full_trained, 2)
-            if trained
-            else None,  # at the bracket's rate
+            "full_sweep_seconds": round(seconds / trained * full_trained, 2) if trained else None,
             "trained_steps": trained,
             "full_sweep_trained_steps": full_trained,
         },

@@ -10,6 +10,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from dashboards.figures import point_label
+from search.compute import Compute, search_compute
 from search.surrogate import AutoPruMUX
 from storage import StudySettings, accuracy_threshold, mask_url, points_frame, recommend, study_settings
 from storage.curves import curves_frame
@@ -21,7 +22,8 @@ class StudySummary:
 
     ``points`` holds the COMPLETE trials, ``trials`` every trial, ``curves`` every evaluation
     of the trials' learning curves (``storage.curves.curves_frame``); ``surrogate`` is a fitted
-    ``search.AutoPruMUX`` or None when the points cannot be fitted yet.
+    ``search.AutoPruMUX`` or None when the points cannot be fitted yet; ``compute`` the training
+    steps the search spent against the exhaustive grid's (``search.compute``).
     """
 
     name: str
@@ -32,6 +34,7 @@ class StudySummary:
     recommended: pd.Series | None
     surrogate: AutoPruMUX | None
     curves: pd.DataFrame
+    compute: Compute | None
 
     def facts(self) -> list[tuple[str, str]]:
         """Label and value pairs describing the search, passwords masked."""
@@ -50,6 +53,7 @@ class StudySummary:
         facts += [
             ("accuracy threshold", "unknown" if self.threshold is None else f"{self.threshold:.4f}"),
             ("trials", states or "none"),
+            ("training compute", "unknown" if self.compute is None else self.compute.describe()),
             ("current best", self._best()),
             ("hardware", ", ".join(self.hardware()) or "unknown"),
         ]
@@ -82,15 +86,18 @@ class StudySummary:
 def summarize(study: optuna.Study, surrogate: AutoPruMUX | None = None) -> StudySummary:
     """Gather ``study``'s state; fit a surrogate on its points unless one is given."""
     points = points_frame(study)
+    settings = study_settings(study)
+    trials = study.get_trials(deepcopy=False)
     return StudySummary(
         name=study.study_name,
-        settings=study_settings(study),
+        settings=settings,
         trials=points_frame(study, states=tuple(TrialState)),
         points=points,
         threshold=accuracy_threshold(study),
         recommended=recommend(points),
         surrogate=surrogate if surrogate is not None else fit_surrogate(points),
         curves=curves_frame(study),
+        compute=None if settings is None else search_compute(trials, settings.grid_N, settings.grid_s),
     )
 
 

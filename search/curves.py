@@ -27,10 +27,16 @@ smaller of two bounds (each only where it applies):
     below its chords' extensions, so a slow starter that still climbs keeps a high bound
     whatever the finished curves did,
 
-  plus ``margin`` (evaluation noise). A stage's offsets count from its first recorded step (the
+  plus the evaluation noise: ``margin``, or where the curve's evaluations are made on a sample of
+  ``eval_rows`` validation rows, at least one binomial standard error of the stage's best on them
+  (the final accuracy is measured on every validation row: a 256-row sample's best can sit 2-3
+  points from it either way, measured on the cpu-demo (1, 0.7) point, 0.758 against a final 0.782,
+  where two finished curves had put the empirical gap at 0.003). A stage's offsets count from its first recorded step (the
   step of its first evaluation, as storage.curves records stage ranges); every point of a study
   follows one recipe, so equal offsets are equal progress. There is no stage bound before ``min_fraction`` of the
-  point's training steps nor on the stage's first evaluation when it has no predecessor.
+  training its target depends on (the point's steps; phase 2's alone for the teacher bound of an s > 0 point, so a
+  pruned point's phase 2 is judged as early as an (N, 0) point's) nor on the stage's first evaluation when it has
+  no predecessor.
 
 The ``prune`` stage gets no stage bound at all: while the sparsity target ramps up accuracy dips
 and recovers later in ``pruned_finetune``, so its accuracies say little about the final one; only
@@ -52,7 +58,7 @@ import optuna
 
 from search.grid import FEASIBILITY_TOLERANCE
 from storage.curves import STOP_KINDS, read_curve, record_stopped
-from storage.trials import TrialRef
+from storage.trials import TrialRef, trial_point
 
 TEACHER_STAGE = "finetune"
 UNSTAGED = ""  # the stage name of a curve recorded without stage ranges
@@ -80,13 +86,10 @@ class Curve:
     @classmethod
     def from_trial(cls, trial: optuna.trial.FrozenTrial) -> Curve | None:
         """The trial's curve as stored (storage.curves); None if it has none or no total steps."""
-        params = trial.params or trial.system_attrs.get("fixed_params", {})
-        stored = read_curve(trial)
-        if not stored.steps or stored.total_steps is None or "N" not in params or "s" not in params:
+        point, stored = trial_point(trial), read_curve(trial)
+        if not stored.steps or stored.total_steps is None or point is None:
             return None
-        return cls(
-            int(params["N"]), float(params["s"]), stored.steps, stored.accuracies, stored.total_steps, stored.stages
-        )
+        return cls(*point, stored.steps, stored.accuracies, stored.total_steps, stored.stages)
 
     @property
     def finished(self) -> bool:
@@ -137,7 +140,9 @@ class CurveBound:
     slope_window:
         Evaluation intervals over which the steepest recent chord is taken.
     min_fraction:
-        Share of a point's training steps before which no stage bound applies.
+        Share of the training a stage bound's target depends on before which none applies.
+    eval_rows:
+        Validation rows each evaluation of a curve is made on (None: the curve is exact, e.g. derived).
     uninformative_stages:
         Stages whose accuracies bound nothing (the sparsity ramp's dip).
     """
@@ -152,6 +157,7 @@ class CurveBound:
         slope_window: int = 2,
         min_fraction: float = 0.25,
         uninformative_stages: Sequence[str] = ("prune",),
+        eval_rows: int | None = None,
     ) -> None:
         self.quantile = quantile
         self.margin = margin
@@ -161,6 +167,7 @@ class CurveBound:
         self.slope_window = slope_window
         self.min_fraction = min_fraction
         self.uninformative_stages = tuple(uninformative_stages)
+        self.eval_rows = eval_rows
 
     def fit(self, finished: Sequence[Curve]) -> CurveBound:
         """Learn the gaps of curves trained to their end (last entry = final accuracy)."""
@@ -211,16 +218,22 @@ class CurveBound:
     def _segment_bound(self, curve: Curve) -> float:
         """Bound of the current stage's target: its best (phase 2 of s > 0) or the final accuracy."""
         stage, first, steps, accuracies = curve.segments()[-1]
-        if stage in self.uninformative_stages or curve.steps[-1] < self.min_fraction * curve.total_steps:
+        last_stage = not (stage == TEACHER_STAGE and curve.s > 0)
+        end = curve.total_steps if last_stage else first + self._length(stage, curve)
+        if stage in self.uninformative_stages or curve.steps[-1] < self.min_fraction * end:
             return math.inf
         slope = self._slope(curve)
         if slope is None:
             return math.inf
-        last_stage = not (stage == TEACHER_STAGE and curve.s > 0)
-        end = curve.total_steps if last_stage else first + self._length(stage, curve)
         extrapolated = slope * max(end - curve.steps[-1], 0)
         best = float(accuracies.max())
-        return best + max(self._gap(stage, curve.steps[-1] - first), extrapolated) + self.margin
+        return best + max(self._gap(stage, curve.steps[-1] - first), extrapolated) + self._noise(best)
+
+    def _noise(self, accuracy: float) -> float:
+        """``margin``, or the standard error of ``accuracy`` measured on ``eval_rows`` rows if larger."""
+        if not self.eval_rows:
+            return self.margin
+        return max(self.margin, math.sqrt(accuracy * (1 - accuracy) / self.eval_rows))
 
     def _slope(self, curve: Curve) -> float | None:
         """Steepest chord over the last ``slope_window`` intervals (None with one evaluation)."""

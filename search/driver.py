@@ -201,7 +201,9 @@ def run_search(
             options.work_uri,
         )
         with connect_ray(options.ray_address, options.driver_log), notices_to_log(), Heartbeat(study) as heartbeat:
-            stopping = BudgetStopping(study, settings.budget, sampler.throughput_margin, options.early_stopping)
+            stopping = BudgetStopping(
+                study, settings.budget, sampler.throughput_margin, options.early_stopping, recipe.eval_examples
+            )
             searcher = StudySearcher(study, heartbeat, options.max_trials, stopped=stopping.decisions)
             interrupt = _Interrupt(searcher)
             try:

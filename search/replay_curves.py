@@ -118,8 +118,10 @@ def replay_curves(
     seed: int = 0,
     trials: int | None = None,
     storage: str | optuna.storages.BaseStorage | None = None,
+    eval_rows: int | None = None,
 ) -> CurveReplayResult:
-    """One search on the curves (``read_curves``) of a full grid ``table``."""
+    """One search on the curves (``read_curves``) of a full grid ``table``; ``eval_rows``: the validation rows
+    each evaluation of the curves was measured on (``CurveBound``; None for exact curves)."""
     table = read_points(table)
     budget = check_budget(budget)
     if method not in METHODS:
@@ -127,7 +129,7 @@ def replay_curves(
     search = _Search(table, curves, budget)
     trials = len(table) if trials is None else trials
     if method in OURS:
-        _ours(search, budget, seed, method == "autoprumux-es", storage)
+        _ours(search, budget, seed, CurveBound(eval_rows=eval_rows) if method == "autoprumux-es" else None, storage)
     elif method in OPTUNA_PRUNERS:
         _optuna_pruned(search, budget, seed, OPTUNA_PRUNERS[method](), trials, storage)
     elif method in RAY_METHODS:
@@ -157,6 +159,7 @@ def replay_curves_many(
     methods: Sequence[str] = METHODS,
     seeds: int = 5,
     trials: int | None = None,
+    eval_rows: int | None = None,
 ) -> pd.DataFrame:
     """Every method over budgets and seeds, one row per search; ours and the grid are
     deterministic and run once per budget. Ray methods share one local Ray instance."""
@@ -165,7 +168,10 @@ def replay_curves_many(
         for budget in budgets:
             for method in methods:
                 runs = 1 if method in (*OURS, "grid") else seeds
-                rows += [asdict(replay_curves(table, curves, budget, method, seed, trials)) for seed in range(runs)]
+                rows += [
+                    asdict(replay_curves(table, curves, budget, method, seed, trials, eval_rows=eval_rows))
+                    for seed in range(runs)
+                ]
     return pd.DataFrame(rows)
 
 
@@ -176,6 +182,7 @@ def replay_tables(
     method: str = "all",
     seeds: int = 5,
     trials: int | None = None,
+    eval_rows: int | None = None,
 ) -> pd.DataFrame:
     """``replay_curves_many`` on a points table and its curves table (CSV paths): every method,
     or ours (with and without early stopping) beside ``method``; bad input raises ``ValueError``
@@ -186,7 +193,7 @@ def replay_tables(
     require_full_grid(table)
     curves = read_curves(curves_path, table)
     methods = METHODS if method == "all" else tuple(dict.fromkeys((*OURS, method)))
-    return replay_curves_many(table, curves, budgets, methods, seeds, trials)
+    return replay_curves_many(table, curves, budgets, methods, seeds, trials, eval_rows)
 
 
 def summarize_curves(results: pd.DataFrame) -> pd.DataFrame:
@@ -202,7 +209,8 @@ def summarize_curves(results: pd.DataFrame) -> pd.DataFrame:
     return summarize(results).merge(extra.reset_index(), on="sampler")
 
 
-def _ours(search: _Search, budget: float, seed: int, early_stopping: bool, storage) -> None:
+def _ours(search: _Search, budget: float, seed: int, stopping: CurveBound | None, storage) -> None:
+    """Our sampler; with ``stopping``, the bound refitted on the curves finished so far judges each evaluation."""
     sampler = AutoPruMUXSampler(search.grid_N, search.grid_s, budget, seed=seed)
     study = optuna.create_study(storage=storage, sampler=sampler, directions=["maximize", "maximize"])
     finished: list[Curve] = []
@@ -214,12 +222,12 @@ def _ours(search: _Search, budget: float, seed: int, early_stopping: bool, stora
         point = suggest_point(trial, search.grid_N, search.grid_s)
         search.started.add(point)
         curve, row = search.curves[point], search.lookup.loc[point]
-        bound = CurveBound().fit(finished)
         incumbent = _incumbent(search.measured, threshold)
+        bound = None if stopping is None or threshold is None else stopping.fit(finished)
         decision = None
         for step in curve.steps[:-1]:
             search.ledger.train(point, step)
-            if early_stopping and threshold is not None:
+            if bound is not None:
                 seen = curve.upto(step)
                 decision = decide_stop(seen, bound, threshold, float(row["throughput"]), incumbent)
                 if decision is not None:

@@ -67,14 +67,25 @@ class BudgetStopping(FIFOScheduler):
         Relative error allowed on a predicted throughput (the sampler's).
     enabled:
         False records curves but never stops (``--no-early-stopping``).
+    eval_rows:
+        Validation rows of each evaluation during training (the recipe's ``eval_examples``): their
+        noise widens the bound (``CurveBound``).
     """
 
-    def __init__(self, study: optuna.Study, budget: float, throughput_margin: float = 0.2, enabled: bool = True):
+    def __init__(
+        self,
+        study: optuna.Study,
+        budget: float,
+        throughput_margin: float = 0.2,
+        enabled: bool = True,
+        eval_rows: int | None = None,
+    ):
         super().__init__()
         self.study = study
         self.budget = budget
         self.throughput_margin = throughput_margin
         self.enabled = enabled
+        self.eval_rows = eval_rows
         self.decisions: dict[str, Stop] = {}  # Tune trial id -> why it was stopped (read by the searcher)
         self._curves: dict[str, list[tuple[int, float, str]]] = {}
         self._total_steps: dict[str, int] = {}
@@ -142,7 +153,7 @@ class BudgetStopping(FIFOScheduler):
         numbers = tuple(trial.number for trial in finished)
         if self._bound is None or numbers != self._bound_fitted_on:
             curves = [curve for curve in map(Curve.from_trial, finished) if curve is not None and curve.finished]
-            self._bound, self._bound_fitted_on = CurveBound().fit(curves), numbers
+            self._bound, self._bound_fitted_on = CurveBound(eval_rows=self.eval_rows).fit(curves), numbers
         return self._bound
 
     def _throughputs(self, N: int, s: float, threshold: float) -> tuple[float, float | None]:

@@ -16,6 +16,11 @@ Censored points (a point stopped early: its final accuracy is at most a bound) a
 measurement and stay out of both fits; each caps the predicted accuracy of itself and of every
 point at least as multiplexed and as pruned (N' >= N, s' >= s), the monotonicity the additive
 model assumes.
+
+Two bounds serve the sampler's optimism: ``monotone_cap`` (no more accuracy than any point with
+less N and less s) and ``concave_cap`` (no more than a decline concave in s allows on the point's
+own N row: the loss of pruning is flat, then a cliff, so a chord between two measured sparsities
+errs low and its neighbours' chords, extended, lie above the curve).
 """
 
 from __future__ import annotations
@@ -229,6 +234,22 @@ def monotone_cap(points: pd.DataFrame, N: np.ndarray, s: np.ndarray) -> np.ndarr
     )
     accuracy = np.where(below, points["accuracy"].to_numpy()[None, :], np.inf)
     return accuracy.min(axis=1, initial=np.inf).reshape(N.shape)
+
+
+def concave_cap(points: pd.DataFrame, N: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Highest accuracy at each (N, s) that a decline concave in s allows, from the ``points`` of
+    the same N: a concave curve lies below each chord's extension beyond its ends, so the chord
+    through the two nearest measured s on either side, extended to s (inf where neither side has two)."""
+    N, s = np.asarray(N, float), np.asarray(s, float)
+    cap = np.full(N.shape, np.inf)
+    for index in np.ndindex(N.shape):
+        row = points[np.isclose(points["N"].to_numpy(float), N[index])].sort_values("s")
+        xs, ys = row["s"].to_numpy(float), row["accuracy"].to_numpy(float)
+        left, right = xs < s[index] - 1e-12, xs > s[index] + 1e-12
+        for x, y in ((xs[left][-2:], ys[left][-2:]), (xs[right][:2], ys[right][:2])):
+            if len(x) == 2:
+                cap[index] = min(cap[index], y[0] + (y[1] - y[0]) / (x[1] - x[0]) * (s[index] - x[0]))
+    return cap
 
 
 def _read_censored(censored: pd.DataFrame | None) -> pd.DataFrame:

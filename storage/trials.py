@@ -50,6 +50,14 @@ def is_feasible_trial(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE and all(value <= 0 for value in trial.constraints.values())
 
 
+def trial_point(trial: FrozenTrial) -> tuple[int, float] | None:
+    """The trial's (N, s): its params, or those enqueued for it while it waits; None without both."""
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    if "N" not in params or "s" not in params:
+        return None
+    return int(params["N"]), float(params["s"])
+
+
 def family(N: int, s: float) -> str:
     """Name the model family of a grid point: dense, cofi, datamux or prumux."""
     if N == 1:

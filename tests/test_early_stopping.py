@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.bracket import bracket_study_name
+from search.compute import Compute, search_compute
 from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url
 from storage.curves import STOPPED_ATTR, read_curve
@@ -102,6 +103,13 @@ def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
     assert (2, 0.5) not in trials  # the phase-2 curve of N = 2 ruled out its whole column
     assert outcome.stop_reason == "the search is done"
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
+
+    # Compute: dense phase 2 once, each pruned point's own phase 3, the stopped point up to its stop.
+    pruned_own = sum(t.user_attrs["curve_total_steps"] - 60 for (N, s), t in trials.items() if N == 1 and s > 0)
+    expected = 60 + pruned_own + mux.user_attrs["stopped_step"]
+    grid = 2 * (RECIPE["prune_steps"] + RECIPE["pruned_finetune_steps"]) + 2 * 60 + RECIPE["retrieval_steps"]
+    assert search_compute(study.get_trials(), (1, 2), (0.0, 0.5)) == Compute(expected, grid)
+    assert expected < grid
 
     again, lines = search(tmp_path, cue_task, tiny_bert_dir)  # a resumed search keeps its stopped trial
     assert (

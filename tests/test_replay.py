@@ -168,7 +168,21 @@ def test_replay_cli_with_curves_reports_steps(capsys, tmp_path, small):
     rows.to_csv(tmp_path / "curves.csv", index=False)
     args = ["replay", "--table", str(tmp_path / "points.csv"), "--curves", str(tmp_path / "curves.csv")]
     with pytest.raises(SystemExit) as stop:
-        main([*args, "--budget", "0.03", "--sampler", "tpe-sha", "--seeds", "1", "--format", "json"])
+        main(
+            [
+                *args,
+                "--budget",
+                "0.03",
+                "--sampler",
+                "tpe-sha",
+                "--seeds",
+                "1",
+                "--eval-rows",
+                "256",
+                "--format",
+                "json",
+            ]
+        )
         raise SystemExit(0)
     assert stop.value.code == 0
     payload = json.loads(capsys.readouterr().out)
@@ -178,3 +192,16 @@ def test_replay_cli_with_curves_reports_steps(capsys, tmp_path, small):
     with pytest.raises(SystemExit) as stop:
         main([*args, "--budget", "0.03", "--sampler", "gp"])
     assert stop.value.code == 2 and "has no replay on curves" in capsys.readouterr().err
+
+
+def test_a_chord_on_a_measured_row_does_not_rule_out_the_point_inside_it():
+    """Measured on the cpu-demo trec grid at budget 0.01: early stopping reorders the search so that
+    (1, 0.7) is measured (0.885, infeasible) before (1, 0.5); the chord from dense 0.907 put (1, 0.5) at
+    0.891, below the threshold 0.897, and the search ended on the dense model, while (1, 0.5) is 0.900.
+    A decline concave in s lies above its chords, so (1, 0.5) stays a candidate."""
+    tables = Path(__file__).parents[1] / "benchmarks" / "tables"
+    points = read_points(tables / "cpu-demo-trec.csv")
+    curves = read_curves(tables / "cpu-demo-trec-curves.csv", points)
+    for eval_rows in (None, 256):  # the curves were measured on 256 validation rows
+        result = replay_curves(points, curves, 0.01, "autoprumux-es", eval_rows=eval_rows)
+        assert (result.recommended_N, result.recommended_s) == (1, 0.5) and result.hit and result.false_stops == 0

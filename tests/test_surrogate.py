@@ -8,6 +8,7 @@ import pytest
 from scipy.interpolate import RegularGridInterpolator
 
 from search import AutoPruMUX
+from search.surrogate import concave_cap
 
 GRID_N = [1, 2, 5]
 GRID_S = [0.0, 0.5, 0.9]
@@ -147,3 +148,12 @@ def test_censored_points_cap_the_points_they_dominate():
         AutoPruMUX().fit(measured, censored=censored).predict([1, 5], [0.9, 0.0]).accuracy,
         AutoPruMUX().fit(measured).predict([1, 5], [0.9, 0.0]).accuracy,
     )
+
+
+def test_concave_cap_extends_the_neighbouring_chords():
+    points = pd.DataFrame({"N": [1, 1, 1, 2], "s": [0.0, 0.5, 0.7, 0.0], "accuracy": [0.90, 0.88, 0.84, 0.7]})
+    cap = concave_cap(points, np.array([1, 1, 1, 2, 5]), np.array([0.9, 0.6, 0.3, 0.5, 0.5]))
+    # (1, 0.9): the chord 0.5 -> 0.7 carried on; (1, 0.6): the chord 0 -> 0.5 carried on (one point lies
+    # above 0.6, no chord there); (1, 0.3): the chord 0.5 -> 0.7 carried back; rows without two points: none.
+    np.testing.assert_allclose(cap[:3], [0.80, 0.876, 0.92])
+    assert np.isinf(cap[3:]).all()

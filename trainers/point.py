@@ -103,6 +103,7 @@ class PointResult:
     checkpoint: str = ""  # the checkpoint phases 1-2 started from
     phases: dict[str, str] = field(default_factory=dict)  # retrieval, mlm, finetune, pruning: trained/skipped/evaluated
     total_steps: int = 0  # the point's own training steps, shared phases 1-2 included
+    train_size: int = 0  # rows of the task's training split (a stage set in epochs takes its steps from it)
     curve: list[list] = field(default_factory=list)  # [step, validation accuracy, stage] per evaluation, by step
 
     def to_dict(self) -> dict[str, Any]:
@@ -366,6 +367,7 @@ def _measure(
         hardware=hardware_name(job.runtime.device),
         family=kind,
         recipe_values=recipe.to_dict(),
+        train_size=len(encoded.train),
     )
 
 

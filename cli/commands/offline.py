@@ -96,13 +96,19 @@ def predict(points_path, run_dir, storage, study, budget, budgets_text, throughp
     type=click.IntRange(min=1),
     help="Trainings per baseline search [default: as many as AutoPruMUX used; with --curves: the grid's size].",
 )
+@click.option(
+    "--eval-rows",
+    type=click.IntRange(min=1),
+    help="With --curves: validation rows each curve evaluation was measured on (their noise widens our bound) "
+    "[default: exact curves].",
+)
 @click.option("--format", "output", type=FORMATS, default="table", show_default=True)
-def replay(table_path, curves_path, budget, budgets_text, sampler, seeds, trainings, output) -> None:
+def replay(table_path, curves_path, budget, budgets_text, sampler, seeds, trainings, eval_rows, output) -> None:
     """Replay searches against a fully measured grid and compare the samplers."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per replayed trial drowns the table
     budgets = _budgets(budget, budgets_text)
     if curves_path is not None:
-        results = replay_tables(table_path, curves_path, budgets, sampler, seeds, trainings)
+        results = replay_tables(table_path, curves_path, budgets, sampler, seeds, trainings, eval_rows)
         summary = summarize_curves(results)
     else:
         if sampler not in (*SAMPLERS, "all"):

@@ -11,6 +11,7 @@ import json
 import math
 import shlex
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -280,6 +281,7 @@ def status(run_dir: Path | str, storage: str, study: str, output: str) -> None:
                         "study": study,
                         "settings": summary.settings.to_dict() if summary.settings else None,
                         "threshold": summary.threshold,
+                        "compute": None if summary.compute is None else asdict(summary.compute),
                         "trials": _records(summary.trials),
                         "top": _records(top),
                     }
@@ -289,6 +291,8 @@ def status(run_dir: Path | str, storage: str, study: str, output: str) -> None:
         )
         return
     click.echo(f"study {study!r}: threshold {_fmt(summary.threshold)}")
+    if summary.compute is not None:
+        click.echo(f"training compute: {summary.compute.describe()}")
     click.echo(_table(*_with_configuration(summary.trials, TABLE_COLUMNS)) if len(summary.trials) else "no trials yet")
     click.echo("\ncurrent top-3 (surrogate predictions under the budget):")
     click.echo(_table(top, list(top.columns)) if len(top) else "none yet (needs the dense point and one more)")
@@ -474,6 +478,8 @@ def _print_frontier(study: optuna.Study) -> None:
     from dashboards.summary import summarize
 
     summary = summarize(study)
+    if summary.compute is not None:
+        click.echo(f"training compute: {summary.compute.describe()}")
     front = {trial.number for trial in study.best_trials}
     frontier = summary.points[summary.points["number"].isin(front)].sort_values("throughput", ascending=False)
     click.echo("\nfrontier (feasible, not dominated in accuracy and throughput):")

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from dashboards.figures import point_label
 from search.compute import Compute, search_compute
+from search.sampler import censored_points, stopped_points
 from search.surrogate import AutoPruMUX
 from storage import StudySettings, accuracy_threshold, mask_url, points_frame, recommend, study_settings
 from storage.curves import curves_frame
@@ -88,6 +89,7 @@ def summarize(study: optuna.Study, surrogate: AutoPruMUX | None = None) -> Study
     points = points_frame(study)
     settings = study_settings(study)
     trials = study.get_trials(deepcopy=False)
+    stopped = stopped_points(trials)
     return StudySummary(
         name=study.study_name,
         settings=settings,
@@ -95,18 +97,19 @@ def summarize(study: optuna.Study, surrogate: AutoPruMUX | None = None) -> Study
         points=points,
         threshold=accuracy_threshold(study),
         recommended=recommend(points),
-        surrogate=surrogate if surrogate is not None else fit_surrogate(points),
+        surrogate=surrogate if surrogate is not None else fit_surrogate(points, censored_points(stopped)),
         curves=curves_frame(study),
         compute=None if settings is None else search_compute(trials, settings.grid_N, settings.grid_s),
     )
 
 
-def fit_surrogate(points: pd.DataFrame) -> AutoPruMUX | None:
-    """An ``AutoPruMUX`` fitted on the points, or None while they cannot be fitted."""
+def fit_surrogate(points: pd.DataFrame, censored: pd.DataFrame | None = None) -> AutoPruMUX | None:
+    """An ``AutoPruMUX`` fitted on the points and the upper bounds of the points stopped early (as the
+    sampler fits it: a stopped phase-2 curve caps its whole N column), or None while they cannot be fitted."""
     if len(points) < 2:
         return None
     try:
-        return AutoPruMUX().fit(points[["N", "s", "accuracy", "throughput"]])
+        return AutoPruMUX().fit(points[["N", "s", "accuracy", "throughput"]], censored=censored)
     except (ValueError, np.linalg.LinAlgError):
         return None
 

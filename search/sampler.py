@@ -189,7 +189,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
     ) -> pd.DataFrame:
         """Every untried grid point with predictions, optimistic bounds and ``candidate``,
         best first; ``stopped`` (``stopped_points``) bounds the points it dominates."""
-        censored = _censored(stopped)
+        censored = censored_points(stopped)
         model = AutoPruMUX().fit(measured, self._throughputs(stopped), censored)
         threshold = model.dense_accuracy_ - self.budget
         feasible = measured[is_feasible(measured["accuracy"].to_numpy(), threshold)]
@@ -311,7 +311,7 @@ def _is_stopped(trial: FrozenTrial) -> bool:
     )
 
 
-def _censored(stopped: pd.DataFrame | None) -> pd.DataFrame:
+def censored_points(stopped: pd.DataFrame | None) -> pd.DataFrame:
     """Upper bounds (N, s, accuracy) of stopped points; a column bound sits at (N, 0)."""
     if stopped is None or stopped.empty:
         return pd.DataFrame(
@@ -327,7 +327,7 @@ def _ruled_out(stopped: pd.DataFrame, point: tuple[int, float]) -> bool:
     """Whether a point stopped below its threshold bounds ``point`` below it too (an anchor is
     proposed before the threshold is known, so the stop's own threshold decides)."""
     below = stopped[stopped["accuracy_bound"] < stopped["threshold"] - FEASIBILITY_TOLERANCE]
-    return bool(np.isfinite(monotone_cap(_censored(below), np.array([point[0]]), np.array([point[1]])))[0])
+    return bool(np.isfinite(monotone_cap(censored_points(below), np.array([point[0]]), np.array([point[1]])))[0])
 
 
 def _tight(measured_axis: np.ndarray, grid_axis: Sequence[float], values: pd.Series) -> np.ndarray:

@@ -191,3 +191,18 @@ def test_a_stopped_trial_gets_its_console_line_and_its_curve_in_the_report(tmp_p
 
     page = write_report(study, tmp_path / "report.html").read_text()
     assert "Learning curves" in page and "cannot reach 0.750 (bound 0.70)" in page
+
+
+def test_the_summary_s_surrogate_keeps_a_stopped_column_below_its_bound(tmp_path: Path) -> None:
+    """The report's surrogate map is fitted as the sampler fits it: the stopped (2, 0) caps every N = 2 point
+    (measured in the default search: without it the map drew N = 2 and 5 as accurate as N = 1, inside the budget)."""
+    from dashboards.summary import summarize
+    from search.sampler import search_space
+    from storage import record_result
+
+    study = hand_made_study(tmp_path)
+    study.enqueue_trial({"N": 1, "s": 0.5})
+    pruned = study.ask(search_space((1, 2), (0.0, 0.5)))
+    record_result(study, pruned.number, {"val_accuracy": 0.78, "throughput": 180.0, "speedup": 1.8}, 0.75)
+    predicted = summarize(study).surrogate.predict([2, 2, 1], [0.0, 0.5, 0.5]).accuracy
+    assert (predicted[:2] <= 0.7).all() and predicted[2] == pytest.approx(0.78)

@@ -68,22 +68,25 @@ def test_dashboard_and_serve_bind_to_loopback_by_default() -> None:
 
 
 LOCAL_RAY = """
+import os
 import ray
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
 from search.ray_session import connect_ray
 with connect_ray():
-    print(ray._private.worker.global_worker.node.webui_url or "no dashboard", is_token_auth_enabled())
+    niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
+    print(ray._private.worker.global_worker.node.webui_url or "no dashboard", is_token_auth_enabled(), niceness == os.nice(0))
 """
 
 
-def test_local_ray_has_no_dashboard_and_requires_a_token() -> None:
+def test_local_ray_has_no_dashboard_requires_a_token_and_works_at_our_priority() -> None:
     """Ray's own ports listen on every interface (Ray cannot bind them to loopback): the local
-    instance therefore runs no dashboard and keeps Ray's token authentication on."""
+    instance therefore runs no dashboard and keeps Ray's token authentication on. Its workers run
+    at this process's priority, not Ray's default niceness 15."""
     done = subprocess.run(
         [sys.executable, "-c", LOCAL_RAY], capture_output=True, text=True, env=client_env(), timeout=180, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "no dashboard True"
+    assert done.stdout.strip().splitlines()[-1] == "no dashboard True True"
 
 
 def test_model_card_warns_to_multiplex_one_tenant_only() -> None:

@@ -3,8 +3,8 @@
 Steps are counted as they are trained: the phase 1-2 model of an N once (every s of N reuses it
 from the cache), each pruned point's own phase-3 steps once, a point stopped early up to the step
 it reached, a point trained again only beyond where it had got. The exhaustive grid trains every
-grid point to its end with the study's recipe, phase 1-2 once per N. ``search.replay_curves``
-charges replayed searches the same way (``StepLedger``).
+grid point to its end with the study's recipe, phase 1-2 once per N. ``StepLedger`` keeps that
+account, here and for the searches ``search.replay_curves`` replays.
 
 A point's reach is read from its stored curve (``storage.curves``): a complete trial's planned
 last step, a stopped one's ``stopped_step``, any other trial's last evaluation. The end of an N's
@@ -41,29 +41,46 @@ class Compute:
         return f"{self.spent} training steps, {100 * self.spent / self.grid:.0f}% of the exhaustive grid's {self.grid}"
 
 
+class StepLedger:
+    """Training steps spent: phase 2 once per N (``phase2_ends``: the step it ends at; a point of an N
+    not in it counts as all phase 2), each point's own steps after it once per point; training a point
+    further costs only the new steps."""
+
+    def __init__(self, phase2_ends: dict[int, int]) -> None:
+        self.phase2_ends = phase2_ends
+        self.phase2: dict[int, int] = {}
+        self.own: dict[Point, int] = {}
+
+    def train(self, point: Point, step: int) -> None:
+        """Record that ``point`` has been trained to ``step``."""
+        end = self.phase2_ends.get(point[0], step)
+        self.phase2[point[0]] = max(self.phase2.get(point[0], 0), min(step, end))
+        if point[1] > 0:
+            self.own[point] = max(self.own.get(point, 0), step - end)
+
+    @property
+    def steps(self) -> int:
+        return sum(self.phase2.values()) + sum(self.own.values())
+
+
 def search_compute(trials: Sequence[FrozenTrial], grid_N: Sequence[int], grid_s: Sequence[float]) -> Compute:
     """What the study's ``trials`` trained, and the exhaustive ``grid_N`` x ``grid_s`` grid's steps."""
-    phase2_end: dict[int, int] = {}
-    reached: dict[Point, int] = {}
+    phase2_ends: dict[int, int] = {}
+    reached: list[tuple[Point, int]] = []
     for trial in trials:
         point = trial_point(trial)
-        if point is None:
-            continue
         curve = read_curve(trial)
         step = _reach(trial, curve.steps)
-        if step is None:
+        if point is None or step is None:
             continue
-        reached[point] = max(reached.get(point, 0), step)
+        reached.append((point, step))
         ends = [at for at in curve.steps if curve.stage_at(at) in PHASE12_STAGES]
         if ends and (point[1] == 0 or any(curve.stage_at(at) in PHASE3_STAGES for at in curve.steps)):
-            phase2_end[point[0]] = max(ends)
-    phase2: dict[int, int] = {}
-    spent = 0
-    for (N, s), step in reached.items():
-        end = phase2_end.get(N, step)
-        phase2[N] = max(phase2.get(N, 0), min(step, end))
-        spent += max(step - end, 0) if s > 0 else 0
-    return Compute(spent + sum(phase2.values()), _grid_steps(trials, grid_N, grid_s))
+            phase2_ends[point[0]] = max(ends)
+    ledger = StepLedger(phase2_ends)
+    for point, step in reached:
+        ledger.train(point, step)
+    return Compute(ledger.steps, _grid_steps(trials, grid_N, grid_s))
 
 
 def _grid_steps(trials: Sequence[FrozenTrial], grid_N: Sequence[int], grid_s: Sequence[float]) -> int | None:

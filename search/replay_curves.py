@@ -31,6 +31,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from search.compute import StepLedger
 from search.curve_table import phase2_end, read_curves
 from search.curves import Curve, CurveBound, StopDecision, decide_stop, false_stops, record_stop
 from search.grid import check_budget, is_feasible, read_points, require_full_grid
@@ -55,30 +56,9 @@ class CurveReplayResult(ReplayResult):
     false_stops: int  # stops whose point would have met the threshold (ours: threshold stops only)
 
 
-class StepLedger:
-    """Training steps spent: phase 2 once per N, each point's own steps after it once per point;
-    training a point further costs only the new steps."""
-
-    def __init__(self, curves: dict[Point, Curve]) -> None:
-        self.curves = curves
-        self.phase2: dict[int, int] = {}
-        self.own: dict[Point, int] = {}
-
-    def train(self, point: Point, step: int) -> None:
-        """Record that ``point`` has been trained to ``step``."""
-        end = phase2_end(self.curves, point[0])
-        self.phase2[point[0]] = max(self.phase2.get(point[0], 0), min(step, end))
-        if point[1] > 0:
-            self.own[point] = max(self.own.get(point, 0), step - end)
-
-    @property
-    def steps(self) -> int:
-        return sum(self.phase2.values()) + sum(self.own.values())
-
-
 def grid_steps(curves: dict[Point, Curve]) -> int:
     """Steps of the exhaustive grid: every point trained to its end, phase 2 once per N."""
-    ledger = StepLedger(curves)
+    ledger = _ledger(curves)
     for point, curve in curves.items():
         ledger.train(point, curve.total_steps)
     return ledger.steps
@@ -92,7 +72,7 @@ class _Search:
         self.grid_N, self.grid_s = require_full_grid(table)
         self.lookup = table.set_index(["N", "s"])
         self.threshold = dense_accuracy(table) - budget
-        self.ledger = StepLedger(curves)
+        self.ledger = _ledger(curves)
         self.measured: dict[Point, pd.Series] = {}
         self.started: set[Point] = set()
         self.stops: list[tuple[Curve, StopDecision]] = []
@@ -270,6 +250,10 @@ def _incumbent(measured: dict[Point, pd.Series], threshold: float | None) -> flo
         return None
     rows = [row for row in measured.values() if is_feasible(row["accuracy"], threshold)]
     return max((float(row["throughput"]) for row in rows), default=None)
+
+
+def _ledger(curves: dict[Point, Curve]) -> StepLedger:
+    return StepLedger({N: phase2_end(curves, N) for N, _ in curves})
 
 
 def _ray_if_needed(methods: Sequence[str]):

@@ -11,9 +11,10 @@ import pytest
 
 from cli.main import main
 from search import replay, replay_many, summarize
-from search.curve_table import read_curves
+from search.compute import StepLedger
+from search.curve_table import phase2_end, read_curves
 from search.grid import read_points
-from search.replay_curves import StepLedger, grid_steps, replay_curves, replay_curves_many, summarize_curves
+from search.replay_curves import grid_steps, replay_curves, replay_curves_many, summarize_curves
 from storage.curves import stopped_trials
 
 TABLE = Path(__file__).parents[1] / "benchmarks" / "tables" / "qqp.csv"
@@ -96,7 +97,7 @@ def test_curves_table_shares_each_N_phase2_prefix(small):
 
 def test_step_ledger_charges_phase2_once_and_only_new_steps(small):
     _, curves = small
-    ledger = StepLedger(curves)
+    ledger = StepLedger({N: phase2_end(curves, N) for N, _ in curves})
     ledger.train((2, 0.6), 500)  # half of N = 2's phase 2
     ledger.train((2, 0.9), 1500)  # the rest of phase 2, then 500 of its own
     ledger.train((2, 0.0), 1000)  # already trained: free

@@ -61,6 +61,10 @@ DATA_FILES = {
         for name in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
     ],
 }
+# Image versions a bundled wheel must match, read there by `pip check` (2026-12-04): grpcio-reflection's
+# generated code refuses to import under a grpcio older than itself, so it is taken at the image's grpcio.
+IMAGE_VERSIONS = {"grpcio": "1.84.0"}
+MATCHED = {"grpcio-reflection": "grpcio"}
 LIMIT_MIB = 60  # of the 64 MiB a device call carries, with room for the working tree
 
 
@@ -86,7 +90,7 @@ def missing_distributions(present: set[str]) -> dict[str, str]:
             continue
         seen.add(key)
         try:
-            found[name] = metadata.version(requirement.name)
+            found[name] = IMAGE_VERSIONS[MATCHED[name]] if name in MATCHED else metadata.version(requirement.name)
         except metadata.PackageNotFoundError:
             print(f"warning: {requirement} is not installed here, so not bundled", file=sys.stderr)
             continue
@@ -105,8 +109,13 @@ def applies(requirement: Requirement, extras: set[str]) -> bool:
 
 
 def download(name: str, version: str, folder: Path) -> None:
-    if any(normal(path.name.split("-")[0]) == name for path in folder.glob("*.whl")):
-        return
+    """The wheel ``name==version`` in ``folder``, replacing any other version of it there."""
+    for path in folder.glob("*.whl"):
+        wheel_name, wheel_version = path.name.split("-")[:2]
+        if normal(wheel_name) == name:
+            if wheel_version == version:
+                return
+            path.unlink()
     platforms = [flag for platform in PLATFORMS for flag in ("--platform", platform)]
     subprocess.run(
         [

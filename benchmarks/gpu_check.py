@@ -45,7 +45,7 @@ import muxbert_gpu
 import throughput
 import torch
 
-from prumux import Encoder, hardware_name
+from prumux import Encoder, PruMUXModel, hardware_name, pad_ffn, prune
 from prumux.throughput import synchronize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,7 @@ from reference_models import bert_config, save_tiny_bert  # noqa: E402
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 WIDTHS = [1, 2, 5, 10]
 SPARSITIES = [0.6, 0.95]
+PADDINGS = [8, 64]  # FFN widths rounded up to these multiples, next to the widths CoFi leaves
 TRIALS_AT_ONCE = 4
 BUDGET = 0.05
 # Expectations behind `Findings`: below these a figure is named as short of what it should reach.
@@ -169,15 +170,17 @@ def encoder_section(plan: Plan, device: torch.device) -> Section:
 
 
 def throughput_section(plan: Plan, device: torch.device) -> Section:
-    """The published MUX-BERT layout at every (N, s), timed with the paper's protocol."""
+    """The published MUX-BERT layout at every (N, s), timed with the paper's protocol, next to the same
+    shapes with aligned FFN widths and to each N's floor (every block pruned)."""
     section = Section("2. The paper's throughput table (published MUX-BERT layout, random weights)")
     with tempfile.TemporaryDirectory() as folder:
         models = muxbert_gpu.build_models(Path(folder), plan.shape, WIDTHS, SPARSITIES)
     models = {point: models[point] for point in sorted(models)}
-    for model in models.values():
+    variants = aligned_and_floor(models)
+    for model in [*models.values(), *variants.values()]:
         model.to(device=device, dtype=DTYPES[plan.throughput_dtype])
     budget = Namespace(rounds=plan.rounds, num_batches=plan.batches, warmup=1, seq_len=plan.seq_len, time_budget=None)
-    results, rounds = throughput.measure_rounds(models, budget)
+    results, rounds = throughput.measure_rounds(models | variants, budget)
     dense = (results[(1, 0.0)].examples_per_second, models[(1, 0.0)])
     section.lines += [
         f"{hardware_name(device)}; {plan.throughput_dtype}; batches of 128 N instances, length {plan.seq_len}; "
@@ -191,7 +194,35 @@ def throughput_section(plan: Plan, device: torch.device) -> Section:
         share = float(row.rstrip(" |").rsplit("|", 1)[1])
         if point != (1, 0.0) and share < MODEL_IDEAL_FLOOR:
             section.short.append(f"(N={point[0]}, s={point[1]:g}) reaches {share:.2f} of its model FLOP ideal")
+    section.lines += ["", *alignment_table(models, results, dense[0])]
     return section
+
+
+def aligned_and_floor(models: dict[tuple[int, float], PruMUXModel]) -> dict[tuple, PruMUXModel]:
+    """Each pruned model with its FFN widths padded to each of PADDINGS, keyed (N, s, multiple), and each
+    N's model with every attention and FFN block pruned, keyed (N, 1.0): what pruning cannot go below."""
+    variants: dict[tuple, PruMUXModel] = {}
+    for (n, s), model in models.items():
+        if s > 0:
+            variants |= {(n, s, multiple): pad_ffn(model, multiple) for multiple in PADDINGS}
+        else:
+            layers = model.config.encoder.num_layers
+            variants[(n, 1.0)] = prune(model, {"head_layer_z": torch.zeros(layers), "mlp_z": torch.zeros(layers)})
+    return variants
+
+
+def alignment_table(models: dict, results: dict, dense_speed: float) -> list[str]:
+    """Markdown: each pruned shape's examples/s (speed-up) as CoFi leaves it, with aligned FFN widths, and
+    the floor of its N."""
+    padded = " | ".join(f"FFN widths padded to {multiple}" for multiple in PADDINGS)
+    lines = [
+        f"| N | s | as pruned | {padded} | every block pruned (N's floor) |",
+        "|---|---|---|" + "---|" * len(PADDINGS) + "---|",
+    ]
+    for n, s in [point for point in models if point[1] > 0]:
+        cells = [results[key].examples_per_second for key in [(n, s), *((n, s, m) for m in PADDINGS), (n, 1.0)]]
+        lines.append(f"| {n} | {s:g} | " + " | ".join(f"{c:,.0f} ({c / dense_speed:.2f}x)" for c in cells) + " |")
+    return lines
 
 
 def search_section(plan: Plan, device: torch.device, folder: Path) -> Section:

@@ -5,7 +5,7 @@ from prumux.encoder import Encoder
 from prumux.l0 import L0Module
 from prumux.model import PruMUXModel, PruMUXOutput
 from prumux.mux import Demultiplexer, Multiplexer
-from prumux.pruning import prune
+from prumux.pruning import pad_ffn, prune
 from prumux.throughput import (
     ThroughputResult,
     encoder_flops,
@@ -29,6 +29,7 @@ __all__ = [
     "measure_throughput",
     "model_flops",
     "prunable_parameters",
+    "pad_ffn",
     "prune",
     "realised_sparsity",
 ]

@@ -153,3 +153,35 @@ def _ffn(state: dict[str, Tensor], prefix: str, index: int, kept: Kept) -> dict[
         f"{prefix}.down.bias": (state[f"{prefix}.down.bias"] * block)[hidden],
         **_norm(state, f"{prefix}.norm", hidden),
     }
+
+
+@torch.no_grad()
+def pad_ffn(model: PruMUXModel, multiple: int) -> PruMUXModel:
+    """A copy of `model` whose FFN widths are rounded up to a multiple of `multiple` with zero units.
+
+    It computes exactly what `model` computes (an added unit's output weights are zero), but its
+    matrices have widths that GPU matrix kernels take on their fast paths: CoFi leaves widths such as
+    1342 or 221, whose rows are not 16-byte aligned in bf16.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be at least 1, got {multiple}")
+    encoder = model.config.encoder
+    widths = [-(-width // multiple) * multiple for width in encoder.intermediate_sizes]
+    config = replace(copy.deepcopy(model.config), encoder=replace(encoder, intermediate_sizes=widths))
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    for index, (width, padded) in enumerate(zip(encoder.intermediate_sizes, widths)):
+        prefix, extra = f"encoder.layers.{index}.ffn", padded - width
+        if width and extra:
+            state[f"{prefix}.up.weight"] = _pad(state[f"{prefix}.up.weight"], extra, dim=0)
+            state[f"{prefix}.up.bias"] = _pad(state[f"{prefix}.up.bias"], extra, dim=0)
+            state[f"{prefix}.down.weight"] = _pad(state[f"{prefix}.down.weight"], extra, dim=1)
+    padded_model = type(model)(config)
+    padded_model.load_state_dict(state, strict=True)
+    parameter = next(model.parameters())
+    return padded_model.to(device=parameter.device, dtype=parameter.dtype).train(model.training)
+
+
+def _pad(tensor: Tensor, extra: int, dim: int) -> Tensor:
+    shape = list(tensor.shape)
+    shape[dim] = extra
+    return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)

@@ -40,10 +40,19 @@ def section(text: str, title: str) -> str:
     return text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
 
 
+def tables(text: str) -> list[list[list[str]]]:
+    """The cells of the body rows of each markdown table in ``text``."""
+    blocks = [block.splitlines() for block in text.split("\n\n")]
+    return [
+        [[cell.strip() for cell in line.strip("|").split("|")] for line in block[2:]]
+        for block in blocks
+        if block and block[0].startswith("|")
+    ]
+
+
 def table_rows(text: str) -> list[list[str]]:
-    """The cells of a markdown table's body rows."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    """The cells of the first markdown table's body rows."""
+    return tables(text)[0]
 
 
 def number(cell: str) -> float:
@@ -81,6 +90,16 @@ def test_throughput_table_holds_every_point_with_its_flop_ideals(report: tuple[s
         assert number(row[3]) == pytest.approx(s, abs=0.01)  # realised sparsity of the seeded mask
         speedup, model_ideal, share = number(row[5]), number(row[7]), number(row[9])
         assert speedup > 0 and model_ideal >= 1 and share == pytest.approx(speedup / model_ideal, abs=0.01)
+
+
+def test_each_pruned_shape_is_timed_with_aligned_ffn_widths_and_against_its_floor(report: tuple[str, str]) -> None:
+    rows = tables(section(report[1], "2. The paper's throughput table"))[1]
+    assert [(int(row[0]), float(row[1])) for row in rows] == [(n, s) for n in (1, 2, 5, 10) for s in (0.6, 0.95)]
+    for row in rows:
+        speeds = [number(cell.split(" (")[0]) for cell in row[2:]]
+        assert len(speeds) == 4 and min(speeds) > 0
+    floors = {int(row[0]): row[-1] for row in rows}
+    assert all(row[-1] == floors[int(row[0])] for row in rows)  # one floor per N
 
 
 def test_search_ran_four_trials_at_once_and_completed(report: tuple[str, str]) -> None:

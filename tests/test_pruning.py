@@ -10,6 +10,7 @@ from prumux import (
     L0Module,
     PruMUXConfig,
     PruMUXModel,
+    pad_ffn,
     prunable_parameters,
     prune,
 )
@@ -122,6 +123,20 @@ def test_pruned_model_round_trips(tmp_path):
     ids, mask = inputs()
     with torch.no_grad():
         assert torch.equal(loaded(ids, mask).logits, pruned(ids, mask).logits)
+
+
+def test_padded_ffn_widths_compute_what_the_pruned_model_computes():
+    pruned = prune(random_model(2), random_masks(2))
+    widths = pruned.config.encoder.intermediate_sizes
+    padded = pad_ffn(pruned, 8)
+    assert padded.config.encoder.intermediate_sizes == [-(-width // 8) * 8 for width in widths] != widths
+    assert 0 in widths and all(width % 8 == 0 for width in padded.config.encoder.intermediate_sizes)
+    ids, mask = inputs()
+    with torch.no_grad():
+        assert torch.allclose(padded(ids, mask).logits, pruned(ids, mask).logits, atol=1e-6)
+    assert pruned.config.encoder.intermediate_sizes == widths  # the source model is untouched
+    with pytest.raises(ValueError, match="multiple"):
+        pad_ffn(pruned, 0)
 
 
 def test_bad_masks_raise():

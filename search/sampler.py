@@ -14,7 +14,11 @@ Proposal order:
    the budget times the throughput it would add over the incumbent. The probability takes the
    predicted accuracy as the centre of a normal of width ``margin`` where the prediction is
    reliable and ``extrapolation_margin`` elsewhere, so a near-certain modest gain beats a
-   long shot at a large one. A point whose N already has a phase 1-2 model (N appears in a
+   long shot at a large one. Between two measured sparsities of its own N row the centre is
+   halfway from the prediction to the concave bound below (``concave_cap``): a concave decline
+   lies above its chord, and a chord-centred probability put the cpu-demo search's (1, 0.7),
+   feasible, behind (1, 0.5) and cost it a training (measured by the replays in
+   benchmarks/tables/README.md). A point whose N already has a phase 1-2 model (N appears in a
    running or finished trial, or ``is_cheap(N)``) counts ``tie_tolerance`` more.
 
 Only *candidates* are proposed: untried points that could still beat the incumbent (the
@@ -219,6 +223,10 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
             frame["optimistic_throughput"] > incumbent
         )
         centre = np.where(reliable, frame["accuracy"], np.maximum(frame["accuracy"], additive))
+        # Between two measured sparsities of its row the decline is concave, so the point is likelier above its
+        # chord than below: centred halfway to its concave bound.
+        inside = _inside_row(measured, N, s)
+        centre = np.where(inside, (centre + np.maximum(centre, chord)) / 2, centre)
         spread = np.where(reliable, self.margin, self.extrapolation_margin)
         frame["p_feasible"] = ndtr((centre - threshold + FEASIBILITY_TOLERANCE) / spread)
         cheap_bonus = 1 + self.tie_tolerance * frame["N"].isin(cheap_Ns).to_numpy()
@@ -328,6 +336,12 @@ def _ruled_out(stopped: pd.DataFrame, point: tuple[int, float]) -> bool:
     proposed before the threshold is known, so the stop's own threshold decides)."""
     below = stopped[stopped["accuracy_bound"] < stopped["threshold"] - FEASIBILITY_TOLERANCE]
     return bool(np.isfinite(monotone_cap(censored_points(below), np.array([point[0]]), np.array([point[1]])))[0])
+
+
+def _inside_row(measured: pd.DataFrame, N: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Whether each (N, s) lies between two measured sparsities of its own N row."""
+    rows = {n: group["s"].to_numpy() for n, group in measured.groupby("N")}
+    return np.array([n in rows and (rows[n] < x).any() and (rows[n] > x).any() for n, x in zip(N, s)], dtype=bool)
 
 
 def _tight(measured_axis: np.ndarray, grid_axis: Sequence[float], values: pd.Series) -> np.ndarray:

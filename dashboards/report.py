@@ -78,7 +78,10 @@ def write_pngs(figures: dict[str, go.Figure], png_dir: str | Path) -> list[Path]
     paths = []
     for name, figure in figures.items():
         path = png_dir / f"{name}.png"
-        figure.write_image(path, width=1200, height=650)
+        try:
+            figure.write_image(path, width=1200, height=650)
+        except Exception:  # noqa: BLE001 - under CPU load kaleido's Chromium can run a figure before its page is ready
+            figure.write_image(path, width=1200, height=650)
         paths.append(path)
     return paths
 

@@ -61,10 +61,10 @@ DATA_FILES = {
         for name in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
     ],
 }
-# Image versions a bundled wheel must match, read there by `pip check` (2026-12-04): grpcio-reflection's
-# generated code refuses to import under a grpcio older than itself, so it is taken at the image's grpcio.
-IMAGE_VERSIONS = {"grpcio": "1.84.0"}
-MATCHED = {"grpcio-reflection": "grpcio"}
+# Bundled at a version that matches the image rather than ours: grpcio-reflection's generated code refuses
+# to import under a grpcio older than itself, so it is taken at the image's grpcio (1.84.0, read there by
+# `pip check`, 2026-12-04).
+IMAGE_MATCHED = {"grpcio-reflection": "1.84.0"}
 LIMIT_MIB = 60  # of the 64 MiB a device call carries, with room for the working tree
 
 
@@ -90,7 +90,7 @@ def missing_distributions(present: set[str]) -> dict[str, str]:
             continue
         seen.add(key)
         try:
-            found[name] = IMAGE_VERSIONS[MATCHED[name]] if name in MATCHED else metadata.version(requirement.name)
+            found[name] = IMAGE_MATCHED.get(name) or metadata.version(requirement.name)
         except metadata.PackageNotFoundError:
             print(f"warning: {requirement} is not installed here, so not bundled", file=sys.stderr)
             continue

@@ -28,8 +28,8 @@ __all__ = [
     "hardware_name",
     "measure_throughput",
     "model_flops",
-    "prunable_parameters",
     "pad_ffn",
+    "prunable_parameters",
     "prune",
     "realised_sparsity",
 ]

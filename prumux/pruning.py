@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from prumux.config import EncoderConfig
+from prumux.config import EncoderConfig, PruMUXConfig
 
 if TYPE_CHECKING:  # the model calls `prune` when it loads pruned weights: only its type is needed here
     from prumux.model import PruMUXModel
@@ -67,12 +67,15 @@ def prune(model: PruMUXModel, masks: dict[str, Tensor]) -> PruMUXModel:
         dense_shape=model.config.dense_shape or encoder_config.uniform_shape(),
     )
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    sliced = _slice_state(state, model, kept)
-    pruned = type(model)(config)
-    pruned.load_state_dict(sliced, strict=True)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    return pruned.to(device=device, dtype=dtype).train(model.training)
+    return _rebuilt(model, config, _slice_state(state, model, kept))
+
+
+def _rebuilt(model: PruMUXModel, config: PruMUXConfig, state: dict[str, Tensor]) -> PruMUXModel:
+    """A new model of `config` holding `state`, on `model`'s device and dtype, in its train/eval mode."""
+    rebuilt = type(model)(config)
+    rebuilt.load_state_dict(state, strict=True)
+    parameter = next(model.parameters())
+    return rebuilt.to(device=parameter.device, dtype=parameter.dtype).train(model.training)
 
 
 def _slice_state(state: dict[str, Tensor], model: PruMUXModel, kept: Kept) -> dict[str, Tensor]:
@@ -168,17 +171,14 @@ def pad_ffn(model: PruMUXModel, multiple: int) -> PruMUXModel:
     encoder = model.config.encoder
     widths = [-(-width // multiple) * multiple for width in encoder.intermediate_sizes]
     config = replace(copy.deepcopy(model.config), encoder=replace(encoder, intermediate_sizes=widths))
-    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     for index, (width, padded) in enumerate(zip(encoder.intermediate_sizes, widths)):
         prefix, extra = f"encoder.layers.{index}.ffn", padded - width
         if width and extra:
             state[f"{prefix}.up.weight"] = _pad(state[f"{prefix}.up.weight"], extra, dim=0)
             state[f"{prefix}.up.bias"] = _pad(state[f"{prefix}.up.bias"], extra, dim=0)
             state[f"{prefix}.down.weight"] = _pad(state[f"{prefix}.down.weight"], extra, dim=1)
-    padded_model = type(model)(config)
-    padded_model.load_state_dict(state, strict=True)
-    parameter = next(model.parameters())
-    return padded_model.to(device=parameter.device, dtype=parameter.dtype).train(model.training)
+    return _rebuilt(model, config, state)
 
 
 def _pad(tensor: Tensor, extra: int, dim: int) -> Tensor:

@@ -10,7 +10,9 @@ every configuration's whole training (from the results), so each configuration i
 "steps" counts every configuration's own steps; "trained" counts a phase 1-2 model that several
 configurations share once, as the cache trains it: the compute spent.
 The target (issue 19): the bracket picks the full sweep's winner, or one within 0.5 points of it,
-at <= 40% of its (trained) steps.
+at <= 40% of its (trained) steps. Both picks are compared on validation accuracy (what they select
+on) and on test accuracy (which neither sees), and a second table gives every configuration's
+accuracies trained to its end beside how the bracket ended it.
 
     nice -n 19 python benchmarks/point_sweep.py          # cpu-demo: (1, 0.5) and (2, 0.5), 8 configurations each
     nice -n 19 python benchmarks/point_sweep.py --points 1:0.5 --bracket-only
@@ -51,18 +53,22 @@ COLUMNS = (
     "configurations",
     "full: winner",
     "full: val acc",
+    "full: test acc",
     "full: steps",
     "full: trained",
     "full: s",
     "bracket: winner",
     "bracket: val acc",
+    "bracket: test acc",
     "bracket: steps",
     "bracket: trained",
     "bracket: s",
     "steps ratio",
     "trained ratio",
     "gap (points)",
+    "test gap (points)",
 )
+EACH_COLUMNS = ("point", "configuration", "full: val acc", "full: test acc", "bracket")
 
 
 def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path, halved: dict) -> dict:
@@ -78,6 +84,8 @@ def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir:
     return {
         "winner": winner,
         "accuracy": best.val_accuracy,
+        "test": best.test_accuracy,
+        "each": [(values, result.val_accuracy, result.test_accuracy) for values, result in results],
         "steps": sum(result.total_steps for _, result in results),
         "trained": halved["full_sweep_trained"],
         "seconds": halved["seconds"] + time.monotonic() - started,
@@ -91,6 +99,8 @@ def bracket(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Pa
     return {
         "winner": result["configuration"],
         "accuracy": result["val_accuracy"],
+        "test": result["test_accuracy"],
+        "outcomes": [outcome["outcome"] for outcome in result["configurations"]],
         "steps": result["bracket"]["steps"],
         "trained": result["bracket"]["trained_steps"],
         "seconds": time.monotonic() - started,
@@ -103,23 +113,39 @@ def bracket(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Pa
 def row(point: tuple[int, float], count: int, full: dict | None, halved: dict) -> list[str]:
     def side(result: dict | None) -> list[str]:
         if result is None:
-            return ["-"] * 5
+            return ["-"] * 6
         figures = (
             f"{result['accuracy']:.4f}",
+            f"{result['test']:.4f}",
             str(result["steps"]),
             str(result["trained"]),
             f"{result['seconds']:.0f}",
         )
         return [json.dumps(result["winner"]), *figures]
 
-    compared = ["-"] * 3
+    compared = ["-"] * 4
     if full is not None:
         compared = [
             f"{halved['steps'] / full['steps']:.2f}",
             f"{halved['trained'] / full['trained']:.2f}",
             f"{100 * (full['accuracy'] - halved['accuracy']):.2f}",
+            f"{100 * (full['test'] - halved['test']):.2f}",
         ]
     return [f"({point[0]}, {point[1]:g})", str(count), *side(full), *side(halved), *compared]
+
+
+def each_rows(point: tuple[int, float], full: dict, halved: dict) -> list[list[str]]:
+    """One row per configuration: its full training's accuracies and how the bracket ended it."""
+    return [
+        [f"({point[0]}, {point[1]:g})", json.dumps(values), f"{val:.4f}", f"{test:.4f}", outcome]
+        for (values, val, test), outcome in zip(full["each"], halved["outcomes"])
+    ]
+
+
+def markdown(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+    return "\n".join(
+        [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}", *(f"| {' | '.join(r)} |" for r in rows)]
+    )
 
 
 def main() -> None:
@@ -139,7 +165,7 @@ def main() -> None:
         chosen = [(int(n), float(s)) for n, s in (item.split(":") for item in args.points.split(","))]
         points = {point: DEFAULT_POINTS.get(point) for point in chosen}
     root = args.workdir or Path(tempfile.mkdtemp(prefix="point-sweep-"))
-    rows, sweeps = [], []
+    rows, each, sweeps = [], [], []
     for (N, s), own_sweep in points.items():
         sweep = args.sweep or json.dumps(own_sweep or COFI_SWEEP)
         recipe = load_recipe(args.recipe, {**parse_overrides(args.overrides), "sweep": sweep})
@@ -148,11 +174,10 @@ def main() -> None:
         print(f"({N}, {s:g}) bracket: {json.dumps(halved)}", flush=True)
         full = None if args.bracket_only else full_sweep(recipe, args.task, args.model, N, s, workdir, halved)
         rows.append(row((N, s), len(recipe.configurations(s)), full, halved))
+        each += each_rows((N, s), full, halved) if full else []
         sweeps.append(f"({N}, {s:g}): {sweep}")
         print(" | ".join(rows[-1]), flush=True)
-    table = "\n".join(
-        [f"| {' | '.join(COLUMNS)} |", f"|{'---|' * len(COLUMNS)}", *(f"| {' | '.join(r)} |" for r in rows)]
-    )
+    table = markdown(COLUMNS, rows) + (f"\n\n{markdown(EACH_COLUMNS, each)}" if each else "")
     header = (
         f"{args.task}, {args.model}, recipe {args.recipe} {' '.join(args.overrides)}; sweeps {'; '.join(sweeps)}\n\n"
     )

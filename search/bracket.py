@@ -232,8 +232,8 @@ def train_bracket(
     live = [c for c in configurations if _state(study, c) in (TrialState.RUNNING, TrialState.WAITING)]
     first = live[0] if live else configurations[0]
     plan = _advance(point, study, first, 0, probe)  # the point's stages, nothing trained
-    rungs, shared = study.user_attrs.get("rungs", []), []
-    if isinstance(plan, PausedPoint):  # else every configuration has finished or stopped: the stored rungs stand
+    rungs, shared = [], []
+    if isinstance(plan, PausedPoint):  # else every configuration has finished or stopped: the recorded rungs stand
         levels = bracket_levels([c.recipe for c in configurations], plan.stages, _settling(point, plan, configurations))
         rungs = bracket_rungs(list(levels.values()))
         shared = [(attr, levels[stage][1]) for stage, attr in SHARED_MODELS.items() if stage in levels]

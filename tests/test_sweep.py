@@ -216,7 +216,7 @@ def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp
     assert result["val_accuracy"] == max(t.value for t in finished)
     # every configuration trained on to its end (benchmarks/point_sweep.py's full sweep), the bracket read again: its record stands
     for configuration in point.recipe.configurations(point.s):
-        train_point(point.task, point.base_model, 1, 0.5, configuration, point.workdir, progress=False)
+        train_point(point.task, point.base_model, point.N, point.s, configuration, point.workdir, progress=False)
     assert train_bracket(point)["bracket"] == result["bracket"]
 
 

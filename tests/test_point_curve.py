@@ -55,7 +55,10 @@ def test_a_resumed_stage_reports_its_earlier_evaluations(tiny_bert_dir: Path, tm
     (result_file,) = tmp_path.glob("points/**/result.json")
     result_file.unlink()  # the point's result is gone, its cached phase 2 is not: it is reported again
     train_point("rt-polarity", str(tiny_bert_dir), 1, 0.0, recipe, tmp_path, progress=False, on_evaluation=again.append)
-    assert [(e.step, e.accuracy, e.stage) for e in again] == [(e.step, e.accuracy, e.stage) for e in first]
+    assert [(e.step, e.accuracy, e.stage, e.cross_entropy) for e in again] == [
+        (e.step, e.accuracy, e.stage, e.cross_entropy) for e in first
+    ]
+    assert all(e.cross_entropy > 0 for e in first)
     assert first and first[-1].step == 8
 
 
@@ -67,7 +70,7 @@ def test_stage_records_keep_their_evaluations(tiny_bert_dir: Path, tmp_path: Pat
     train_point("rt-polarity", str(tiny_bert_dir), 1, 0.0, recipe, tmp_path, progress=False)
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("cache/**/model/stage.json")]
     assert record["stage"] == stage
-    assert [step for step, _ in record["evaluations"]] == [4, 8]
+    assert [step for step, _, _ in record["evaluations"]] == [4, 8]
 
 
 def test_a_point_stopped_at_any_steps_trains_exactly_as_one_that_is_not(tiny_bert_dir: Path, tmp_path: Path) -> None:

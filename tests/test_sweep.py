@@ -14,6 +14,7 @@ from test_driver import FAST
 
 from dashboards.report import write_report
 from search.bracket import (
+    CROSS_ENTROPY_ATTR,
     SHARED_MODELS,
     Point,
     SynchronousHalvingPruner,
@@ -40,6 +41,14 @@ PHASE3 = {
 
 def sweep_recipe(sweep: dict = SWEEP):
     return load_recipe("smoke", {**FAST, "sweep": json.dumps(sweep)})
+
+
+def report(trial: optuna.Trial, accuracy: float, step: int, cross_entropy: float | None = None) -> None:
+    """Report a configuration's evaluation as the bracket does: its accuracy, and its cross-entropy beside it."""
+    trial.report(accuracy, step)
+    if cross_entropy is not None:
+        recorded = trial.study._storage.get_trial(trial._trial_id).user_attrs.get(CROSS_ENTROPY_ATTR, {})
+        trial.set_user_attr(CROSS_ENTROPY_ATTR, recorded | {str(step): cross_entropy})
 
 
 def test_configurations_are_plain_recipes_and_the_sweep_is_in_no_digest() -> None:
@@ -91,7 +100,7 @@ def test_the_bracket_pruner_compares_each_configuration_with_every_one_at_its_ru
     study = optuna.create_study(direction="maximize", pruner=pruner)
     trials = [study.ask() for _ in range(8)]
     for trial in trials:
-        trial.report(0.609 if trial.number < 4 else 0.770, 40)
+        report(trial, *((0.609, 40, 0.66) if trial.number < 4 else (0.770, 40, 0.50)))
     assert [trial.number for trial in trials if trial.should_prune()] == stopped
 
 
@@ -103,10 +112,10 @@ def test_configurations_sharing_a_model_compete_as_one_while_they_share_it() -> 
     trials = [study.ask() for _ in range(6)]
     for trial in trials:
         trial.set_user_attr(SHARED_MODELS["finetune"], f"model-{trial.number // 2}")
-        trial.report([0.6, 0.7, 0.8][trial.number // 2], 50)
+        report(trial, [0.6, 0.7, 0.8][trial.number // 2], 50, [0.6, 0.5, 0.4][trial.number // 2])
     assert [trial.number for trial in trials if trial.should_prune()] == [0, 1, 2, 3]
     for trial, value in zip(trials[4:], (0.81, 0.83)):
-        trial.report(value, 145)
+        report(trial, value, 145, 1 - value)
     assert [trial.number for trial in trials[4:] if trial.should_prune()] == [4]
 
 
@@ -116,8 +125,36 @@ def test_a_tie_at_a_rung_is_broken_in_the_sweep_s_order() -> None:
     study = optuna.create_study(direction="maximize", pruner=SynchronousHalvingPruner([140]))
     trials = [study.ask() for _ in range(4)]
     for trial, value in zip(trials, (0.8, 0.7654, 0.7654, float("nan"))):
-        trial.report(value, 140)
+        report(trial, value, 140, 1 - value)
     assert [trial.number for trial in trials if trial.should_prune()] == [2, 3]
+
+
+def test_a_rung_ranks_by_validation_cross_entropy() -> None:
+    # the cpu-demo (2, 0.5) sweep's four pruning stages (layer-distillation version, alphas), measured at the
+    # pruning rungs on all 1709 validation rows: by accuracy, (6, 0.5/0.5) is second at step 150 and is stopped
+    # at 160 by 3 rows; it ends 2 points above every other one, and its cross-entropy is the lowest at both
+    measured = {
+        150: [(0.6167, 0.6647), (0.5535, 0.6873), (0.6413, 0.6408), (0.6331, 0.6342)],
+        160: {2: (0.6431, 0.6354), 3: (0.6413, 0.6293)},
+    }
+    study = optuna.create_study(direction="maximize", pruner=SynchronousHalvingPruner([150, 160]))
+    trials = [study.ask() for _ in range(4)]
+    for trial, (accuracy, entropy) in zip(trials, measured[150]):
+        report(trial, accuracy, 150, entropy)
+    assert [trial.number for trial in trials if trial.should_prune()] == [0, 1]
+    for trial in trials[2:]:
+        accuracy, entropy = measured[160][trial.number]
+        report(trial, accuracy, 160, entropy)
+    assert [trial.number for trial in trials[2:] if trial.should_prune()] == [2]
+
+
+def test_a_rung_where_a_competitor_has_no_cross_entropy_ranks_by_accuracy() -> None:
+    # a phase-2 model cached before cross-entropies were kept reports accuracies only
+    study = optuna.create_study(direction="maximize", pruner=SynchronousHalvingPruner([50]))
+    trials = [study.ask() for _ in range(2)]
+    report(trials[0], 0.77, 50)
+    report(trials[1], 0.61, 50, 0.3)
+    assert [trial.number for trial in trials if trial.should_prune()] == [1]
 
 
 CPU_DEMO_STAGES = (("finetune", 100), ("prune", 80), ("pruned_finetune", 100))
@@ -239,6 +276,9 @@ def test_a_swept_point_is_its_best_configuration(swept_search) -> None:
     stopped = [t for t in inner.trials if t.state == TrialState.PRUNED]
     finished = [t for t in inner.trials if t.state == TrialState.COMPLETE]
     assert len(inner.trials) == 4 and stopped and finished  # the pruner stopped some configurations
+    for configuration in inner.trials:  # each rung's evaluation has the cross-entropy the pruner ranks by
+        reached = [step for step in inner.user_attrs["rungs"] if step in configuration.intermediate_values]
+        assert reached and all(configuration.user_attrs[CROSS_ENTROPY_ATTR][str(step)] > 0 for step in reached)
     assert trial.values[0] == attrs["val_accuracy"] == max(t.value for t in finished)
     winner = next(c for c in attrs["configurations"] if c["digest"] == attrs["configuration_digest"])
     assert winner["outcome"] == "finished" and winner["values"] == attrs["configuration"]

@@ -21,13 +21,15 @@ STAGE_ORDER = PHASE12_STAGES + PHASE3_STAGES
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation of a point: validation accuracy after ``step`` of its training steps, in ``stage``."""
+    """One evaluation of a point: validation accuracy (and cross-entropy, where recorded) after ``step`` of its
+    training steps, in ``stage``."""
 
     step: int
     accuracy: float
     stage: str
     total_steps: int  # the step at which the point's training ends
     again: bool = False  # made earlier (a resumed or cached stage) and reported once more
+    cross_entropy: float | None = None
 
 
 def point_stages(recipe: Recipe, N: int, s: float, train_size: int, trained: Iterable[str]) -> list[tuple[str, int]]:
@@ -66,10 +68,13 @@ class PointCurve:
         self.total_steps_ = offset
         return self
 
-    def __call__(self, stage: str, step: int, accuracy: float, again: bool = False) -> None:
+    def __call__(
+        self, stage: str, step: int, accuracy: float, cross_entropy: float | None = None, again: bool = False
+    ) -> None:
         if stage not in self.offsets_:  # a stage of another job (e.g. the dense model a wider one starts from)
             return
-        evaluation = Evaluation(self.offsets_[stage] + step, accuracy, stage, self.total_steps_, again)
+        point_step = self.offsets_[stage] + step
+        evaluation = Evaluation(point_step, accuracy, stage, self.total_steps_, again, cross_entropy)
         self.evaluations_ = [e for e in self.evaluations_ if e.step != evaluation.step] + [evaluation]
         if self.sink is not None:
             self.sink(evaluation)

@@ -13,27 +13,42 @@ LABEL_ORDER_MARGIN = 0.1
 
 
 @torch.no_grad()
-def predict(model: PruMUXModel, split: EncodedSplit, batch_size: int, masks: dict[str, Tensor] | None = None) -> Tensor:
-    """Predicted label per row of `split`, in eval mode, `batch_size` mixed sequences at a time."""
+def logits(model: PruMUXModel, split: EncodedSplit, batch_size: int, masks: dict[str, Tensor] | None = None) -> Tensor:
+    """The model's logits per row of `split` (float32, on the CPU), in eval mode, `batch_size` mixed sequences at a time."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         rows = batch_size * model.config.num_instances
-        predictions = [
-            model(**batch.to(device).inputs(), masks=masks).logits.argmax(dim=-1).cpu()
-            for batch in eval_batches(split, rows)
+        outputs = [
+            model(**batch.to(device).inputs(), masks=masks).logits.float().cpu() for batch in eval_batches(split, rows)
         ]
     finally:
         model.train(was_training)
-    return torch.cat(predictions)
+    return torch.cat(outputs)
+
+
+def predict(model: PruMUXModel, split: EncodedSplit, batch_size: int, masks: dict[str, Tensor] | None = None) -> Tensor:
+    """Predicted label per row of `split`."""
+    return logits(model, split, batch_size, masks).argmax(dim=-1)
 
 
 def accuracy(model: PruMUXModel, split: EncodedSplit, batch_size: int, masks: dict[str, Tensor] | None = None) -> float:
     """Fraction of rows of `split` whose predicted label is right (optionally under L0 masks)."""
+    return scores(model, split, batch_size, masks)["accuracy"]
+
+
+def scores(
+    model: PruMUXModel, split: EncodedSplit, batch_size: int, masks: dict[str, Tensor] | None = None
+) -> dict[str, float]:
+    """The model's ``accuracy`` on `split` and its ``cross_entropy``, the mean of -log p(right label)."""
     if len(split) == 0:
         raise ValueError("cannot compute accuracy on an empty split")
-    return float((predict(model, split, batch_size, masks) == split.labels).float().mean())
+    outputs = logits(model, split, batch_size, masks)
+    return {
+        "accuracy": float((outputs.argmax(dim=-1) == split.labels).float().mean()),
+        "cross_entropy": float(torch.nn.functional.cross_entropy(outputs, split.labels)),
+    }
 
 
 def check_label_names(names: list[str], label_names: tuple[str, ...], source: str) -> None:

@@ -5,7 +5,7 @@ Several jobs may share a work dir, so every log line names the job and its proce
 A search's trial sets a progress sink (``reporting_progress``); every stage then sends it a
 record per step (the search's trainable writes them, throttled, into the study for the driver).
 An evaluation sink (``reporting_evaluations``) receives each evaluation a stage makes (stage,
-step within the stage, validation accuracy): a point's learning curve. A pause check
+step within the stage, validation accuracy and cross-entropy): a point's learning curve. A pause check
 (``pausing``) is asked with each stage's step count, before its first step and after every step;
 when it says so, the stage evaluates (where it evaluates and has not at that step), saves its
 checkpoint and raises ``Paused`` (a point trained to a given step, resumed later:
@@ -33,7 +33,8 @@ STAGE_PHASES = {"retrieval": 1, "mlm": 2, "finetune": 2, "prune": 3, "pruned_fin
 EVALUATION_KEYS = ("accuracy", "sparsity")
 
 ProgressSink = Callable[[dict[str, Any]], None]
-EvaluationSink = Callable[[str, int, float, bool], None]  # stage, step within the stage, accuracy, reported again
+# stage, step within the stage, accuracy, cross-entropy (None: not recorded), reported again
+EvaluationSink = Callable[[str, int, float, float | None, bool], None]
 _sink: ProgressSink | None = None
 _evaluation_sink: EvaluationSink | None = None
 PauseCheck = Callable[[str, int], bool]  # stage, its steps done: stop there?
@@ -87,11 +88,14 @@ def reporting_evaluations(sink: EvaluationSink | None) -> Iterator[None]:
         _evaluation_sink = previous
 
 
-def report_evaluation(stage: str, step: int, accuracy: float, again: bool = False) -> None:
+def report_evaluation(
+    stage: str, step: int, accuracy: float, cross_entropy: float | None = None, again: bool = False
+) -> None:
     """Hand one evaluation of ``stage`` (after ``step`` of its steps) to the evaluation sink, if any;
     ``again``: an evaluation made earlier (a resumed or cached stage), reported once more."""
     if _evaluation_sink is not None:
-        _evaluation_sink(stage, int(step), float(accuracy), again)
+        entropy = None if cross_entropy is None else float(cross_entropy)
+        _evaluation_sink(stage, int(step), float(accuracy), entropy, again)
 
 
 @contextmanager

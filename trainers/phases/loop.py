@@ -9,9 +9,9 @@ stage trains exactly as one that is not), saves its checkpoint and raises ``Paus
 temporary folder and one rename, with `stage.json` inside; a stage whose output exists is
 finished and never runs again.
 
-Every evaluation's validation accuracy goes to the evaluation sink (`trainers.progress`) and is
-kept with the stage: in its checkpoint, then in `stage.json` (`evaluations`: [[step, accuracy],
-...]). A resumed or finished stage reports its earlier evaluations again, so whoever listens
+Every evaluation's validation accuracy and cross-entropy go to the evaluation sink (`trainers.progress`)
+and are kept with the stage: in its checkpoint, then in `stage.json` (`evaluations`: [[step, accuracy,
+cross_entropy], ...]; records written before the cross-entropy was kept have [step, accuracy]). A resumed or finished stage reports its earlier evaluations again, so whoever listens
 sees the whole curve however often the job was restarted.
 """
 
@@ -91,7 +91,7 @@ class StageContext:
     job: str
     log: logging.Logger
     progress: bool = True
-    evaluations: dict[str, list[list[float]]] = field(default_factory=dict)  # stage -> [[step, accuracy], ...]
+    evaluations: dict[str, list[list[float]]] = field(default_factory=dict)  # stage -> [[step, accuracy, ce], ...]
 
     def output(self, name: str) -> Path:
         return self.directory / name
@@ -134,8 +134,9 @@ def run_stage(
         save_checkpoint(checkpoint, job, done, elapsed_now, states, {EVALUATIONS: evaluations})
 
     def record(done: int, metrics: dict[str, float]) -> dict[str, float]:
-        evaluations[:] = [e for e in evaluations if e[0] != done] + [[done, metrics["accuracy"]]]
-        report_evaluation(stage, done, metrics["accuracy"])
+        kept = [done, metrics["accuracy"], metrics.get("cross_entropy")]
+        evaluations[:] = [e for e in evaluations if e[0] != done] + [kept]
+        report_evaluation(stage, *kept)
         ctx.log.info("%s step %d: %s", stage, done, _format(metrics))
         return metrics
 
@@ -184,10 +185,11 @@ def resume_finished(output: Path) -> dict[str, Any] | None:
 
 
 def _report_again(stage: str, recorded: list[list[float]], into: list[list[float]] | None = None) -> None:
-    for step, value in recorded:
-        report_evaluation(stage, int(step), value, again=True)
+    for step, value, *cross_entropy in recorded:
+        kept = [int(step), value, *cross_entropy]
+        report_evaluation(stage, *kept, again=True)
         if into is not None:
-            into.append([int(step), value])
+            into.append(kept)
 
 
 def save_output(

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from prumux import PruMUXModel
 from trainers.data import Batch, EncodedSplit, EncodedTask
-from trainers.evaluate import accuracy
+from trainers.evaluate import scores
 from trainers.phases.loop import StageContext, train_model_stage
 from trainers.recipes import Recipe
 
@@ -64,7 +64,7 @@ def _finetune(model: PruMUXModel, task: EncodedTask, ctx: StageContext) -> tuple
         return F.cross_entropy(model(**batch.inputs()).logits, batch.labels)
 
     def evaluate(step: int, scheduled: bool) -> dict[str, float]:
-        return {"accuracy": accuracy(model, validation if scheduled else task.validation, recipe.eval_batch_size)}
+        return scores(model, validation if scheduled else task.validation, recipe.eval_batch_size)
 
     rows = recipe.batch_rows(FINETUNE, model.config.num_instances)
     return train_model_stage(

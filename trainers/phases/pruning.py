@@ -24,7 +24,7 @@ from prumux.l0 import DETERMINISTIC_SHARPNESS, fill_budget
 from prumux.pruning import pruned_encoder_config
 from trainers.data import BatchStream, EncodedTask
 from trainers.distill import LayerDistiller, distillation_loss
-from trainers.evaluate import accuracy
+from trainers.evaluate import scores
 from trainers.importance import mask_fisher, rank_log_alphas, unit_costs
 from trainers.phases.loop import (
     BestState,
@@ -152,10 +152,12 @@ def _prune(
         masks = masks_at_sparsity(l0, sparsity)
         realised = realised_sparsity(l0, masks)
         eligible = scheduled and done >= warmup and abs(realised - sparsity) <= recipe.sparsity_epsilon
-        score = accuracy(student, validation if scheduled else task.validation, recipe.eval_batch_size, masks)
-        if eligible and best.offer(score, done):
-            ctx.log.info("prune: best so far at step %d (accuracy %.4f, sparsity %.4f)", done, score, realised)
-        return {"accuracy": score, "sparsity": realised}
+        metrics = scores(student, validation if scheduled else task.validation, recipe.eval_batch_size, masks)
+        if eligible and best.offer(metrics["accuracy"], done):
+            ctx.log.info(
+                "prune: best so far at step %d (accuracy %.4f, sparsity %.4f)", done, metrics["accuracy"], realised
+            )
+        return metrics | {"sparsity": realised}
 
     state = {
         "student": student,
@@ -231,10 +233,10 @@ def _finetune_pruned(
         return {"loss": loss.item()}
 
     def evaluate(done: int, scheduled: bool) -> dict[str, float]:
-        score = accuracy(model, validation if scheduled else task.validation, recipe.eval_batch_size)
+        metrics = scores(model, validation if scheduled else task.validation, recipe.eval_batch_size)
         if scheduled:
-            best.offer(score, done)
-        return {"accuracy": score}
+            best.offer(metrics["accuracy"], done)
+        return metrics
 
     state = {"model": model, "distiller": distiller, "optimizer": optimizer, "scheduler": scheduler, "best": best}
     seconds = run_stage(ctx, PRUNED_FINETUNE, steps, state, step, evaluate)

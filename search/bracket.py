@@ -141,17 +141,22 @@ class SynchronousHalvingPruner(SuccessiveHalvingPruner):
         return set(ranked[: max(1, len(ranked) // self.reduction_factor)])
 
 
+def _reported_step(trial: FrozenTrial, step: int) -> int | None:
+    """The trial's first reported step at or after ``step`` (None: it never got there)."""
+    reached = [reported for reported in trial.intermediate_values if reported >= step]
+    return min(reached) if reached else None
+
+
 def _value_at(trial: FrozenTrial, step: int) -> float | None:
     """The trial's value at its first reported step at or after ``step`` (None: it never got there)."""
-    reached = [reported for reported in trial.intermediate_values if reported >= step]
-    return trial.intermediate_values[min(reached)] if reached else None
+    reported = _reported_step(trial, step)
+    return None if reported is None else trial.intermediate_values[reported]
 
 
 def _cross_entropy_at(trial: FrozenTrial, step: int) -> float | None:
     """The trial's validation cross-entropy at its first reported step at or after ``step`` (None: not recorded)."""
-    reached = [reported for reported in trial.intermediate_values if reported >= step]
-    recorded = trial.user_attrs.get(CROSS_ENTROPY_ATTR, {})
-    return recorded.get(str(min(reached))) if reached else None
+    reported = _reported_step(trial, step)
+    return None if reported is None else trial.user_attrs.get(CROSS_ENTROPY_ATTR, {}).get(str(reported))
 
 
 def bracket_study_name(study_name: str, N: int, s: float) -> str:
@@ -357,11 +362,13 @@ def _advance(
     for step, evaluation in sorted(configuration.evaluations.items()):
         if step not in reported:
             study._storage.set_trial_intermediate_value(configuration.trial_id, step, evaluation.accuracy)
+    recorded = trial.user_attrs.get(CROSS_ENTROPY_ATTR, {})
     entropies = {
-        str(step): e.cross_entropy for step, e in configuration.evaluations.items() if e.cross_entropy is not None
+        str(step): e.cross_entropy
+        for step, e in configuration.evaluations.items()
+        if e.cross_entropy is not None and str(step) not in recorded
     }
-    if entropies:
-        recorded = trial.user_attrs.get(CROSS_ENTROPY_ATTR, {})
+    if entropies:  # as its accuracy, a step's first recorded cross-entropy stands
         study._storage.set_trial_user_attr(configuration.trial_id, CROSS_ENTROPY_ATTR, recorded | entropies)
     if isinstance(result, PointResult):
         configuration.result = result

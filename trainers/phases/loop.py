@@ -11,8 +11,9 @@ finished and never runs again.
 
 Every evaluation's validation accuracy and cross-entropy go to the evaluation sink (`trainers.progress`)
 and are kept with the stage: in its checkpoint, then in `stage.json` (`evaluations`: [[step, accuracy,
-cross_entropy], ...]; records written before the cross-entropy was kept have [step, accuracy]). A resumed or finished stage reports its earlier evaluations again, so whoever listens
-sees the whole curve however often the job was restarted.
+cross_entropy], ...]; records written before the cross-entropy was kept have [step, accuracy]). A
+resumed or finished stage reports its earlier evaluations again, so whoever listens sees the whole
+curve however often the job was restarted.
 """
 
 from __future__ import annotations

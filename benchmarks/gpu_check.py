@@ -11,7 +11,7 @@
    masks, bf16, batches of 128 N instances, length 128 (`throughput.measure_rounds`, best of
    interleaved rounds): instances/s, speed-up over dense and the share of each FLOP ideal reached
    (`throughput.table_row`).
-3. Ray Tune: a smoke search (`search.driver.run_search`, tiny random BERT, `smoke` recipe,
+3. Ray Tune: a smoke search (`tuning.driver.run_search`, tiny random BERT, `smoke` recipe,
    rt-polarity) with 0.25 GPU per trial, so four trials share the GPU (on CPU: 0.5 CPU each, four
    at once on two cores): each trial's recorded hardware (`PointResult.hardware`, the GPU's name on
    CUDA), the most trials running at once (from the study's start and end times), the outcome.
@@ -227,10 +227,10 @@ def alignment_table(models: dict, results: dict, dense_speed: float) -> list[str
 
 def search_section(plan: Plan, device: torch.device, folder: Path) -> Section:
     """A smoke search with fractional resources per trial, its run directory ``folder/search``."""
-    from search.driver import SearchOptions, run_search
     from storage import StudySettings, default_url
     from trainers.models import resolve_model
     from trainers.recipes import load_recipe
+    from tuning.driver import SearchOptions, run_search
 
     section = Section("3. Ray Tune: a smoke search, four trials sharing the device")
     start_ray(plan, device, folder)

@@ -1,7 +1,7 @@
 """The sweep inside a point: every configuration trained to its end against the bracket, side by side.
 
 For each point, the bracket trains the configurations of its sweep by successive halving
-(``search.bracket.train_bracket``, Optuna's pruner deciding); then the full sweep trains every
+(``tuning.bracket.train_bracket``, Optuna's pruner deciding); then the full sweep trains every
 configuration to its end (``trainers.point.train_point``) and keeps the best by validation
 accuracy. The full sweep runs in the bracket's work folder: a configuration the bracket stopped
 resumes from its checkpoint, which trains exactly as without the stop
@@ -29,10 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from search.bracket import Point, train_bracket
 from storage import default_url
 from trainers.point import train_point
 from trainers.recipes import Recipe, load_recipe, parse_overrides
+from tuning.bracket import Point, train_bracket
 
 # Phase 2 (the fine-tuning learning rate, around cpu-demo's 8e-5) and phase 3 (Table 5's kind of values).
 COFI_SWEEP = {

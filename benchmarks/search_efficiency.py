@@ -1,7 +1,7 @@
 """Search efficiency of Auto-PruMUX against Optuna's samplers, replayed on fully measured grids.
 
 For every table in benchmarks/tables/ and every budget 0, 0.005, ..., 0.10 it replays the
-searches (search.replay) and prints, per table and over all tables side by side: mean
+searches (replay.points) and prints, per table and over all tables side by side: mean
 trainings as % of the grid, % of searches whose recommendation is the true best within the
 budget, and mean throughput regret. Baselines get as many trainings as AutoPruMUX used for the
 same budget, or ``--trainings``. ``to_best``: mean trainings until the true best was measured
@@ -19,8 +19,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from replay.points import SAMPLERS, replay_many, summarize
 from search.grid import parse_budgets, read_points
-from search.replay import SAMPLERS, replay_many, summarize
 
 TABLES = Path(__file__).parent / "tables"
 

@@ -1,6 +1,8 @@
-"""Auto-PruMUX search: the surrogate, the Optuna sampler and the replay benchmark."""
+"""Auto-PruMUX, the algorithm: the surrogate, the sampler, the grid, learning curves and the step account.
 
-from search.replay import ReplayResult, replay, replay_many, summarize
+Pure decisions over measured points: no Ray, and nothing here writes to the study.
+"""
+
 from search.sampler import AutoPruMUXSampler, SearchDone, stop_when_done, suggest_point
 from search.surrogate import AutoPruMUX, Prediction
 
@@ -8,11 +10,7 @@ __all__ = [
     "AutoPruMUX",
     "AutoPruMUXSampler",
     "Prediction",
-    "ReplayResult",
     "SearchDone",
-    "replay",
-    "replay_many",
     "stop_when_done",
     "suggest_point",
-    "summarize",
 ]

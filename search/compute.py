@@ -4,7 +4,7 @@ Steps are counted as they are trained: the phase 1-2 model of an N once (every s
 from the cache), each pruned point's own phase-3 steps once, a point stopped early up to the step
 it reached, a point trained again only beyond where it had got. The exhaustive grid trains every
 grid point to its end with the study's recipe, phase 1-2 once per N. ``StepLedger`` keeps that
-account, here and for the searches ``search.replay_curves`` replays.
+account, here and for the searches ``replay.curves`` replays.
 
 A point's reach is read from its stored curve (``storage.curves``): a complete trial's planned
 last step, a stopped one's ``stopped_step``, any other trial's last evaluation. The end of an N's

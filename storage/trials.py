@@ -22,7 +22,7 @@ from storage.study import SETTINGS_ATTR
 TrialRef = int | optuna.trial.BaseTrial | FrozenTrial
 CONSTRAINT = "accuracy"
 FAIL_REASON_ATTR = "failed_because"
-CONFIGURATION_ATTR = "configuration"  # the swept values of a point's winning configuration (search.bracket)
+CONFIGURATION_ATTR = "configuration"  # the swept values of a point's winning configuration (tuning.bracket)
 POINT_COLUMNS = ("N", "s", "accuracy", "throughput")
 FRAME_COLUMNS = ("number", "state", "N", "s", "family", "accuracy", "throughput", "speedup", "feasible")
 _ACTIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)

@@ -13,9 +13,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.driver import STOP_RESERVE_S, SearchOptions, run_search, trial_resources, trials_time_budget
 from storage import StudySettings, default_url, open_study
 from trainers.recipes import load_recipe
+from tuning.driver import STOP_RESERVE_S, SearchOptions, run_search, trial_resources, trials_time_budget
 
 FAST = {
     "max_train_examples": 64,

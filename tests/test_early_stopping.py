@@ -17,12 +17,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.bracket import bracket_study_name
 from search.compute import Compute, search_compute
-from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url
 from storage.curves import STOPPED_ATTR, read_curve
 from trainers.recipes import load_recipe
+from tuning.bracket import bracket_study_name
+from tuning.driver import SearchOptions, run_search
 
 RECIPE = {
     "max_train_examples": 256,

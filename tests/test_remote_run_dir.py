@@ -20,10 +20,10 @@ from test_driver import FAST
 
 from prumux import PruMUXModel
 from prumux.model import CONFIG_FILE
-from search.driver import SearchOptions, run_search
 from storage import StudySettings, default_url, open_study
 from storage.remote import RemoteFolder, child_uri, mirror_dir
 from trainers.recipes import load_recipe
+from tuning.driver import SearchOptions, run_search
 
 from conftest import S3_TEST_CREDENTIALS, SEARCH, RayHead, free_port
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from cli.main import main
-from search import replay, replay_many, summarize
+from replay import replay, replay_many, summarize
+from replay.curve_table import phase2_end, read_curves
+from replay.curves import grid_steps, replay_curves, replay_curves_many, summarize_curves
 from search.compute import StepLedger
-from search.curve_table import phase2_end, read_curves
 from search.grid import read_points
-from search.replay_curves import grid_steps, replay_curves, replay_curves_many, summarize_curves
 from storage.curves import stopped_trials
 
 TABLE = Path(__file__).parents[1] / "benchmarks" / "tables" / "qqp.csv"

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from replay.points import true_best
 from search import AutoPruMUXSampler, SearchDone, stop_when_done, suggest_point
 from search.curves import Curve, StopDecision, record_stop
 from search.grid import read_points, require_full_grid
-from search.replay import true_best
 from search.sampler import measured_points, stopped_points
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -71,7 +71,7 @@ LOCAL_RAY = """
 import os
 import ray
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
-from search.ray_session import connect_ray
+from tuning.ray_session import connect_ray
 with connect_ray():
     niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
     print(ray._private.worker.global_worker.node.webui_url or "no dashboard", is_token_auth_enabled(), niceness == os.nice(0))

@@ -13,7 +13,11 @@ from optuna.trial import TrialState
 from test_driver import FAST
 
 from dashboards.report import write_report
-from search.bracket import (
+from storage import StudySettings, default_url, open_study
+from trainers.curve import settling_steps
+from trainers.point import train_point
+from trainers.recipes import fields_through, load_recipe, recipe_from_dict
+from tuning.bracket import (
     CROSS_ENTROPY_ATTR,
     SHARED_MODELS,
     Point,
@@ -24,11 +28,7 @@ from search.bracket import (
     rung_steps,
     train_bracket,
 )
-from search.driver import SearchOptions, run_search
-from storage import StudySettings, default_url, open_study
-from trainers.curve import settling_steps
-from trainers.point import train_point
-from trainers.recipes import fields_through, load_recipe, recipe_from_dict
+from tuning.driver import SearchOptions, run_search
 
 # Two phase-2 learning rates (one too small to learn) x two CoFi layer-distillation versions: 4 configurations, 2 phase-2 models.
 SWEEP = {"finetune_lr": [0.001, 1e-06], "layer_distill_version": [3, 6]}

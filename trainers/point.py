@@ -24,7 +24,7 @@ the result (``curve``: ``[step, accuracy, stage]`` rows, ``total_steps``).
 final evaluation's validation rows (an evaluation that selects no kept state, so training is
 exactly as without the stop), saves the running stage's checkpoint and returns a ``PausedPoint``;
 called again (with a later step, or none) it resumes there. The configurations of a sweep are
-trained so, rung by rung (``search.bracket``).
+trained so, rung by rung (``tuning.bracket``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ A recipe may hold a `sweep`: fields, or tied groups of fields named together
 group). Each combination is a *configuration*: the recipe with those values and no sweep, so its
 digest and its phase 1-2 cache key are those of a plain recipe with the same values; the sweep
 itself is in no digest. A point of a recipe with a sweep is trained as a bracket of its
-configurations (`search.bracket`).
+configurations (`tuning.bracket`).
 """
 
 from __future__ import annotations

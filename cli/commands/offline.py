@@ -10,10 +10,10 @@ import optuna
 import pandas as pd
 
 from cli.options import study_options
+from replay.curves import METHODS as CURVE_METHODS
+from replay.curves import replay_tables, summarize_curves
+from replay.points import SAMPLERS, replay_many, summarize
 from search.grid import THROUGHPUT_COLUMNS, is_feasible, parse_budgets, read_points
-from search.replay import SAMPLERS, replay_many, summarize
-from search.replay_curves import METHODS as CURVE_METHODS
-from search.replay_curves import replay_tables, summarize_curves
 from search.surrogate import AutoPruMUX
 from storage import open_study, points_frame, study_settings
 

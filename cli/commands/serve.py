@@ -183,8 +183,8 @@ def _ray(address: str | None) -> Iterator[None]:
     on exit and stop what was started here (a local instance ends with its Serve proxy and controller)."""
     from ray import serve as ray_serve
 
-    from search.ray_session import connect_ray
     from serving.app import APP_NAME
+    from tuning.ray_session import connect_ray
 
     with connect_ray(address):
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines describe our own steps

@@ -39,9 +39,9 @@ from storage.trials import (
 if TYPE_CHECKING:
     from cli.console import SearchConsole
     from dashboards.summary import StudySummary
-    from search.driver import SearchOptions, SearchOutcome
     from trainers.job import Job
     from trainers.recipes import Recipe
+    from tuning.driver import SearchOptions, SearchOutcome
 
 DEFAULT_TASK = "rt-polarity"
 DEFAULT_MODEL = "minilm-l6"
@@ -202,7 +202,7 @@ def start(
     train, one live line per running trial shows its phase, step, last evaluation and ETA.
     """
     from cli.console import SearchConsole
-    from search.driver import SearchOptions, run_search
+    from tuning.driver import SearchOptions, run_search
 
     settings, job = check_search(task, model, recipe, overrides, grid_n, grid_s, budget, _command_line())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -451,7 +451,7 @@ curl -H "Authorization: Bearer KEY" -d '{{"inputs": ["a fine film"]}}' http://12
 def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Study) -> None:
     """Print one line per finished trial and refresh the dashboard figures."""
     from dashboards.publish import publish
-    from search.searcher import trained_count
+    from tuning.searcher import trained_count
 
     point = f"N={trial.params['N']} s={trial.params['s']:g}"
     if STOPPED_ATTR in trial.user_attrs and trial.state == TrialState.PRUNED:

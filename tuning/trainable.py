@@ -10,7 +10,7 @@ cache entries and point folders are locked with leases in the study's database i
 lock files. A work folder at a URI (``work_uri``) is trained in a local mirror: a folder is
 pulled when its lease is taken and pushed while and after it is held (``storage.remote``), and
 the trial records the model's URI. A recipe with a sweep trains the point as a bracket of its
-configurations (``search.bracket``); the trial records the winner's result.
+configurations (``tuning.bracket``); the trial records the winner's result.
 
 A trial's constraint is ``threshold - accuracy`` with threshold = dense (1, 0) accuracy -
 budget, and Optuna cannot change it after ``tell``. Trials may train concurrently with the
@@ -22,7 +22,7 @@ into the study every few seconds (``storage.progress``), where the driver reads 
 evaluation of its point is stored as the trial's learning curve (``storage.curves``: an
 intermediate value at the point's own step, the stage named; the cached phase 1-2 evaluations
 included, and the final accuracy at the last step) and sent to Tune (``tune.report`` with
-``evaluation: True``), whose scheduler (``search.stopping``) may stop the trial. Progress is sent
+``evaluation: True``), whose scheduler (``tuning.stopping``) may stop the trial. Progress is sent
 to Tune too, so a stopped trial's training thread ends within seconds (at its next report). A failed
 attempt writes its traceback to the work folder's ``train.log`` and its one-line cause into
 the study; an attempt that fails with the cause of an earlier attempt is deterministic (bad
@@ -50,7 +50,6 @@ from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from sqlalchemy.engine import Engine
 
-from search.bracket import Point, train_bracket
 from storage import Lease, database_engine, open_study, record_result
 from storage.curves import set_total_steps, write_evaluations
 from storage.errors import first_line
@@ -62,6 +61,7 @@ from trainers.curve import Evaluation
 from trainers.point import RESULT_FILE, train_point
 from trainers.progress import LOG_FILE, error_cause, job_log, reporting_progress
 from trainers.recipes import Recipe
+from tuning.bracket import Point, train_bracket
 
 WAIT_POLL_SECONDS = 5.0
 PROGRESS_EVERY_S = 2.0  # a trial writes its progress into the study at most this often
@@ -120,7 +120,7 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
 
 
 def _train(job: PointJob, N: int, s: float, lock: LockFactory | None, curve: TrialCurve) -> dict[str, Any]:
-    """The point's result: its one configuration trained, or its sweep's as a bracket (``search.bracket``)."""
+    """The point's result: its one configuration trained, or its sweep's as a bracket (``tuning.bracket``)."""
     configurations = job.recipe.configurations(s)
     if len(configurations) > 1:
         point = Point(job.storage_url, job.study_name, job.task, job.base_model, N, s, job.recipe, job.workdir, lock)

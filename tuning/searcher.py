@@ -9,7 +9,7 @@ Who writes what:
   driver's heartbeat and hands ``{"N", "s", "trial_number"}`` to the trainable.
 - The trainable worker records its own result (values, constraint, user attrs) before it
   reports to Tune, so a finished training is in the study even if the driver dies next.
-- ``on_trial_complete`` records a trial that the scheduler stopped early (``search.stopping``:
+- ``on_trial_complete`` records a trial that the scheduler stopped early (``tuning.stopping``:
   its point cannot reach the threshold or beat the best) as PRUNED, with its last accuracy, the
   bound that stopped it, the threshold, its predicted throughput and why; it is never trained
   again. It fails a trial that Ray gave up on, or that was stopped otherwise, if it is still
@@ -40,11 +40,11 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search.sampler import AutoPruMUXSampler, search_space
-from search.stopping import Stop
 from storage import Heartbeat
 from storage.leases import study_lease
 from storage.progress import failed_attempts
 from storage.trials import fail_trial, trial_id
+from tuning.stopping import Stop
 
 # how often a waiting searcher looks at the study again when no trial of its own completes
 RECHECK_SECONDS = 5.0

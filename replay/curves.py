@@ -14,7 +14,7 @@ Methods, side by side on the same curves (each recommends its best fully trained
   ``trial.set_constraint`` when the point finishes, ``trial.report(accuracy, step)`` at each
   evaluation and ``raise TrialPruned`` when ``should_prune()``; ``SuccessiveHalvingPruner()`` /
   ``HyperbandPruner()`` with their defaults; TPE as the points replay's (``make_sampler``).
-* ``asha-optuna`` / ``random-asha``: real Ray Tune runs (search.replay_ray).
+* ``asha-optuna`` / ``random-asha``: real Ray Tune runs (replay.ray_tune).
 * ``grid``: every point to its end.
 
 Baselines other than ``grid`` run ``trials`` trials (default: as many as the grid has points); a
@@ -31,11 +31,11 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from replay.curve_table import phase2_end, read_curves
+from replay.points import ReplayResult, dense_accuracy, make_sampler, search_result, summarize, true_best
 from search.compute import StepLedger
-from search.curve_table import phase2_end, read_curves
 from search.curves import Curve, CurveBound, StopDecision, decide_stop, false_stops, record_stop
 from search.grid import check_budget, is_feasible, read_points, require_full_grid
-from search.replay import ReplayResult, dense_accuracy, make_sampler, search_result, summarize, true_best
 from search.sampler import AutoPruMUXSampler, suggest_point
 
 OURS = ("autoprumux-es", "autoprumux")
@@ -113,7 +113,7 @@ def replay_curves(
     elif method in OPTUNA_PRUNERS:
         _optuna_pruned(search, budget, seed, OPTUNA_PRUNERS[method](), trials, storage)
     elif method in RAY_METHODS:
-        from search.replay_ray import ray_search
+        from replay.ray_tune import ray_search
 
         ray_search(search, method, seed, trials)
     else:
@@ -259,6 +259,6 @@ def _ledger(curves: dict[Point, Curve]) -> StepLedger:
 def _ray_if_needed(methods: Sequence[str]):
     if not any(method in RAY_METHODS for method in methods):
         return nullcontext()
-    from search.replay_ray import local_ray
+    from replay.ray_tune import local_ray
 
     return local_ray()

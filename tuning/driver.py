@@ -1,6 +1,6 @@
 """The search run: a Ray Tune ``Tuner`` driving the Optuna study of an Auto-PruMUX search.
 
-One Tune trial trains one (N, s) point (``search.trainable``); the trials are proposed by
+One Tune trial trains one (N, s) point (``tuning.trainable``); the trials are proposed by
 ``StudySearcher`` from the study in SQL, so ``run_search`` on an existing study resumes it:
 trials left RUNNING by a dead driver are failed first (their points become proposable
 again), finished points are never proposed again, and ``train_point`` reuses the phase 1-2
@@ -37,12 +37,7 @@ import ray
 from optuna.trial import FrozenTrial
 from ray import tune
 
-from search.lost_nodes import LostNodeNotice, Say, notices_to_log
-from search.ray_session import connect_ray
 from search.sampler import AutoPruMUXSampler
-from search.searcher import StudySearcher
-from search.stopping import BudgetStopping
-from search.trainable import PointJob, train_trial
 from storage import (
     Heartbeat,
     StudySettings,
@@ -59,6 +54,11 @@ from storage.trials import trial_id
 from trainers.cache import CacheEntry, cache_entry
 from trainers.job import check_writable_dir
 from trainers.recipes import Recipe
+from tuning.lost_nodes import LostNodeNotice, Say, notices_to_log
+from tuning.ray_session import connect_ray
+from tuning.searcher import StudySearcher
+from tuning.stopping import BudgetStopping
+from tuning.trainable import PointJob, train_trial
 
 TrialHook = Callable[[FrozenTrial, optuna.Study], None]
 ProgressHook = Callable[[dict[int, dict]], None]  # trial number -> its latest progress record

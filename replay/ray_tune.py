@@ -39,7 +39,7 @@ def local_ray() -> Iterator[None]:
 
 
 def ray_search(search, method: str, seed: int, trials: int) -> None:
-    """Run one Ray Tune baseline over ``search`` (a search.replay_curves search) and record what it trained."""
+    """Run one Ray Tune baseline over ``search`` (a replay.curves search) and record what it trained."""
     curves, lookup, threshold = search.curves, search.lookup, search.threshold
     table = {point: (curve.steps, curve.accuracies) for point, curve in curves.items()}
     speed = {point: float(lookup.loc[point, "throughput"]) for point in curves}

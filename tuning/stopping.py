@@ -1,6 +1,6 @@
 """``BudgetStopping``: a Ray Tune scheduler that stops a trial once its point can no longer matter.
 
-Each trial reports every evaluation of its point (``search.trainable``): validation accuracy at
+Each trial reports every evaluation of its point (``tuning.trainable``): validation accuracy at
 the point's own training step. At each one the scheduler asks ``search.curves.decide_stop``
 whether the point is done for:
 

@@ -55,7 +55,7 @@ Everything lives in the work folder (checkpoints) and the study (the trials, the
 curves and decisions), so a bracket cut short continues where it stopped when the point is
 trained again.
 
-While it runs, the point's own curve (the outer trial's, judged by ``search.stopping``) is the
+While it runs, the point's own curve (the outer trial's, judged by ``tuning.stopping``) is the
 best configuration's: after each rung, every step's best accuracy over the configurations.
 """
 

@@ -10,7 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from storage.trials import family as point_family
+from storage.points import family as point_family
+from storage.points import threshold as budget_threshold
 
 FAMILIES = {
     "dense": ("dense (1, 0)", "#1f77b4", "diamond"),
@@ -105,7 +106,7 @@ def surrogate_figure(
     prediction = surrogate.predict(N.ravel(), s.ravel())
     accuracy = prediction.accuracy.reshape(N.shape)
     throughput = prediction.throughput.reshape(N.shape)
-    threshold = float(surrogate.predict(1, 0.0).accuracy[0]) - budget
+    threshold = budget_threshold(surrogate.dense_accuracy_, budget)
     figure = make_subplots(
         rows=1,
         cols=2,

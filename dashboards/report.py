@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from dashboards.figures import frontier_figure, learning_curves_figure, point_label, surrogate_figure
 from dashboards.summary import StudySummary, summarize
-from search.grid import dense_row, is_feasible
+from storage.points import dense_row, is_feasible, threshold
 from storage.trials import configuration_text
 
 BUDGETS = tuple(round(0.01 * k, 2) for k in range(11))
@@ -94,12 +94,12 @@ def top_per_budget(points: pd.DataFrame, budgets: tuple[float, ...], k: int = 3)
     dense_accuracy = float(dense["accuracy"])
     rows = []
     for budget in budgets:
-        threshold = dense_accuracy - budget
-        within = points[is_feasible(points["accuracy"].to_numpy(), threshold)].sort_values(
+        judged_by = threshold(dense_accuracy, budget)
+        within = points[is_feasible(points["accuracy"].to_numpy(), judged_by)].sort_values(
             ["throughput", "accuracy"], ascending=False
         )
         best = [f"{point_label(r.N, r.s)} {r.speedup:.2f}x" for r in within.head(k).itertuples()]
-        rows.append({"budget": budget, "threshold": threshold, **{f"#{i + 1}": p for i, p in enumerate(best)}})
+        rows.append({"budget": budget, "threshold": judged_by, **{f"#{i + 1}": p for i, p in enumerate(best)}})
     return pd.DataFrame(rows)
 
 

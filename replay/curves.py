@@ -32,11 +32,12 @@ import optuna
 import pandas as pd
 
 from replay.curve_table import phase2_end, read_curves
-from replay.points import ReplayResult, dense_accuracy, make_sampler, search_result, summarize, true_best
+from replay.points import ReplayResult, make_sampler, search_result, summarize, true_best
 from search.compute import StepLedger
 from search.curves import Curve, CurveBound, StopDecision, decide_stop, false_stops, record_stop
-from search.grid import check_budget, is_feasible, read_points, require_full_grid
+from search.grid import check_budget, read_points, require_full_grid
 from search.sampler import AutoPruMUXSampler, suggest_point
+from storage.points import DENSE_POINT, is_feasible, table_threshold
 
 OURS = ("autoprumux-es", "autoprumux")
 OPTUNA_PRUNERS = {"tpe-sha": optuna.pruners.SuccessiveHalvingPruner, "tpe-hyperband": optuna.pruners.HyperbandPruner}
@@ -71,7 +72,7 @@ class _Search:
         self.table, self.curves = table, curves
         self.grid_N, self.grid_s = require_full_grid(table)
         self.lookup = table.set_index(["N", "s"])
-        self.threshold = dense_accuracy(table) - budget
+        self.threshold = table_threshold(table, budget)
         self.ledger = _ledger(curves)
         self.measured: dict[Point, pd.Series] = {}
         self.started: set[Point] = set()
@@ -217,7 +218,7 @@ def _ours(search: _Search, budget: float, seed: int, stopping: CurveBound | None
                     break
         if decision is None:
             search.finish(point)
-            threshold = search.threshold if (1, 0.0) in search.measured else None
+            threshold = search.threshold if DENSE_POINT in search.measured else None
             trial.set_constraint("accuracy", search.threshold - row["accuracy"])
             study.tell(trial, [float(row["accuracy"]), float(row["throughput"])])
             finished.append(curve)

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 import optuna
 import pandas as pd
 
-from search.grid import check_budget, dense_row, is_feasible, read_points, require_full_grid
+from search.grid import check_budget, read_points, require_full_grid
 from search.sampler import AutoPruMUXSampler, stop_when_done, suggest_point
+from storage.points import is_feasible, table_threshold
 
 SAMPLERS = ("autoprumux", "grid", "random", "tpe", "gp")
 # Random proposals of TPE and GP before their models start; the default 10 would leave
@@ -52,11 +53,7 @@ class ReplayResult:
 
 def true_best(table: pd.DataFrame, budget: float) -> pd.Series:
     """The highest-throughput point of the table within the budget."""
-    dense = dense_row(table)
-    if dense is None:
-        raise ValueError("the table has no dense point (N=1, s=0)")
-    threshold = float(dense["accuracy"]) - budget
-    feasible = table[is_feasible(table["accuracy"].to_numpy(), threshold)]
+    feasible = table[is_feasible(table["accuracy"].to_numpy(), table_threshold(table, budget))]
     return feasible.sort_values(["throughput", "accuracy"], ascending=False).iloc[0]
 
 
@@ -90,7 +87,7 @@ def replay(
     grid_N, grid_s = require_full_grid(table)
     budget = check_budget(budget)
     best = true_best(table, budget)
-    threshold = dense_accuracy(table) - budget
+    threshold = table_threshold(table, budget)
     chosen = make_sampler(sampler, table, budget, seed)
     study = _create_study(chosen, sampler, storage)
     cap = len(table) if max_trainings is None else min(max_trainings, len(table))
@@ -154,11 +151,6 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         searches=("hit", "size"),
     )
     return summary.reset_index()
-
-
-def dense_accuracy(table: pd.DataFrame) -> float:
-    """The table's dense (1, 0) accuracy."""
-    return float(dense_row(table)["accuracy"])
 
 
 def _create_study(sampler: optuna.samplers.BaseSampler, name: str, storage) -> optuna.Study:

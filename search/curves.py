@@ -56,8 +56,8 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 
-from search.grid import FEASIBILITY_TOLERANCE
 from storage.curves import STOP_KINDS, read_curve, record_stopped
+from storage.points import FEASIBILITY_TOLERANCE
 from storage.trials import TrialRef, trial_point
 
 TEACHER_STAGE = "finetune"

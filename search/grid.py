@@ -13,24 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from storage.trials import is_dense
-
 POINT_COLUMNS = ("N", "s", "accuracy", "throughput")
 THROUGHPUT_COLUMNS = ("N", "s", "throughput")
-# Measured accuracies are rounded fractions; this keeps "exactly at the threshold" feasible.
-FEASIBILITY_TOLERANCE = 1e-9
-
-
-def is_feasible(accuracy: np.ndarray | float, threshold: float) -> np.ndarray | bool:
-    """Whether accuracy meets the threshold (dense accuracy minus budget)."""
-    return np.asarray(accuracy) >= threshold - FEASIBILITY_TOLERANCE
-
-
-def dense_row(points: pd.DataFrame) -> pd.Series | None:
-    """The dense (1, 0) row of a points table, or None: the first one, as tables list a study's
-    trials by number (``storage.trials.dense_trial`` takes the same)."""
-    dense = points[[is_dense(N, s) for N, s in zip(points["N"], points["s"])]]
-    return None if dense.empty else dense.iloc[0]
 
 
 def check_budget(budget: float) -> float:

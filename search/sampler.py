@@ -69,9 +69,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy.special import ndtr
 
-from search.grid import FEASIBILITY_TOLERANCE, THROUGHPUT_COLUMNS, check_budget, check_grid, dense_row, is_feasible
+from search.grid import THROUGHPUT_COLUMNS, check_budget, check_grid
 from search.surrogate import AutoPruMUX, concave_cap, monotone_cap
 from storage.curves import STOPPED_ATTR
+from storage.points import DENSE_POINT, FEASIBILITY_TOLERANCE, dense_row, is_feasible, threshold
 from storage.trials import trial_point
 
 TAKEN_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
@@ -195,8 +196,8 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         best first; ``stopped`` (``stopped_points``) bounds the points it dominates."""
         censored = censored_points(stopped)
         model = AutoPruMUX().fit(measured, self._throughputs(stopped), censored)
-        threshold = model.dense_accuracy_ - self.budget
-        feasible = measured[is_feasible(measured["accuracy"].to_numpy(), threshold)]
+        judged_by = threshold(model.dense_accuracy_, self.budget)
+        feasible = measured[is_feasible(measured["accuracy"].to_numpy(), judged_by)]
         incumbent = feasible["throughput"].max()
         untried = [(n, s) for n in self.grid_N for s in self.grid_s if (n, s) not in taken]
         if not untried:
@@ -219,7 +220,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         frame["optimistic_accuracy"] = np.minimum(optimistic, cap)
         estimated = ~frame["throughput_measured"].to_numpy()
         frame["optimistic_throughput"] = frame["throughput"] * (1 + self.throughput_margin * estimated)
-        frame["candidate"] = is_feasible(frame["optimistic_accuracy"].to_numpy(), threshold) & (
+        frame["candidate"] = is_feasible(frame["optimistic_accuracy"].to_numpy(), judged_by) & (
             frame["optimistic_throughput"] > incumbent
         )
         centre = np.where(reliable, frame["accuracy"], np.maximum(frame["accuracy"], additive))
@@ -228,7 +229,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         inside = _inside_row(measured, N, s)
         centre = np.where(inside, (centre + np.maximum(centre, chord)) / 2, centre)
         spread = np.where(reliable, self.margin, self.extrapolation_margin)
-        frame["p_feasible"] = ndtr((centre - threshold + FEASIBILITY_TOLERANCE) / spread)
+        frame["p_feasible"] = ndtr((centre - judged_by + FEASIBILITY_TOLERANCE) / spread)
         cheap_bonus = 1 + self.tie_tolerance * frame["N"].isin(cheap_Ns).to_numpy()
         frame["score"] = frame["throughput"] * cheap_bonus
         gain = frame["optimistic_throughput"] - (incumbent if np.isfinite(incumbent) else 0.0)
@@ -244,7 +245,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         return own if self.throughput is None else pd.concat([self.throughput[list(THROUGHPUT_COLUMNS)], own])
 
     def _anchors(self) -> list[tuple[int, float]]:
-        anchors = [(1, 0.0), (1, self.grid_s[-1]), (self.grid_N[-1], 0.0)]
+        anchors = [DENSE_POINT, (1, self.grid_s[-1]), (self.grid_N[-1], 0.0)]
         return list(dict.fromkeys(anchors))
 
     def _next_without_model(self, taken: set) -> tuple[int, float] | None:

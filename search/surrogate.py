@@ -32,13 +32,8 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from sklearn.base import BaseEstimator, clone
 
-from search.grid import (
-    THROUGHPUT_COLUMNS,
-    check_budget,
-    dense_row,
-    is_feasible,
-    read_points,
-)
+from search.grid import THROUGHPUT_COLUMNS, check_budget, read_points
+from storage.points import dense_row, is_feasible, threshold
 
 # Share of FLOPs that survive any pruning when the measured shapes cannot tell (one s value).
 DEFAULT_FIXED_SHARE = 0.1
@@ -141,7 +136,7 @@ class AutoPruMUX(BaseEstimator):
             raise ValueError(f"k must be at least 1, got {k}")
         candidates = self.points_ if candidates is None else candidates
         frame = self.predict(candidates["N"].to_numpy(), candidates["s"].to_numpy()).to_frame()
-        frame = frame[is_feasible(frame["accuracy"].to_numpy(), self.dense_accuracy_ - budget)]
+        frame = frame[is_feasible(frame["accuracy"].to_numpy(), threshold(self.dense_accuracy_, budget))]
         frame = frame.sort_values(["throughput", "accuracy"], ascending=False, kind="stable")
         columns = ["N", "s", "accuracy", "throughput", "interpolated"]
         return frame[columns].head(k).reset_index(drop=True)

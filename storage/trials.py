@@ -17,7 +17,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.study import SETTINGS_ATTR
+from storage.points import family, is_dense, threshold
+from storage.study import SETTINGS_ATTR, study_settings
 
 TrialRef = int | optuna.trial.BaseTrial | FrozenTrial
 CONSTRAINT = "accuracy"
@@ -37,14 +38,6 @@ _DTYPES = {
 }
 
 
-DENSE_POINT = (1, 0.0)  # (N, s) of the dense model, every budget's reference
-
-
-def is_dense(N: float, s: float) -> bool:
-    """Whether (N, s) is the dense point (1, 0)."""
-    return (N, s) == DENSE_POINT
-
-
 def is_feasible_trial(trial: FrozenTrial) -> bool:
     """Whether a trial is COMPLETE and meets its stored constraint (``threshold - accuracy <= 0``)."""
     return trial.state == TrialState.COMPLETE and all(value <= 0 for value in trial.constraints.values())
@@ -56,13 +49,6 @@ def trial_point(trial: FrozenTrial) -> tuple[int, float] | None:
     if "N" not in params or "s" not in params:
         return None
     return int(params["N"]), float(params["s"])
-
-
-def family(N: int, s: float) -> str:
-    """Name the model family of a grid point: dense, cofi, datamux or prumux."""
-    if N == 1:
-        return "dense" if s == 0 else "cofi"
-    return "datamux" if s == 0 else "prumux"
 
 
 def trial_id(study: optuna.Study, trial: TrialRef) -> int:
@@ -159,11 +145,9 @@ def recommend(points: pd.DataFrame) -> pd.Series | None:
 
 
 def accuracy_threshold(study: optuna.Study) -> float | None:
-    """Return the accuracy threshold the latest complete trial was judged by, if any."""
-    for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
-        if CONSTRAINT in trial.constraints and trial.values:
-            return trial.values[0] + trial.constraints[CONSTRAINT]
-    return None
+    """The study's threshold: its dense trial's accuracy minus its budget; None before both are known."""
+    dense, settings = dense_accuracy(study), study_settings(study)
+    return None if dense is None or settings is None else threshold(dense, settings.budget)
 
 
 def configuration_text(values: dict[str, Any]) -> str:

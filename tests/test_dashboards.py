@@ -133,7 +133,9 @@ def test_surrogate_map_covers_the_grid(study: optuna.Study) -> None:
     assert len(measured) == 2 and len(measured[0].x) == len(TRAINED) + len(IMPORTED)
     proposed = next(t for t in figure.data if t.meta == {"role": "next"})
     assert (proposed.x[0], round(proposed.y[0])) == (2, 1)
-    assert any(t.meta == {"role": "feasible-region"} and len(t.x) > 0 for t in figure.data)
+    region = [t for t in figure.data if t.meta == {"role": "feasible-region"}]
+    assert region and all(len(t.x) > 0 for t in region)
+    assert region[0].name == f"feasible (accuracy >= {THRESHOLD:.3f})"  # the measured dense accuracy's threshold
 
 
 def test_publish_stores_both_figures_and_a_masked_note(tmp_path: Path) -> None:

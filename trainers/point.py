@@ -39,7 +39,7 @@ from typing import Any
 from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, prunable_parameters, realised_sparsity
 from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
-from storage.trials import family
+from storage.points import family
 from trainers.cache import (
     LockFactory,
     ThroughputCache,

@@ -29,10 +29,10 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from search.curves import Curve, CurveBound, StopDecision, decide_stop, record_stop
-from search.grid import is_feasible
 from search.sampler import measured_points
 from search.surrogate import AutoPruMUX
-from storage.trials import dense_trial, is_dense
+from storage.points import is_dense, is_feasible, threshold
+from storage.trials import dense_trial
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -130,7 +130,7 @@ class BudgetStopping(FIFOScheduler):
         if is_dense(N, s) or dense is None or rows[-1][0] >= total_steps:  # at its last step nothing is saved
             return None
         dense_accuracy, dense_throughput = dense.values
-        threshold = dense_accuracy - self.budget
+        judged_by = threshold(dense_accuracy, self.budget)
         curve = Curve(
             N=N,
             s=s,
@@ -139,13 +139,13 @@ class BudgetStopping(FIFOScheduler):
             total_steps=total_steps,
             stages=_stage_ranges(rows),
         )
-        throughput, incumbent = self._throughputs(N, s, threshold)
+        throughput, incumbent = self._throughputs(N, s, judged_by)
         speedup = throughput / dense_throughput
         best = None if incumbent is None else incumbent / dense_throughput
-        decision = decide_stop(curve, self._fitted_bound(), threshold, speedup, best)
+        decision = decide_stop(curve, self._fitted_bound(), judged_by, speedup, best)
         if decision is None:
             return None
-        return Stop(int(result["trial_number"]), curve, decision, threshold, throughput)
+        return Stop(int(result["trial_number"]), curve, decision, judged_by, throughput)
 
     def _fitted_bound(self) -> CurveBound:
         """The curve model, refitted whenever the study has finished another point."""

@@ -53,9 +53,10 @@ from sqlalchemy.engine import Engine
 from storage import Lease, database_engine, open_study, record_result
 from storage.curves import set_total_steps, write_evaluations
 from storage.errors import first_line
+from storage.points import is_dense, threshold
 from storage.progress import record_failed_attempt, write_progress
 from storage.remote import RemoteFolder, mirror_dir
-from storage.trials import dense_trial, fail_trial, is_dense, is_feasible_trial, json_safe, trial_id
+from storage.trials import dense_trial, fail_trial, is_feasible_trial, json_safe, trial_id
 from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory, record_origin
 from trainers.curve import Evaluation
 from trainers.point import RESULT_FILE, train_point
@@ -114,8 +115,10 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
     result["node"] = node
     trial = _stored(study, number)
     if trial.state != TrialState.COMPLETE:  # a retry after the record was written is a no-op
-        threshold = result["val_accuracy"] - job.budget if is_dense(N, s) else wait_for_threshold(study, job.budget)
-        trial = record_result(study, number, result, threshold)
+        judged_by = (
+            threshold(result["val_accuracy"], job.budget) if is_dense(N, s) else wait_for_threshold(study, job.budget)
+        )
+        trial = record_result(study, number, result, judged_by)
     tune.report(trial_metrics(trial))
 
 
@@ -320,7 +323,7 @@ def wait_for_threshold(study: optuna.Study, budget: float, poll_seconds: float =
     """
     while True:
         if (dense := dense_trial(study)) is not None:
-            return dense.values[0] - budget
+            return threshold(dense.values[0], budget)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if not any(is_dense(t.params.get("N"), t.params.get("s")) for t in running):
             raise RuntimeError("the dense (1, 0) trial failed, so this point's feasibility is unknown")

@@ -12,6 +12,7 @@ import pandas as pd
 from cli.commands.study import DEFAULT_BUDGET, DEFAULT_GRID_N, DEFAULT_GRID_S
 from cli.options import study_options
 from storage import StudySettings, dense_accuracy, import_points, open_study, study_settings
+from storage.points import is_dense, threshold
 from storage.study import find_study
 
 # A realised sparsity this close to a grid value is that grid point.
@@ -143,10 +144,10 @@ def _grid_sparsity(given: float | None, realised: float, grid_s: tuple[float, ..
 
 def _threshold(storage: str, study: str, values: dict, budget: float) -> float:
     """The accuracy the point must reach: the study's dense accuracy (its own, if it is the dense point) - budget."""
-    if (values["N"], values["s"]) == (1, 0.0):
-        return values["val_accuracy"] - budget
+    if is_dense(values["N"], values["s"]):
+        return threshold(values["val_accuracy"], budget)
     existing = find_study(storage, study)
     dense = dense_accuracy(existing) if existing is not None else None
     if dense is None:
         raise ValueError(f"study {study!r} has no dense (N=1, s=0) point yet: evaluate that one first")
-    return dense - budget
+    return threshold(dense, budget)

@@ -13,9 +13,10 @@ from cli.options import study_options
 from replay.curves import METHODS as CURVE_METHODS
 from replay.curves import replay_tables, summarize_curves
 from replay.points import SAMPLERS, replay_many, summarize
-from search.grid import THROUGHPUT_COLUMNS, is_feasible, parse_budgets, read_points
+from search.grid import THROUGHPUT_COLUMNS, parse_budgets, read_points
 from search.surrogate import AutoPruMUX
 from storage import open_study, points_frame, study_settings
+from storage.points import is_feasible, threshold
 
 FORMATS = click.Choice(["table", "json"])
 
@@ -151,7 +152,7 @@ def _true_best(points: pd.DataFrame, candidates: pd.DataFrame, budget: float, de
     measured = set(zip(points["N"], points["s"].round(9)))
     if not set(zip(candidates["N"].astype(int), candidates["s"].round(9))) <= measured:
         return None
-    feasible = points[is_feasible(points["accuracy"].to_numpy(), dense - budget)]
+    feasible = points[is_feasible(points["accuracy"].to_numpy(), threshold(dense, budget))]
     best = feasible.sort_values(["throughput", "accuracy"], ascending=False).iloc[0]
     return int(best["N"]), float(best["s"])
 

@@ -51,12 +51,6 @@ DEFAULT_GRID_S = "0,0.5,0.7,0.9"
 DEFAULT_BUDGET = 0.03
 TABLE_COLUMNS = ["number", "state", "N", "s", "family", "accuracy", "throughput", "speedup", "feasible"]
 EXIT_INTERRUPTED = 130
-TENANT_WARNING = (
-    "**Multiplexing mixes instances in one forward pass.** With N > 1 the model combines N "
-    "inputs into one representation before the encoder, so a shared service must multiplex only "
-    "requests of one tenant (PruMUX paper, appendix A.3): never batch different users' inputs "
-    "into one multiplexed pass."
-)
 
 
 def definition_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -329,13 +323,14 @@ def best(run_dir: Path | str, storage: str, study: str, output: str) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (new or empty).")
 def export(run_dir: Path | str, storage: str, study: str, number: int, out: Path) -> None:
     """Copy a trial's trained model to OUT, servable (tokenizer, labels, length), with a README.md model card."""
-    from trainers.servable import export_servable
+    from servable import export_servable, model_card
+    from trainers.point_sources import POINT_SOURCES
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder")
     opened = open_study(storage, study)
     trial = complete_trial(opened, number)
-    export_servable({**trial.user_attrs, **trial.params}, out, f"trial {number}")
+    export_servable({**trial.user_attrs, **trial.params}, out, POINT_SOURCES, f"trial {number}")
     (out / "README.md").write_text(model_card(trial, study_settings(opened)))
     chosen = trial.user_attrs.get(CONFIGURATION_ATTR)
     also = f", configuration {configuration_text(chosen)}" if chosen else ""
@@ -369,7 +364,8 @@ def import_points(
 
     Without --grid-n/--grid-s the grid is the study's, or for a new study the points' N and s values.
     """
-    from search.grid import check_on_grid, dense_row, grid_axes, read_points
+    from search.grid import check_on_grid, grid_axes, read_points
+    from storage.points import dense_row, threshold
 
     if not points_csv.is_file():
         raise ValueError(f"no such points file: {points_csv}")
@@ -383,69 +379,8 @@ def import_points(
     dense = dense_row(points)
     opened = open_study(storage, study, settings, create=dense is not None)
     dense_point_accuracy = _study_dense_accuracy(opened) if dense is None else float(dense["accuracy"])
-    add_points(opened, points, dense_point_accuracy - settings.budget)
+    add_points(opened, points, threshold(dense_point_accuracy, settings.budget))
     click.echo(f"imported {len(points)} points into study {study!r}")
-
-
-def model_card(trial: FrozenTrial, settings: StudySettings | None) -> str:
-    """A README.md for an exported trial: what it is, how it scored, how to load it safely."""
-    attrs = trial.user_attrs
-    N, s = int(trial.params["N"]), float(trial.params["s"])
-    rows = [
-        ("task", attrs.get("task", settings.task if settings else "?")),
-        ("base model", attrs.get("base_model", settings.base_model if settings else "?")),
-        ("recipe", attrs.get("recipe", settings.recipe if settings else "?")),
-        *(
-            [("configuration (best of the sweep)", configuration_text(attrs[CONFIGURATION_ATTR]))]
-            if CONFIGURATION_ATTR in attrs
-            else []
-        ),
-        ("multiplexing width N", N),
-        ("target sparsity s", s),
-        ("realised sparsity", attrs.get("sparsity")),
-        ("validation accuracy", trial.values[0]),
-        ("test accuracy", attrs.get("test_accuracy")),
-        ("throughput (examples/s)", trial.values[1]),
-        ("speed-up over dense", attrs.get("speedup")),
-        ("parameters", attrs.get("total_parameters")),
-        ("measured on", attrs.get("hardware")),
-        ("feasible under the budget", is_feasible_trial(trial)),
-        ("study trial", trial.number),
-    ]
-    table = "\n".join(f"| {label} | {_fmt(value)} |" for label, value in rows)
-    return f"""# PruMUX model: N={N}, s={s:g}
-
-A multiplexed (DataMUX, N={N}) and pruned (CoFi, sparsity {s:g}) classifier found by
-`prumux-search`.
-
-| | |
-| --- | --- |
-{table}
-
-## Load
-
-```python
-from prumux import PruMUXModel
-model = PruMUXModel.from_pretrained("path/to/this/folder")
-```
-
-Any number of inputs may be passed; the model pads them to a multiple of N.
-
-## Serve
-
-The folder is self-contained (tokenizer files; task, labels and sequence length in `serving.json`):
-
-```bash
-prumux-search serve --model path/to/this/folder --keys keys.txt
-curl -H "Authorization: Bearer KEY" -d '{{"inputs": ["a fine film"]}}' http://127.0.0.1:8000/v1/classify
-```
-
-`POST /v1/classify` multiplexes the requests of one tenant (one API key) only, N at a time.
-
-## Warning: one tenant per multiplexed pass
-
-{TENANT_WARNING}
-"""
 
 
 def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Study) -> None:
@@ -495,7 +430,7 @@ def _print_frontier(study: optuna.Study) -> None:
 
 
 def _best_figures(summary: StudySummary) -> dict[str, Any]:
-    from search.grid import dense_row
+    from storage.points import dense_row
 
     row = summary.recommended
     dense = dense_row(summary.points)

@@ -300,7 +300,7 @@ def serving_section(plan: Plan, device: torch.device, work_dir: Path) -> Section
     import serve_load  # imports Ray: only here, so sections 1-2 run without it
     from ray import serve
 
-    from trainers.servable import read_servable
+    from servable import read_servable
     from trainers.tasks import load_task
 
     section = Section("4. Serving: one replica under load, end to end against model level")

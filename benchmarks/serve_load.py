@@ -36,10 +36,11 @@ import aiohttp
 import torch
 
 from prumux import PruMUXModel, hardware_name, measure_throughput
+from servable import ServingSpec, export_servable, read_servable
 from serving.app import APP_NAME, ServeOptions, batch_instances, build_app, logging_config, prepare
 from serving.keys import key_digest
 from serving.stats import latency_percentiles
-from trainers.servable import ServingSpec, export_servable, read_servable
+from trainers.point_sources import POINT_SOURCES
 
 TENANT_KEYS = [f"benchmark-tenant-{index}-key-0123456789" for index in range(8)]
 
@@ -66,7 +67,7 @@ def servable_folders(args: argparse.Namespace) -> list[Path]:
     for result in sorted(results, key=lambda r: (r["N"] != 1 or r["s"] != 0, r["N"], r["s"])):
         out = Path(args.points) / "served" / f"N{result['N']}-s{result['s']:g}"
         if not (out / "serving.json").is_file():
-            export_servable(result, out, f"point N={result['N']} s={result['s']:g}")
+            export_servable(result, out, POINT_SOURCES, f"point N={result['N']} s={result['s']:g}")
         folders.append(out)
     return folders
 

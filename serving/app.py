@@ -19,11 +19,11 @@ import ray
 from ray import serve
 from ray.serve import Application
 
+from servable import ServingSpec
 from serving.classifier import Classifier
 from serving.gateway import Gateway
 from serving.keys import read_keys
 from serving.model import check_servable, local_folder
-from trainers.servable import ServingSpec
 
 APP_NAME = "prumux"
 GROUPS_PER_BATCH = 32  # default --max-batch: this many groups of N

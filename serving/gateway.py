@@ -23,12 +23,12 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 from starlette.exceptions import HTTPException
 
+from servable import ServingSpec
 from serving.batching import PartResult, split_request
 from serving.inputs import BadRequest, Input, parse_inputs
 from serving.keys import TenantKeys
 from serving.stats import ServingStats
 from storage.urls import is_loopback_host
-from trainers.servable import ServingSpec
 
 RETRIES = 2
 REPLICA_LOST = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from prumux import PruMUXModel
+from servable import ServingSpec, load_tokenizer, read_servable
 from serving.inputs import Input
-from trainers.servable import ServingSpec, read_servable
 
 ENCODED_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -46,13 +46,11 @@ class ServedModel:
     """The model of a servable folder, ready to turn inputs into label probabilities."""
 
     def __init__(self, folder: str | Path, device: str = "cpu") -> None:
-        from trainers.models import load_tokenizer
-
         self.folder = Path(folder)
         self.spec: ServingSpec = read_servable(self.folder)
         self.device = torch.device(device)
         self.model = PruMUXModel.from_pretrained(self.folder).to(self.device).eval()
-        self.tokenizer = load_tokenizer(str(self.folder))
+        self.tokenizer = load_tokenizer(self.folder)
 
     @property
     def N(self) -> int:
@@ -111,7 +109,6 @@ def check_servable(folder: Path) -> ServingSpec:
     from safetensors import SafetensorError, safe_open
 
     from prumux.model import WEIGHTS_FILE
-    from trainers.models import load_tokenizer
 
     spec = read_servable(folder)
     try:
@@ -120,7 +117,7 @@ def check_servable(folder: Path) -> ServingSpec:
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {error}") from None
     try:
-        load_tokenizer(str(folder))
+        load_tokenizer(folder)
     except (ValueError, OSError) as error:
         raise ValueError(f"the tokenizer in {folder} does not load: {error}") from None
     return spec

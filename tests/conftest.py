@@ -59,7 +59,8 @@ def tiny_servable_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: P
     """A servable folder (as `export` writes one): a PruMUXModel at N=2 on the tiny BERT, its
     tokenizer and serving.json (rt-polarity labels, length 16)."""
     from prumux import PruMUXModel
-    from trainers.servable import make_servable
+    from servable import make_servable
+    from trainers.point_sources import POINT_SOURCES
 
     folder = tmp_path_factory.mktemp("tiny-servable")
     PruMUXModel.from_pretrained(tiny_bert_dir, num_instances=2, num_labels=2, seed=1).save_pretrained(folder)
@@ -69,7 +70,7 @@ def tiny_servable_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: P
         "s": 0.0,
         "recipe_values": {"seq_len": TINY_SERVED_SEQ_LEN},
     }
-    make_servable(folder, point)
+    make_servable(folder, point, POINT_SOURCES)
     return folder
 
 

@@ -22,9 +22,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tuning",),
     ("search",),
     ("trainers",),
+    ("servable",),
     ("prumux", "storage"),
 )
-LAYERS_LINE = "cli > (dashboards | serving | replay) > tuning > search > trainers > (prumux | storage)"
+LAYERS_LINE = "cli > (dashboards | serving | replay) > tuning > search > trainers > servable > (prumux | storage)"
 
 
 def module_files(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:

@@ -13,7 +13,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 
 from cli.commands.dashboard import dashboard
-from cli.commands.study import model_card
+from servable import model_card
 
 from conftest import REPO, client_env
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from servable import SERVING_FILE, read_servable
 from serving.batching import Part, split_request, tenant_passes
 from serving.inputs import BadRequest, parse_inputs
 from serving.keys import LOCAL_TENANT, TenantKeys, check_exposure, is_loopback_host, key_digest, read_keys
 from serving.stats import latency_percentiles
-from trainers.servable import SERVING_FILE, read_servable
 
 from conftest import TINY_SERVED_SEQ_LEN
 

@@ -90,7 +90,7 @@ def test_export_reloads_and_predicts(local_ray, tiny_bert_dir: Path, tmp_path: P
     card = (out / "README.md").read_text()
     assert "one tenant" in card and "N=1, s=0" in card
     assert "prumux-search serve --model" in card and "/v1/classify" in card
-    from trainers.servable import read_servable
+    from servable import read_servable
 
     spec = read_servable(out)  # self-contained: tokenizer, labels, length
     assert (spec.N, spec.seq_len, spec.label_names) == (1, 32, ("negative", "positive"))

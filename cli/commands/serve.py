@@ -144,7 +144,8 @@ def _model_source(
     model_dir: str | None, number: int | None, best: bool, storage: str, study: str
 ) -> Iterator[tuple[str, str]]:
     """(location of a servable folder, what it is): --model as given, or a study's trial exported to a temporary folder."""
-    from trainers.servable import export_servable
+    from servable import export_servable
+    from trainers.point_sources import POINT_SOURCES
 
     if sum([model_dir is not None, number is not None, best]) != 1:
         raise ValueError("give exactly one of --model DIR, --trial K or --best")
@@ -153,7 +154,9 @@ def _model_source(
         return
     trial = _study_trial(storage, study, number)
     with tempfile.TemporaryDirectory(prefix="prumux-serve-") as folder:
-        export_servable({**trial.user_attrs, **trial.params}, Path(folder) / "model", f"trial {trial.number}")
+        export_servable(
+            {**trial.user_attrs, **trial.params}, Path(folder) / "model", POINT_SOURCES, f"trial {trial.number}"
+        )
         yield str(Path(folder) / "model"), f"trial {trial.number} of study {study!r}"
 
 

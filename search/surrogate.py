@@ -237,13 +237,23 @@ def concave_cap(points: pd.DataFrame, N: np.ndarray, s: np.ndarray) -> np.ndarra
     through the two nearest measured s on either side, extended to s (inf where neither side has two)."""
     N, s = np.asarray(N, float), np.asarray(s, float)
     cap = np.full(N.shape, np.inf)
-    for index in np.ndindex(N.shape):
-        row = points[np.isclose(points["N"].to_numpy(float), N[index])].sort_values("s")
-        xs, ys = row["s"].to_numpy(float), row["accuracy"].to_numpy(float)
-        left, right = xs < s[index] - 1e-12, xs > s[index] + 1e-12
-        for x, y in ((xs[left][-2:], ys[left][-2:]), (xs[right][:2], ys[right][:2])):
-            if len(x) == 2:
-                cap[index] = min(cap[index], y[0] + (y[1] - y[0]) / (x[1] - x[0]) * (s[index] - x[0]))
+    known_N, known_s, known_a = (points[c].to_numpy(float) for c in ("N", "s", "accuracy"))
+    for n in np.unique(N):
+        on_row = np.isclose(known_N, n)
+        order = np.argsort(known_s[on_row], kind="stable")
+        xs, ys = known_s[on_row][order], known_a[on_row][order]
+        if len(xs) < 2:
+            continue
+        here = np.flatnonzero(N == n)
+        x = s.reshape(-1)[here]
+        below = np.searchsorted(xs, x - 1e-12, side="left")  # measured s strictly below x: xs[:below]
+        above = np.searchsorted(xs, x + 1e-12, side="right")  # strictly above: xs[above:]
+        row_cap = np.full(len(x), np.inf)
+        for lo, hi, usable in ((below - 2, below - 1, below >= 2), (above, above + 1, above <= len(xs) - 2)):
+            lo, hi = np.clip(lo, 0, len(xs) - 1), np.clip(hi, 0, len(xs) - 1)
+            slope = (ys[hi] - ys[lo]) / np.where(usable, xs[hi] - xs[lo], 1.0)
+            row_cap = np.where(usable, np.minimum(row_cap, ys[lo] + slope * (x - xs[lo])), row_cap)
+        cap.reshape(-1)[here] = row_cap
     return cap
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from prumux.config import EncoderConfig, PruMUXConfig
 
@@ -166,22 +167,73 @@ def pad_ffn(model: PruMUXModel, multiple: int) -> PruMUXModel:
     matrices have widths that GPU matrix kernels take on their fast paths: CoFi leaves widths such as
     1342 or 221, whose rows are not 16-byte aligned in bf16.
     """
+    encoder = model.config.encoder
+    widths = [_round_up(width, multiple) for width in encoder.intermediate_sizes]
+    return _padded(model, replace(encoder, intermediate_sizes=widths))
+
+
+@torch.no_grad()
+def pad_hidden(model: PruMUXModel, multiple: int) -> PruMUXModel:
+    """A copy of `model` whose encoder hidden width is rounded up to a multiple of `multiple` with zero units.
+
+    The added units stay exactly zero along the residual stream: their embedding columns, output rows and
+    biases are zero, and every encoder LayerNorm becomes a `KeptLayerNorm` over the kept units only (zero on
+    the added ones), so the copy computes what `model` computes. An inference-only model: its config's
+    hidden width is the padded one, which a saved copy would not normalise the same way.
+    """
+    encoder = model.config.encoder
+    kept, width = encoder.hidden_size, _round_up(encoder.hidden_size, multiple)
+    padded = _padded(model, replace(encoder, hidden_size=width))
+    if width == kept:
+        return padded
+    norms = [layer.attention for layer in padded.encoder.layers] + [layer.ffn for layer in padded.encoder.layers]
+    if not encoder.projects_embeddings:
+        norms.append(padded.encoder.embeddings)
+    for block in filter(None, norms):
+        block.norm = KeptLayerNorm(block.norm, kept)
+    return padded
+
+
+class KeptLayerNorm(nn.LayerNorm):
+    """A LayerNorm over the first `kept` units of a zero-padded width; its output is zero on the others."""
+
+    def __init__(self, norm: nn.LayerNorm, kept: int):
+        super().__init__(norm.normalized_shape, eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
+        self.load_state_dict(norm.state_dict())
+        self.kept = kept
+
+    def forward(self, x: Tensor) -> Tensor:
+        kept = self.kept
+        out = F.layer_norm(x[..., :kept], (kept,), self.weight[:kept], self.bias[:kept], self.eps)
+        return F.pad(out, (0, self.normalized_shape[0] - kept))
+
+
+def _round_up(width: int, multiple: int) -> int:
     if multiple < 1:
         raise ValueError(f"multiple must be at least 1, got {multiple}")
-    encoder = model.config.encoder
-    widths = [-(-width // multiple) * multiple for width in encoder.intermediate_sizes]
-    config = replace(copy.deepcopy(model.config), encoder=replace(encoder, intermediate_sizes=widths))
+    return -(-width // multiple) * multiple
+
+
+def _padded(model: PruMUXModel, encoder: EncoderConfig) -> PruMUXModel:
+    """`model` rebuilt with the (wider) `encoder` shape, every weight zero-padded at the end of each widened dim.
+
+    The demux input projection reads [encoder state; index vector]: its encoder columns are padded in the middle.
+    """
+    config = replace(copy.deepcopy(model.config), encoder=encoder)
+    shapes = {key: value.shape for key, value in type(model)(config).state_dict().items()}
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    for index, (width, padded) in enumerate(zip(encoder.intermediate_sizes, widths)):
-        prefix, extra = f"encoder.layers.{index}.ffn", padded - width
-        if width and extra:
-            state[f"{prefix}.up.weight"] = _pad(state[f"{prefix}.up.weight"], extra, dim=0)
-            state[f"{prefix}.up.bias"] = _pad(state[f"{prefix}.up.bias"], extra, dim=0)
-            state[f"{prefix}.down.weight"] = _pad(state[f"{prefix}.down.weight"], extra, dim=1)
-    return _rebuilt(model, config, state)
+    padded = {key: _pad_to(value, shapes[key]) for key, value in state.items()}
+    if model.demultiplexer is not None:
+        width, weight = model.demultiplexer.input_size, state["demultiplexer.in_proj.weight"]
+        features, index = weight[:, :width], weight[:, width:]
+        index_width = shapes["demultiplexer.index"][-1]
+        padded["demultiplexer.in_proj.weight"] = torch.cat(
+            [_pad_to(features, (len(weight), encoder.hidden_size)), _pad_to(index, (len(weight), index_width))], dim=1
+        )
+    return _rebuilt(model, config, padded)
 
 
-def _pad(tensor: Tensor, extra: int, dim: int) -> Tensor:
-    shape = list(tensor.shape)
-    shape[dim] = extra
-    return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)
+def _pad_to(tensor: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """`tensor` with zeros appended at the end of every dim up to `shape`."""
+    extra = [size - own for own, size in zip(tensor.shape, shape)]
+    return F.pad(tensor, [side for more in reversed(extra) for side in (0, more)]) if any(extra) else tensor

@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from prumux.config import EncoderConfig, PruMUXConfig
 
@@ -86,7 +87,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
 def measure_throughput(
     model: nn.Module,
     seq_len: int = 128,
@@ -102,10 +102,6 @@ def measure_throughput(
     Warm-up batches run first; each timed batch ends with one device sync. The model is
     moved to `device`/`dtype` on a copy when they differ from its own.
     """
-    if seq_len < 1 or num_batches < 1 or warmup < 0:
-        raise ValueError(f"need seq_len >= 1, num_batches >= 1, warmup >= 0; got {seq_len}, {num_batches}, {warmup}")
-    num_instances = getattr(getattr(model, "config", None), "num_instances", 1)
-    batch_size = batch_size or 128 * num_instances
     parameter = next(model.parameters())
     device = torch.device(device) if device is not None else parameter.device
     dtype = dtype or parameter.dtype
@@ -113,21 +109,53 @@ def measure_throughput(
         model = copy.deepcopy(model).to(device=device, dtype=dtype)
     was_training = model.training
     model.eval()
+    try:
+        config = model.config
+        return measure_forward(
+            model,
+            config.encoder.vocab_size,
+            config.num_instances,
+            seq_len,
+            batch_size,
+            num_batches,
+            warmup,
+            device,
+            dtype,
+            seed,
+        )
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def measure_forward(
+    forward: Callable[[Tensor, Tensor], object],
+    vocab_size: int,
+    num_instances: int,
+    seq_len: int = 128,
+    batch_size: int | None = None,
+    num_batches: int = 4,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> ThroughputResult:
+    """Examples/s of `forward(input_ids, attention_mask)` on full-length random batches (default 128*N rows).
+
+    Warm-up batches run first; each timed batch ends with one device sync. `dtype` is what the
+    forward computes in, recorded with the result.
+    """
+    if seq_len < 1 or num_batches < 1 or warmup < 0:
+        raise ValueError(f"need seq_len >= 1, num_batches >= 1, warmup >= 0; got {seq_len}, {num_batches}, {warmup}")
+    device = torch.device(device)
+    batch_size = batch_size or 128 * num_instances
     generator = torch.Generator().manual_seed(seed)
-    vocab = model.config.encoder.vocab_size
     batches = [
-        torch.randint(1000, vocab, (batch_size, seq_len), generator=generator).to(device) for _ in range(num_batches)
+        torch.randint(1000, vocab_size, (batch_size, seq_len), generator=generator).to(device)
+        for _ in range(num_batches)
     ]
     attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
-    for index in range(warmup):
-        model(batches[index % num_batches], attention_mask)
-        synchronize(device)
-    start = time.perf_counter()
-    for batch in batches:
-        model(batch, attention_mask)
-        synchronize(device)
-    seconds = time.perf_counter() - start
-    model.train(was_training)
+    seconds = time_batches(forward, [(batch, attention_mask) for batch in batches], warmup, device)
     examples = batch_size * num_batches
     return ThroughputResult(
         examples / seconds,
@@ -139,3 +167,16 @@ def measure_throughput(
         str(dtype).removeprefix("torch."),
         hardware_name(device),
     )
+
+
+def time_batches(forward: Callable[..., object], batches: list[tuple], warmup: int, device: torch.device) -> float:
+    """Seconds `forward` takes on every batch of arguments, after `warmup` untimed calls; each call ends with one
+    device sync."""
+    for index in range(warmup):
+        forward(*batches[index % len(batches)])
+        synchronize(device)
+    start = time.perf_counter()
+    for batch in batches:
+        forward(*batch)
+        synchronize(device)
+    return time.perf_counter() - start

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cli.errors import JobFailed
 from cli.main import EXIT_CODES
 from cli.options import study_options
+from search.noise import ValidationNoise, recommendation_notes, record_rows, study_noise, validation_rows
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
 from storage.curves import STOPPED_ATTR
@@ -219,12 +220,16 @@ def start(
         f"study {study!r} in {mask_url(storage)}: {settings.task}, {settings.base_model}, "
         f"recipe {settings.recipe}, budget {settings.budget:g}"
     )
+    noise = ValidationNoise(validation_rows(len(job.data.validation), job.recipe.max_eval_examples))
+    for line in (noise.describe(), noise.warning(settings.budget)):
+        if line:
+            console.line(line)
     try:
         outcome = run_search(
             settings,
             job.recipe,
             options,
-            on_trial=functools.partial(_report_trial, console),
+            on_trial=functools.partial(_report_trial, console, rows=noise.rows),
             on_progress=console.progress,
             on_notice=console.line,
         )
@@ -265,7 +270,8 @@ def status(run_dir: Path | str, storage: str, study: str, output: str) -> None:
     """Show the study's trials with feasibility and the surrogate's current top-3."""
     from dashboards.summary import summarize
 
-    summary = summarize(open_study(storage, study))
+    opened = open_study(storage, study)
+    summary = summarize(opened)
     top = _top3(summary)
     if output == "json":
         click.echo(
@@ -285,6 +291,7 @@ def status(run_dir: Path | str, storage: str, study: str, output: str) -> None:
         )
         return
     click.echo(f"study {study!r}: threshold {_fmt(summary.threshold)}")
+    _echo_noise(summary, opened)
     if summary.compute is not None:
         click.echo(f"training compute: {summary.compute.describe()}")
     click.echo(_table(*_with_configuration(summary.trials, TABLE_COLUMNS)) if len(summary.trials) else "no trials yet")
@@ -322,19 +329,23 @@ def best(run_dir: Path | str, storage: str, study: str, output: str) -> None:
 @click.option("--trial", "number", type=int, required=True, help="Trial number to export.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (new or empty).")
 def export(run_dir: Path | str, storage: str, study: str, number: int, out: Path) -> None:
-    """Copy a trial's trained model to OUT, servable (tokenizer, labels, length), with a README.md model card."""
-    from servable import export_servable, model_card
+    """Copy a trial's trained model to OUT, servable (tokenizer, labels, length), with a README.md model card,
+    its ONNX graph (when the onnx packages are installed) and the code that plain transformers loads it with."""
+    from prumux.inference import onnx_available
+    from servable import deployment_line, export_servable, model_card
     from trainers.point_sources import POINT_SOURCES
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder")
     opened = open_study(storage, study)
     trial = complete_trial(opened, number)
-    export_servable({**trial.user_attrs, **trial.params}, out, POINT_SOURCES, f"trial {number}")
-    (out / "README.md").write_text(model_card(trial, study_settings(opened)))
+    point = {**trial.user_attrs, **trial.params}
+    spec = export_servable(point, out, POINT_SOURCES, f"trial {number}", graph=onnx_available())
+    (out / "README.md").write_text(model_card(trial, study_settings(opened), spec.onnx))
     chosen = trial.user_attrs.get(CONFIGURATION_ATTR)
     also = f", configuration {configuration_text(chosen)}" if chosen else ""
     click.echo(f"exported trial {number} (N={trial.params['N']}, s={trial.params['s']:g}{also}) to {out}")
+    click.echo(deployment_line(spec))
 
 
 @click.command("import")
@@ -383,11 +394,13 @@ def import_points(
     click.echo(f"imported {len(points)} points into study {study!r}")
 
 
-def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Study) -> None:
-    """Print one line per finished trial and refresh the dashboard figures."""
+def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Study, rows: int | None = None) -> None:
+    """Print one line per finished trial and refresh the dashboard figures; keep the validation ``rows``."""
     from dashboards.publish import publish
     from tuning.searcher import trained_count
 
+    if rows is not None:
+        record_rows(study, rows)
     point = f"N={trial.params['N']} s={trial.params['s']:g}"
     if STOPPED_ATTR in trial.user_attrs and trial.state == TrialState.PRUNED:
         console.line(
@@ -427,6 +440,23 @@ def _print_frontier(study: optuna.Study) -> None:
         f"recommended: trial {row['number']} N={row['N']} s={row['s']:g}, accuracy {row['accuracy']:.4f}, "
         f"{row['speedup']:.2f}x dense throughput; export it with: prumux-search export --trial {row['number']} --out DIR"
     )
+    noise = _noise(summary, study)
+    for note in [] if noise is None else recommendation_notes(summary.points, row, summary.threshold, noise):
+        click.echo(f"  within noise: {note}")
+
+
+def _noise(summary: StudySummary, study: optuna.Study) -> ValidationNoise | None:
+    """The noise of the study's accuracies at its dense accuracy (None before a ``start`` recorded its rows)."""
+    known = summary.threshold is not None and summary.settings is not None
+    return study_noise(study, summary.threshold + summary.settings.budget if known else None)
+
+
+def _echo_noise(summary: StudySummary, study: optuna.Study) -> None:
+    noise = _noise(summary, study)
+    budget = None if summary.settings is None else summary.settings.budget
+    for line in [] if noise is None else (noise.describe(), budget is not None and noise.warning(budget)):
+        if line:
+            click.echo(line)
 
 
 def _best_figures(summary: StudySummary) -> dict[str, Any]:

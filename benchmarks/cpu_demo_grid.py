@@ -28,6 +28,7 @@ import pandas as pd
 
 from trainers.curve import PHASE12_STAGES
 from trainers.point import PointResult, train_point
+from trainers.point_spec import PointSpec
 
 COLUMNS = ["N", "s", "accuracy", "test_accuracy", "throughput", "speedup", "sparsity", "family", "seconds"]
 CURVE_COLUMNS = ["N", "s", "step", "accuracy", "stage"]
@@ -68,7 +69,7 @@ def main() -> None:
     rows, curves, run_started = [], [], time.perf_counter()
     for index, (N, s) in enumerate(grid, start=1):
         print(f"[{index}/{len(grid)}] training (N={N}, s={s:g})", flush=True)
-        result = train_point(args.task, args.model, N, s, args.recipe, args.workdir)
+        result = train_point(PointSpec(args.task, args.model, N, s, args.recipe, args.workdir))
         rows.append(
             {
                 "N": N,

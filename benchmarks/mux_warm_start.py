@@ -42,6 +42,7 @@ from trainers.evaluate import accuracy
 from trainers.models import load_tokenizer, resolve_model
 from trainers.phases.loop import MAX_GRAD_NORM, linear_schedule
 from trainers.point import train_point
+from trainers.point_spec import PointSpec
 from trainers.recipes import Recipe, load_recipe
 from trainers.tasks import load_task
 
@@ -55,6 +56,7 @@ class Variant:
     norm: float | None = None  # None: --norm
     start: str = "dense"
     retrieval_steps: int = 0
+    mlm_steps: int = 0  # multiplexed MLM on the task's text after the retrieval warm-up (the paper's path)
     distill: bool = False
     new_parts_lr: float | None = None
 
@@ -70,14 +72,14 @@ VARIANTS = {
 ALIASES = {"cpu-demo": "shifted-dense"}
 
 
-def dense_model(workdir: Path, recipe: Recipe) -> tuple[Path, float]:
+def dense_model(workdir: Path, recipe: Recipe, model: str = MODEL) -> tuple[Path, float]:
     """The dense (1, 0) model as a search trains it, and its validation accuracy."""
-    result = train_point(TASK, MODEL, 1, 0.0, recipe, workdir, progress=False)
-    return cache_entry(workdir, TASK, MODEL, 1, recipe).model_dir, result.val_accuracy
+    result = train_point(PointSpec(TASK, model, 1, 0.0, recipe, workdir), progress=False)
+    return cache_entry(workdir, TASK, model, 1, recipe).model_dir, result.val_accuracy
 
 
-def start_model(variant: Variant, n: int, norm: float, dense_dir: Path, seed: int) -> PruMUXModel:
-    source = dense_dir if variant.start == "dense" else resolve_model(MODEL)
+def start_model(variant: Variant, n: int, norm: float, dense_dir: Path, seed: int, model: str = MODEL) -> PruMUXModel:
+    source = dense_dir if variant.start == "dense" else resolve_model(model)
     return PruMUXModel.from_pretrained(
         source,
         num_instances=n,
@@ -90,11 +92,34 @@ def start_model(variant: Variant, n: int, norm: float, dense_dir: Path, seed: in
 
 def retrieval_warm_up(model: PruMUXModel, task: EncodedTask, steps: int, special: list[int], recipe: Recipe) -> None:
     """The cpu-demo recipe's phase 1: retrieval at lr 5e-4, 16 mixed sequences per step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.retrieval_lr, weight_decay=0.0)
+
+    def loss(batch: dict) -> Tensor:
+        return model.retrieval_loss(**batch, ignore_token_ids=special)
+
+    warm_up(model, task, steps, recipe.retrieval_lr, recipe, loss)
+
+
+def mlm_warm_up(
+    model: PruMUXModel, task: EncodedTask, steps: int, special: list[int], mask_token_id: int, recipe: Recipe
+) -> None:
+    """Multiplexed MLM on the task's training text at the recipe's MLM learning rate (phase 2's continuation)."""
+
+    def loss(batch: dict) -> Tensor:
+        return model.mlm_loss(
+            **batch, mask_token_id=mask_token_id, ignore_token_ids=special, mlm_probability=recipe.mlm_probability
+        )
+
+    warm_up(model, task, steps, recipe.mlm_lr, recipe, loss)
+
+
+def warm_up(model: PruMUXModel, task: EncodedTask, steps: int, lr: float, recipe: Recipe, loss) -> None:
+    """``steps`` AdamW steps of ``loss(batch inputs)`` on the task's training text, pretraining batches."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     stream = BatchStream(task.train, recipe.pretrain_batch_size * model.num_instances, recipe.seed)
+    device = next(model.parameters()).device
     model.train()
     for step in range(steps):
-        model.retrieval_loss(**stream.batch(step).inputs(), ignore_token_ids=special).backward()
+        loss(stream.batch(step).to(device).inputs()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -131,11 +156,12 @@ def train_variant(
     optimizer = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
     scheduler = linear_schedule(optimizer, total, recipe.warmup_ratio)
     stream = BatchStream(task.train, recipe.finetune_batch_size * model.num_instances, recipe.seed)
+    device = next(model.parameters()).device
     rows, trained = [], 0.0
     model.train()
     for step in range(total):
         started = time.monotonic()
-        batch = stream.batch(step)
+        batch = stream.batch(step).to(device)
         states = instance_states(model, batch)
         logits = model.classify(states)
         loss = F.cross_entropy(logits, batch.labels)
@@ -194,6 +220,7 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 model = start_model(variant, n, norm, dense_dir, seed)
                 retrieval_warm_up(model, task, variant.retrieval_steps, special, recipe)
+                mlm_warm_up(model, task, variant.mlm_steps, special, tokenizer.mask_token_id, recipe)
                 teacher = PruMUXModel.from_pretrained(dense_dir).eval() if variant.distill else None
                 for row in train_variant(model, variant, task, recipe, steps, teacher):
                     results.append({"variant": name, "N": n, "seed": seed, **row})

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from storage import default_url
 from trainers.point import train_point
+from trainers.point_spec import PointSpec
 from trainers.recipes import Recipe, load_recipe, parse_overrides
-from tuning.bracket import Point, train_bracket
+from tuning.bracket import train_bracket
 
 # Phase 2 (the fine-tuning learning rate, around cpu-demo's 8e-5) and phase 3 (Table 5's kind of values).
 COFI_SWEEP = {
@@ -77,7 +78,7 @@ def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir:
     plus this continuation's (the bracket's trainings are where every configuration's starts)."""
     started = time.monotonic()
     results = [
-        (values, train_point(task, model, N, s, configuration, workdir, progress=False))
+        (values, train_point(PointSpec(task, model, N, s, configuration, workdir), progress=False))
         for values, configuration in zip(recipe.sweep_values(s), recipe.configurations(s))
     ]
     winner, best = max(results, key=lambda outcome: outcome[1].val_accuracy)
@@ -94,8 +95,7 @@ def full_sweep(recipe: Recipe, task: str, model: str, N: int, s: float, workdir:
 
 def bracket(recipe: Recipe, task: str, model: str, N: int, s: float, workdir: Path) -> dict:
     started = time.monotonic()
-    point = Point(default_url(workdir), "point-sweep", task, model, N, s, recipe, str(workdir))
-    result = train_bracket(point)
+    result = train_bracket(PointSpec(task, model, N, s, recipe, str(workdir)), default_url(workdir), "point-sweep")
     return {
         "winner": result["configuration"],
         "accuracy": result["val_accuracy"],

@@ -27,6 +27,7 @@ import pandas as pd
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.optuna_private import study_storage
 from storage.trials import TrialRef, json_safe, trial_id
 
 STAGES_ATTR = "curve_stages"
@@ -56,7 +57,7 @@ def write_evaluations(
 ) -> None:
     """Store evaluations ``(step, accuracy)`` of a RUNNING trial; ``stage`` names the stage they belong to."""
     identifier = trial_id(study, trial)
-    storage = study._storage
+    storage = study_storage(study)
     evaluations = list(evaluations)
     for step, value in evaluations:
         storage.set_trial_intermediate_value(identifier, int(step), float(value))
@@ -70,7 +71,7 @@ def write_evaluations(
 
 def set_total_steps(study: optuna.Study, trial: TrialRef, total_steps: int) -> None:
     """Record the step at which the trial's training ends."""
-    study._storage.set_trial_user_attr(trial_id(study, trial), TOTAL_STEPS_ATTR, int(total_steps))
+    study_storage(study).set_trial_user_attr(trial_id(study, trial), TOTAL_STEPS_ATTR, int(total_steps))
 
 
 def read_curve(trial: FrozenTrial) -> StoredCurve:
@@ -99,7 +100,7 @@ def record_stopped(
     if kind not in STOP_KINDS:
         raise ValueError(f"stop kind must be one of {', '.join(STOP_KINDS)}, got {kind!r}")
     identifier = trial_id(study, trial)
-    storage = study._storage
+    storage = study_storage(study)
     if storage.get_trial(identifier).state != TrialState.RUNNING:
         return False
     values = {

@@ -29,6 +29,7 @@ from typing import Any, Self
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.optuna_private import study_id, study_storage
 from storage.periodic import Periodic
 from storage.trials import TrialRef, fail_trial, trial_id
 
@@ -53,12 +54,12 @@ class Heartbeat:
 
     def claim(self, trial: TrialRef) -> None:
         """Mark ``trial`` (a trial or its number) as owned by this driver."""
-        self.study._storage.set_trial_user_attr(trial_id(self.study, trial), DRIVER_ATTR, self.driver_id)
+        study_storage(self.study).set_trial_user_attr(trial_id(self.study, trial), DRIVER_ATTR, self.driver_id)
 
     def beat(self) -> None:
         """Record that this driver is alive now."""
         record = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-        self.study._storage.set_study_system_attr(self.study._study_id, HEARTBEAT_PREFIX + self.driver_id, record)
+        study_storage(self.study).set_study_system_attr(study_id(self.study), HEARTBEAT_PREFIX + self.driver_id, record)
 
     def start(self) -> Self:
         """Beat now, then every ``interval`` seconds in a background thread."""
@@ -81,7 +82,7 @@ def fail_stale_trials(study: optuna.Study, grace_period: float = DEFAULT_GRACE_P
     """Mark the RUNNING trials of dead drivers FAIL (see the module rule); return their numbers."""
     heartbeats = {
         key[len(HEARTBEAT_PREFIX) :]: value
-        for key, value in study._storage.get_study_system_attrs(study._study_id).items()
+        for key, value in study_storage(study).get_study_system_attrs(study_id(study)).items()
         if key.startswith(HEARTBEAT_PREFIX)
     }
     failed = []

@@ -27,6 +27,7 @@ from sqlalchemy import Column, Float, MetaData, String, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from storage.optuna_private import storage_engine, study_storage
 from storage.periodic import Periodic
 from storage.rdb import call_with_retry
 
@@ -151,9 +152,8 @@ class Lease:
 
 def study_lease(study: optuna.Study, name: str, ttl: float = DEFAULT_TTL_S) -> Lease:
     """The lease ``name:<study name>`` in the database of ``study``."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
-    return Lease(backend.engine, f"{name}:{study.study_name}", ttl)
+    storage = study_storage(study)
+    return Lease(storage_engine(storage), f"{name}:{study.study_name}", ttl)
 
 
 def _create_table(engine: Engine) -> None:

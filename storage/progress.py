@@ -19,24 +19,26 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from storage.optuna_private import study_id, study_storage
+
 PROGRESS_ATTR = "prumux:progress"
 ATTEMPTS_ATTR = "prumux:attempts"
 
 
 def write_progress(study: optuna.Study, trial_id: int, record: dict[str, Any]) -> None:
     """Store a running trial's latest progress record (JSON-safe values)."""
-    study._storage.set_trial_system_attr(trial_id, PROGRESS_ATTR, record)
+    study_storage(study).set_trial_system_attr(trial_id, PROGRESS_ATTR, record)
 
 
 def running_progress(study: optuna.Study) -> dict[int, dict[str, Any]]:
     """The latest progress record of every RUNNING trial that wrote one: trial number -> record."""
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    trials = study_storage(study).get_all_trials(study_id(study), deepcopy=False, states=(TrialState.RUNNING,))
     return {trial.number: trial.system_attrs[PROGRESS_ATTR] for trial in trials if PROGRESS_ATTR in trial.system_attrs}
 
 
 def failed_attempts(study: optuna.Study, trial_id: int) -> list[dict[str, str]]:
     """The failed attempts recorded for a trial, oldest first."""
-    return list(study._storage.get_trial_system_attrs(trial_id).get(ATTEMPTS_ATTR, []))
+    return list(study_storage(study).get_trial_system_attrs(trial_id).get(ATTEMPTS_ATTR, []))
 
 
 def record_failed_attempt(study: optuna.Study, trial_id: int, cause: str, log: str) -> bool:
@@ -47,7 +49,7 @@ def record_failed_attempt(study: optuna.Study, trial_id: int, cause: str, log: s
     """
     attempts = failed_attempts(study, trial_id)
     repeated = any(same_cause(cause, attempt["cause"]) for attempt in attempts)
-    study._storage.set_trial_system_attr(trial_id, ATTEMPTS_ATTR, [*attempts, {"cause": cause, "log": log}])
+    study_storage(study).set_trial_system_attr(trial_id, ATTEMPTS_ATTR, [*attempts, {"cause": cause, "log": log}])
     return repeated
 
 

@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.optuna_private import study_id, study_storage, trial_storage_id
 from storage.points import family, is_dense, threshold
 from storage.study import SETTINGS_ATTR, study_settings
 
@@ -54,9 +55,9 @@ def trial_point(trial: FrozenTrial) -> tuple[int, float] | None:
 def trial_id(study: optuna.Study, trial: TrialRef) -> int:
     """Return the storage id of a trial given as an object or by its number."""
     if not isinstance(trial, int):
-        return trial._trial_id
+        return trial_storage_id(trial)
     try:
-        return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial)
+        return study_storage(study).get_trial_id_from_study_id_trial_number(study_id(study), trial)
     except KeyError:
         raise ValueError(f"study {study.study_name!r} has no trial {trial}") from None
 
@@ -73,7 +74,7 @@ def record_result(study: optuna.Study, trial: TrialRef, result: dict[str, Any], 
     number = trial if isinstance(trial, int) else trial.number
     identifier = trial_id(study, trial)
     for key, value in json_safe(result).items():
-        study._storage.set_trial_user_attr(identifier, key, value)
+        study_storage(study).set_trial_user_attr(identifier, key, value)
     optuna.Trial(study, identifier).set_constraint(CONSTRAINT, threshold - accuracy)
     return study.tell(number, [accuracy, throughput])
 
@@ -81,7 +82,7 @@ def record_result(study: optuna.Study, trial: TrialRef, result: dict[str, Any], 
 def fail_trial(study: optuna.Study, trial: TrialRef, reason: str) -> bool:
     """Mark a RUNNING trial FAIL with ``reason`` (user attr ``failed_because``); False if it had finished."""
     identifier = trial_id(study, trial)
-    storage = study._storage
+    storage = study_storage(study)
     if storage.get_trial(identifier).state != TrialState.RUNNING:
         return False
     try:

@@ -23,6 +23,7 @@ from dashboards import frontier_figure, publish, summarize, surrogate_figure
 from dashboards.figures import INFEASIBLE_COLOR
 from dashboards.publish import FRONTIER_ID, SURROGATE_ID
 from storage import StudySettings
+from storage.optuna_private import study_id, study_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = StudySettings(
@@ -141,7 +142,7 @@ def test_surrogate_map_covers_the_grid(study: optuna.Study) -> None:
 def test_publish_stores_both_figures_and_a_masked_note(tmp_path: Path) -> None:
     study = seed_study(storage.default_url(tmp_path))
     publish(study, next_point=(5, 0.5))
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = study_storage(study).get_study_system_attrs(study_id(study))
     assert any(key.startswith(f"dashboard:plot_data:{FRONTIER_ID}:") for key in attrs)
     assert any(key.startswith(f"dashboard:plot_data:{SURROGATE_ID}:") for key in attrs)
     from optuna_dashboard import get_note

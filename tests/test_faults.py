@@ -21,6 +21,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from storage import default_url, open_study
+from storage.optuna_private import study_id, study_storage
 
 from conftest import LONG_PRUNE, SEARCH, RayHead, train_log, wait_for
 
@@ -167,7 +168,7 @@ def test_dropped_database_connections_lose_nothing(
     )
     assert status.returncode == 0 and PASSWORD not in status.stdout + status.stderr
     stored = [
-        str(study._storage.get_study_system_attrs(study._study_id)),
+        str(study_storage(study).get_study_system_attrs(study_id(study))),
         str(study.user_attrs),
         *(str(t.user_attrs) for t in study.trials),
     ]

@@ -21,7 +21,7 @@ from conftest import client_env
 HOLD = """
 import json, logging, sys, time
 from pathlib import Path
-from tuning.trainable import lease_lock
+from tuning.run_dir import lease_lock
 from storage import database_engine
 from trainers.cache import locked
 url, workdir, out = sys.argv[1:]

@@ -15,6 +15,7 @@ from trainers.cache import cache_entry
 from trainers.data import encode_task
 from trainers.models import load_tokenizer
 from trainers.point import train_point
+from trainers.point_spec import PointSpec
 from trainers.recipes import load_recipe
 from trainers.tasks import load_task
 
@@ -109,7 +110,7 @@ def test_cpu_demo_recipe_multiplexes_minilm_above_the_majority_class(tmp_path: P
     short = {"seq_len": 32, "finetune_steps": 60, "max_eval_examples": 512, "eval_examples": 128, "eval_every": 1000}
     recipe = load_recipe("cpu-demo", short)
     assert (recipe.muxing_variant, recipe.mux_start) == ("shifted_gaussian", "dense")
-    result = train_point("rt-polarity", "minilm-l6", 2, 0.0, recipe, tmp_path, progress=False)
+    result = train_point(PointSpec("rt-polarity", "minilm-l6", 2, 0.0, recipe, tmp_path), progress=False)
     assert result.phases["retrieval"] == "skipped" and result.phases["finetune"] == "trained"
     assert cache_entry(tmp_path, "rt-polarity", "minilm-l6", 1, recipe).model_dir.as_posix() in result.checkpoint
     labels = encode_task(

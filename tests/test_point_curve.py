@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_driver import FAST as DRIVER_FAST
 
 from trainers.curve import PointCurve, point_stages
 from trainers.point import PausedPoint, train_point
+from trainers.point_spec import PointSpec
 from trainers.recipes import load_recipe
 
-FAST = DRIVER_FAST | {"pruned_finetune_steps": 4}  # the step counts asserted below
+FAST = {"pruned_finetune_steps": 4}  # the step counts asserted below
 
 
 def test_stages_are_placed_one_after_another() -> None:
-    recipe = load_recipe("smoke", FAST)
+    recipe = load_recipe("tiny", FAST)
     stages = point_stages(recipe, 2, 0.5, 64, ["retrieval", "finetune"])
     assert stages == [("retrieval", 6), ("finetune", 8), ("prune", 8), ("pruned_finetune", 4)]
     curve = PointCurve().plan(stages)
@@ -27,10 +27,12 @@ def test_stages_are_placed_one_after_another() -> None:
 
 
 def test_a_point_reports_its_whole_curve_and_a_cached_phase_2_again(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    recipe = load_recipe("smoke", FAST)
+    recipe = load_recipe("tiny", FAST)
     pruned: list = []
     result = train_point(
-        "rt-polarity", str(tiny_bert_dir), 2, 0.5, recipe, tmp_path, progress=False, on_evaluation=pruned.append
+        PointSpec("rt-polarity", str(tiny_bert_dir), 2, 0.5, recipe, tmp_path),
+        progress=False,
+        on_evaluation=pruned.append,
     )
 
     assert result.total_steps == 6 + 2 + 8 + 8 + 4
@@ -41,20 +43,30 @@ def test_a_point_reports_its_whole_curve_and_a_cached_phase_2_again(tiny_bert_di
 
     dense_mux: list = []
     other = train_point(
-        "rt-polarity", str(tiny_bert_dir), 2, 0.0, recipe, tmp_path, progress=False, on_evaluation=dense_mux.append
+        PointSpec("rt-polarity", str(tiny_bert_dir), 2, 0.0, recipe, tmp_path),
+        progress=False,
+        on_evaluation=dense_mux.append,
     )
     assert other.cache_hit and other.total_steps == 16
     assert [(e.step, e.accuracy) for e in dense_mux] == [(e.step, e.accuracy) for e in pruned[:2]]
 
 
 def test_a_resumed_stage_reports_its_earlier_evaluations(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    recipe = load_recipe("smoke", FAST | {"checkpoint_every_seconds": 0.0})
+    recipe = load_recipe("tiny", FAST | {"checkpoint_every_seconds": 0.0})
     first: list = []
-    train_point("rt-polarity", str(tiny_bert_dir), 1, 0.0, recipe, tmp_path, progress=False, on_evaluation=first.append)
+    train_point(
+        PointSpec("rt-polarity", str(tiny_bert_dir), 1, 0.0, recipe, tmp_path),
+        progress=False,
+        on_evaluation=first.append,
+    )
     again: list = []
     (result_file,) = tmp_path.glob("points/**/result.json")
     result_file.unlink()  # the point's result is gone, its cached phase 2 is not: it is reported again
-    train_point("rt-polarity", str(tiny_bert_dir), 1, 0.0, recipe, tmp_path, progress=False, on_evaluation=again.append)
+    train_point(
+        PointSpec("rt-polarity", str(tiny_bert_dir), 1, 0.0, recipe, tmp_path),
+        progress=False,
+        on_evaluation=again.append,
+    )
     assert [(e.step, e.accuracy, e.stage, e.cross_entropy) for e in again] == [
         (e.step, e.accuracy, e.stage, e.cross_entropy) for e in first
     ]
@@ -66,27 +78,24 @@ def test_a_resumed_stage_reports_its_earlier_evaluations(tiny_bert_dir: Path, tm
 def test_stage_records_keep_their_evaluations(tiny_bert_dir: Path, tmp_path: Path, stage: str) -> None:
     import json
 
-    recipe = load_recipe("smoke", FAST)
-    train_point("rt-polarity", str(tiny_bert_dir), 1, 0.0, recipe, tmp_path, progress=False)
+    recipe = load_recipe("tiny", FAST)
+    train_point(PointSpec("rt-polarity", str(tiny_bert_dir), 1, 0.0, recipe, tmp_path), progress=False)
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("cache/**/model/stage.json")]
     assert record["stage"] == stage
     assert [step for step, _, _ in record["evaluations"]] == [4, 8]
 
 
 def test_a_point_stopped_at_any_steps_trains_exactly_as_one_that_is_not(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    recipe = load_recipe("smoke", FAST)
-    straight = train_point("rt-polarity", str(tiny_bert_dir), 1, 0.5, recipe, tmp_path / "straight", progress=False)
+    recipe = load_recipe("tiny", FAST)
+    straight = train_point(
+        PointSpec("rt-polarity", str(tiny_bert_dir), 1, 0.5, recipe, tmp_path / "straight"), progress=False
+    )
     assert straight.total_steps == 20 and [row[0] for row in straight.curve] == [4, 8, 12, 16, 20]
 
     stopped: list = []
     for step in (3, 10, 10, 13):  # in phase 2, in the pruning stage off its schedule, again, in its fine-tuning
         paused = train_point(
-            "rt-polarity",
-            str(tiny_bert_dir),
-            1,
-            0.5,
-            recipe,
-            tmp_path / "stopped",
+            PointSpec("rt-polarity", str(tiny_bert_dir), 1, 0.5, recipe, tmp_path / "stopped"),
             progress=False,
             stop_at_step=step,
             on_evaluation=stopped.append,
@@ -95,7 +104,9 @@ def test_a_point_stopped_at_any_steps_trains_exactly_as_one_that_is_not(tiny_ber
             paused == PausedPoint((("finetune", 8), ("prune", 8), ("pruned_finetune", 4)), 64)
             and max(e.step for e in stopped) == step
         )
-    resumed = train_point("rt-polarity", str(tiny_bert_dir), 1, 0.5, recipe, tmp_path / "stopped", progress=False)
+    resumed = train_point(
+        PointSpec("rt-polarity", str(tiny_bert_dir), 1, 0.5, recipe, tmp_path / "stopped"), progress=False
+    )
 
     assert [row[0] for row in resumed.curve] == [3, 4, 8, 10, 12, 13, 16, 20]
     assert {row[0]: row[1] for row in resumed.curve} | {row[0]: row[1] for row in straight.curve} == {

@@ -9,13 +9,42 @@ import pytest
 
 from prumux.config import MUXING_VARIANTS
 from trainers.cache import cache_entry
-from trainers.recipes import MUX_STARTS, PHASE12, PHASE12_FIELDS, RECIPES, Recipe, load_recipe, parse_overrides
+from trainers.recipes import (
+    MUX_STARTS,
+    PHASE,
+    PHASE3_FIELDS,
+    PHASE12_FIELDS,
+    PRUNED_FINETUNE_FIELDS,
+    RECIPES,
+    Recipe,
+    load_recipe,
+    parse_overrides,
+)
 
 
 def test_shipped_recipes_load() -> None:
-    assert set(RECIPES) == {"paper", "cpu-demo", "smoke"}
+    assert set(RECIPES) == {"paper", "cpu-demo", "smoke", "tiny"}
     for name in RECIPES:
         assert isinstance(load_recipe(name), Recipe)
+
+
+def test_tiny_is_smoke_with_fewer_steps_and_examples() -> None:
+    tiny, smoke = load_recipe("tiny"), load_recipe("smoke")
+    changed = {item.name for item in fields(Recipe) if getattr(tiny, item.name) != getattr(smoke, item.name)}
+    shortened = {
+        "max_train_examples",
+        "max_eval_examples",
+        "eval_examples",
+        "eval_every",
+        "retrieval_steps",
+        "mlm_steps",
+        "finetune_steps",
+        "prune_steps",
+        "lagrangian_warmup_steps",
+        "pruned_finetune_steps",
+    }
+    assert changed == {"name", "description", *shortened}
+    assert all(getattr(tiny, name) < getattr(smoke, name) for name in shortened)
 
 
 def test_paper_recipe_has_table_5_values() -> None:
@@ -114,10 +143,19 @@ def test_the_phase12_cache_key_hashes_exactly_the_fields_marked_phase12(tmp_path
         other = replace(base, **{item.name: _changed(getattr(base, item.name), item.name)})
         if cache_entry(tmp_path, "rt-polarity", "tiny", 2, other).directory != key:
             changing.add(item.name)
-    marked = {item.name for item in fields(Recipe) if item.metadata.get(PHASE12)}
+    marked = {item.name for item in fields(Recipe) if item.metadata.get(PHASE) == "phase12"}
     assert changing == marked == set(PHASE12_FIELDS)
     assert {"seed", "seq_len", "mux_start", "muxing_variant", "finetune_lr"} <= marked
     assert not marked & {"prune_steps", "prune_lr", "eval_every", "name", "search_time_budget"}
+
+
+def test_phase_membership_is_declared_per_field_not_by_position() -> None:
+    declared = {item.name: item.metadata.get(PHASE) for item in fields(Recipe)}
+    assert set(PHASE3_FIELDS) == {name for name, phase in declared.items() if phase in ("phase3", "pruned_finetune")}
+    assert PRUNED_FINETUNE_FIELDS == ("pruned_finetune_steps", "pruned_finetune_epochs", "pruned_finetune_lr")
+    assert {"prune_steps", "distill_temperature", "layer_distill_version", "sparsity_epsilon"} <= set(PHASE3_FIELDS)
+    assert not set(PHASE3_FIELDS) & set(PHASE12_FIELDS)
+    assert not set(PHASE3_FIELDS) & {"eval_every", "throughput_batches", "search_time_budget", "sweep"}
 
 
 def test_boolean_fields_parse_cli_words() -> None:

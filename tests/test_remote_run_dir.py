@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 from pyarrow import fs
-from test_driver import FAST
 
 from prumux import PruMUXModel
 from prumux.model import CONFIG_FILE
@@ -94,12 +93,12 @@ def test_search_with_a_uri_run_dir(local_ray, tiny_bert_dir: Path, tmp_path: Pat
     remote_root = tmp_path / "bucket" / "run"
     run_uri = f"file://{remote_root}"
     storage = default_url(tmp_path)
-    settings = StudySettings("rt-polarity", str(tiny_bert_dir), "smoke+fast", 0.05, (1, 2), (0.0, 0.5))
-    recipe = load_recipe("smoke", FAST)
+    settings = StudySettings("rt-polarity", str(tiny_bert_dir), "tiny", 0.05, (1, 2), (0.0, 0.5))
+    recipe = load_recipe("tiny")
 
     def search(study_name: str):
         options = SearchOptions(run_dir=run_uri, storage_url=storage, study_name=study_name)
-        assert options.work_dir_lock == "database" and options.tune_storage == f"{run_uri}/ray"
+        assert options.run.lock_kind == "database" and options.tune_storage == f"{run_uri}/ray"
         return run_search(settings, recipe, options)
 
     first = search("first").study.get_trials()

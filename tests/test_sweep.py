@@ -14,13 +14,14 @@ from test_driver import FAST
 
 from dashboards.report import write_report
 from storage import StudySettings, default_url, open_study
+from storage.optuna_private import study_storage, trial_storage_id
 from trainers.curve import settling_steps
 from trainers.point import train_point
+from trainers.point_spec import PointSpec
 from trainers.recipes import fields_through, load_recipe, recipe_from_dict
 from tuning.bracket import (
     CROSS_ENTROPY_ATTR,
     SHARED_MODELS,
-    Point,
     SynchronousHalvingPruner,
     bracket_levels,
     bracket_rungs,
@@ -47,7 +48,7 @@ def report(trial: optuna.Trial, accuracy: float, step: int, cross_entropy: float
     """Report a configuration's evaluation as the bracket does: its accuracy, and its cross-entropy beside it."""
     trial.report(accuracy, step)
     if cross_entropy is not None:
-        recorded = trial.study._storage.get_trial(trial._trial_id).user_attrs.get(CROSS_ENTROPY_ATTR, {})
+        recorded = study_storage(trial.study).get_trial(trial_storage_id(trial)).user_attrs.get(CROSS_ENTROPY_ATTR, {})
         trial.set_user_attr(CROSS_ENTROPY_ATTR, recorded | {str(step): cross_entropy})
 
 
@@ -211,7 +212,7 @@ def test_configurations_differing_only_in_the_pruned_fine_tuning_share_one_pruni
 ) -> None:
     recipe = sweep_recipe({"pruned_finetune_lr": [0.001, 0.01]})
     first, second = (
-        train_point("rt-polarity", str(tiny_bert_dir), 1, 0.5, c, tmp_path, progress=False)
+        train_point(PointSpec("rt-polarity", str(tiny_bert_dir), 1, 0.5, c, tmp_path), progress=False)
         for c in recipe.configurations(0.5)
     )
     assert [path.name for path in (tmp_path / "pruning").glob("*/*/*") if path.is_dir()] == [
@@ -223,9 +224,7 @@ def test_configurations_differing_only_in_the_pruned_fine_tuning_share_one_pruni
 
 
 def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    point = Point(
-        default_url(tmp_path), "cut", "rt-polarity", str(tiny_bert_dir), 1, 0.5, sweep_recipe(), str(tmp_path)
-    )
+    point = PointSpec("rt-polarity", str(tiny_bert_dir), 1, 0.5, sweep_recipe(), str(tmp_path))
     flushed = []
 
     def killed_after_two_rungs(evaluation) -> None:
@@ -234,11 +233,11 @@ def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_bracket(point, on_evaluation=killed_after_two_rungs)
+        train_bracket(point, default_url(tmp_path), "cut", on_evaluation=killed_after_two_rungs)
     inner = optuna.load_study(study_name=bracket_study_name("cut", 1, 0.5), storage=default_url(tmp_path))
     cut = {t.number: (t.state, max(t.intermediate_values)) for t in inner.trials}
 
-    result = train_bracket(point)
+    result = train_bracket(point, default_url(tmp_path), "cut")
 
     inner = optuna.load_study(study_name=bracket_study_name("cut", 1, 0.5), storage=default_url(tmp_path))
     assert len(inner.trials) == 4  # the same configurations' trials, continued
@@ -253,8 +252,10 @@ def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp
     assert result["val_accuracy"] == max(t.value for t in finished)
     # every configuration trained on to its end (benchmarks/point_sweep.py's full sweep), the bracket read again: its record stands
     for configuration in point.recipe.configurations(point.s):
-        train_point(point.task, point.base_model, point.N, point.s, configuration, point.workdir, progress=False)
-    assert train_bracket(point)["bracket"] == result["bracket"]
+        train_point(
+            PointSpec(point.task, point.base_model, point.N, point.s, configuration, point.workdir), progress=False
+        )
+    assert train_bracket(point, default_url(tmp_path), "cut")["bracket"] == result["bracket"]
 
 
 @pytest.fixture(scope="module")

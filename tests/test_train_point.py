@@ -22,6 +22,7 @@ from trainers.evaluate import accuracy
 from trainers.models import load_tokenizer
 from trainers.phases.pruning import masks_at_sparsity, realised_sparsity
 from trainers.point import PointResult, train_point
+from trainers.point_spec import PointSpec
 from trainers.recipes import load_recipe
 from trainers.tasks import load_task
 
@@ -44,15 +45,16 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def full_job(tiny_bert_dir: Path, workdir: Path) -> PointResult:
-    return train_point(TASK, str(tiny_bert_dir), 2, 0.5, "smoke", workdir, progress=False)
+    return train_point(PointSpec(TASK, str(tiny_bert_dir), 2, 0.5, "smoke", workdir), progress=False)
 
 
 def _run_point(model: Path, N: int, s: float, workdir: Path, overrides: dict) -> subprocess.Popen:
     code = (
         "import json, torch; torch.set_num_threads(1)\n"
-        "from trainers.point import train_point\nfrom trainers.recipes import load_recipe\n"
-        f"result = train_point({TASK!r}, {str(model)!r}, {N}, {s}, load_recipe('smoke', {overrides!r}), "
-        f"{str(workdir)!r}, progress=False)\n"
+        "from trainers.point import train_point\nfrom trainers.point_spec import PointSpec\n"
+        "from trainers.recipes import load_recipe\n"
+        f"result = train_point(PointSpec({TASK!r}, {str(model)!r}, {N}, {s}, load_recipe('smoke', {overrides!r}), "
+        f"{str(workdir)!r}), progress=False)\n"
         "print(json.dumps(result.to_dict()))\n"
     )
     return subprocess.Popen(
@@ -104,7 +106,7 @@ def test_retrieval_loss_of_trained_model_is_far_below_chance(
 
 
 def test_finished_job_returns_its_stored_result(full_job: PointResult, tiny_bert_dir: Path, workdir: Path) -> None:
-    again = train_point(TASK, str(tiny_bert_dir), 2, 0.5, "smoke", workdir, progress=False)
+    again = train_point(PointSpec(TASK, str(tiny_bert_dir), 2, 0.5, "smoke", workdir), progress=False)
     assert again == full_job
 
 
@@ -136,7 +138,7 @@ def test_resume_after_sigkill_in_phase_3(full_job: PointResult, tiny_bert_dir: P
     )
     assert bad.returncode == 2 and checkpoint.exists()
 
-    result = train_point(TASK, str(tiny_bert_dir), 2, 0.5, recipe, workdir, progress=False)
+    result = train_point(PointSpec(TASK, str(tiny_bert_dir), 2, 0.5, recipe, workdir), progress=False)
     resumed = re.findall(r"resumed prune from step (\d+)", (workdir / "train.log").read_text())
     assert resumed and int(resumed[-1]) > 0
     assert result.cache_hit and 0 <= result.val_accuracy <= 1 and result.sparsity > 0.3
@@ -183,7 +185,9 @@ def test_cli_reports_corrupt_checkpoint_and_keeps_it(full_job: PointResult, tiny
 
 
 def test_dense_point_is_its_own_baseline(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    dense = train_point(TASK, str(tiny_bert_dir), 1, 0.0, load_recipe("smoke", QUICK), tmp_path, progress=False)
+    dense = train_point(
+        PointSpec(TASK, str(tiny_bert_dir), 1, 0.0, load_recipe("smoke", QUICK), tmp_path), progress=False
+    )
     assert dense.family == "dense" and dense.speedup == 1.0
     assert dense.throughput == dense.dense_throughput > 0  # the first measurement is the hardware's reference
 

@@ -53,15 +53,16 @@ from trainers.curve import STAGE_ORDER, Evaluation, PointCurve, point_stages
 from trainers.data import EncodedTask, encode_task
 from trainers.evaluate import accuracy, check_label_order
 from trainers.families import model_for, tokenizer_for
-from trainers.job import check_point, check_writable_dir
+from trainers.job import check_writable_dir
 from trainers.measure import MEASURE_ROUNDS, side_by_side, throughput
 from trainers.models import load_tokenizer, resolve_model
 from trainers.phases.loop import Runtime, StageContext, resume_finished, save_output
 from trainers.phases.multiplexed import train_multiplexed
 from trainers.phases.pruning import train_pruned
 from trainers.phases.retrieval import train_retrieval
+from trainers.point_spec import PointSpec
 from trainers.progress import Paused, job_log, pausing, reporting_evaluations
-from trainers.recipes import Recipe, load_recipe
+from trainers.recipes import Recipe
 from trainers.tasks import TaskSpec, load_task
 
 PHASES = ("retrieval", "multiplexed", "pruning", "measure")
@@ -132,13 +133,9 @@ def point_directory(workdir: str | Path, task: str, base_model: str, N: int, s: 
 
 @dataclass(frozen=True)
 class _Job:
-    """The identity of one point's job and where it runs."""
+    """One point's job: the point, its work dir (checked and created), where it runs and how it locks."""
 
-    task: str
-    base_model: str
-    N: int
-    s: float
-    recipe: Recipe
+    point: PointSpec
     workdir: Path
     runtime: Runtime
     lock: LockFactory | None = None  # the work dir's cross-process lock; None: lock files
@@ -158,12 +155,7 @@ class PausedPoint:
 
 
 def train_point(
-    task: str,
-    base_model: str,
-    N: int,
-    s: float,
-    recipe: Recipe | str,
-    workdir: str | Path,
+    point: PointSpec,
     progress: bool = True,
     *,
     device: str | None = None,
@@ -172,7 +164,7 @@ def train_point(
     on_evaluation: Callable[[Evaluation], None] | None = None,
     stop_at_step: int | None = None,
 ) -> PointResult | PausedPoint:
-    """Train (or resume, or reuse) the point (N, s) of `task` on `base_model` and measure it;
+    """Train (or resume, or reuse) the point and measure it;
     hand every evaluation to `on_evaluation` as it is made.
 
     With ``stop_at_step``, training stops at that step of the point (at once if it is there or past it),
@@ -182,13 +174,12 @@ def train_point(
 
     ``lock`` locks the point's folder and the phase 1-2 cache entries while this job uses them
     (`trainers.cache.locked`; default: lock files, for nodes that share a filesystem with locks)."""
-    check_point(N, s)
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    job = _Job(task, base_model, N, s, recipe, _writable_workdir(workdir), Runtime.create(device, bf16), lock)
+    task, base_model, N, s, recipe = point.task, point.base_model, point.N, point.s, point.recipe
+    job = _Job(point, _writable_workdir(point.workdir), Runtime.create(device, bf16), lock)
     data = load_task(task, seed=recipe.seed)
     tokenizer = load_tokenizer(tokenizer_for(base_model, N))
     encoded = encode_task(data, tokenizer, recipe)
-    label = f"{task}/{base_model}/N={N}/s={s:g}"
+    label = point.label
     point_dir = point_directory(job.workdir, task, base_model, N, s, recipe)
     curve = PointCurve(on_evaluation)
     pause = None if stop_at_step is None else curve.reached(stop_at_step)
@@ -230,7 +221,7 @@ def _phase12(
     """The cached phase 1-2 model folder (training it under the entry's lock if missing), whether it was a hit,
     and the entry's record (phase seconds, the phases that ran, the starting checkpoint); `curve` is given
     the point's stages once the phases are known."""
-    entry = cache_entry(job.workdir, job.task, job.base_model, job.N, job.recipe)
+    entry = cache_entry(job.workdir, job.point.task, job.point.base_model, job.point.N, job.point.recipe)
     with entry.locked(ctx.log, job.lock):
         if entry.exists():
             ctx.log.info("phases 1-2 cache hit: %s", entry.directory)
@@ -242,11 +233,11 @@ def _phase12(
             return entry.model_dir, True, record
         ctx.log.info("phases 1-2 cache miss: training %s", entry.directory)
         # named by the entry's own identity: every point of its N, at any s, resumes its checkpoints
-        entry_job = f"{job.task}/{job.base_model}/N={job.N} phase1-2"
-        entry_ctx = StageContext(job.recipe, job.runtime, entry.directory, entry_job, ctx.log, ctx.progress)
+        entry_job = f"{job.point.task}/{job.point.base_model}/N={job.point.N} phase1-2"
+        entry_ctx = StageContext(job.point.recipe, job.runtime, entry.directory, entry_job, ctx.log, ctx.progress)
         special = list(tokenizer.all_special_ids)
         start = _starting_point(job, spec, encoded, tokenizer, ctx)
-        model, phases = start.model, start.phases(job.N, job.recipe)
+        model, phases = start.model, start.phases(job.point.N, job.point.recipe)
         if curve is not None:
             curve.plan(_point_stages(job, len(encoded.train), phases))
         if phases["retrieval"] == TRAINED:
@@ -268,7 +259,7 @@ def _phase12(
 
 def _point_stages(job: _Job, train_size: int, phases: dict[str, str]) -> list[tuple[str, int]]:
     trained = [stage for stage, state in phases.items() if state == TRAINED]
-    return point_stages(job.recipe, job.N, job.s, train_size, trained)
+    return point_stages(job.point.recipe, job.point.N, job.point.s, train_size, trained)
 
 
 @dataclass
@@ -295,22 +286,25 @@ def _starting_point(job: _Job, spec: TaskSpec, encoded: EncodedTask, tokenizer, 
     A plain checkpoint at N > 1 with the recipe's `mux_start` "dense" starts from the dense (1, 0)
     model instead, trained first if the cache lacks it.
     """
-    source = resolve_model(model_for(job.base_model, job.N))
-    recipe = job.recipe
+    source = resolve_model(model_for(job.point.base_model, job.point.N))
+    recipe = job.point.recipe
     if (Path(source) / CONFIG_FILE).is_file():  # one of ours: a trained classifier
         stored_N, head = _saved_config(Path(source)).num_instances, True
     else:
-        info = inspect_checkpoint(source, job.N, spec.num_labels)
+        info = inspect_checkpoint(source, job.point.N, spec.num_labels)
         stored_N, head = info.config.num_instances if info.multiplexed else 1, info.has_task_head
-    multiplexed, fine_tuned = stored_N > 1, head and stored_N == job.N  # a dense classifier widened to N is trained
-    if job.N > 1 and not multiplexed and recipe.mux_start == "dense":
+    multiplexed, fine_tuned = (
+        stored_N > 1,
+        head and stored_N == job.point.N,
+    )  # a dense classifier widened to N is trained
+    if job.point.N > 1 and not multiplexed and recipe.mux_start == "dense":
         with reporting_evaluations(None), pausing(None):  # the dense model's curve is the dense point's, not this one's
             dense = replace(job, N=1, s=0.0)
             source, _, _ = _phase12(dense, spec, encoded, tokenizer, ctx, dict.fromkeys(PHASES, 0.0))
         fine_tuned = False  # its head is the dense model's, trained again with the new mux and demux
     model = PruMUXModel.from_pretrained(
         source,
-        num_instances=job.N,
+        num_instances=job.point.N,
         num_labels=spec.num_labels,
         mux_norm=recipe.task_mux_norm,
         seed=recipe.seed,
@@ -331,7 +325,7 @@ def _measure(
 ) -> PointResult:
     """Evaluate the saved model (reloaded from disk) and measure its speed-up over the dense model side by side."""
     started = time.monotonic()
-    recipe, kind = job.recipe, family(job.N, job.s)
+    recipe, kind = job.point.recipe, family(job.point.N, job.point.s)
     model = PruMUXModel.from_pretrained(model_dir).to(job.runtime.device)
     val = accuracy(model, encoded.validation, recipe.eval_batch_size)
     test = accuracy(model, encoded.test, recipe.eval_batch_size)
@@ -341,7 +335,7 @@ def _measure(
         dense_model = _dense_model(job, model.config.num_labels)
         shape = (recipe.seq_len, recipe.throughput_batches, recipe.throughput_warmup, job.runtime)
         speedup, dense = side_by_side(model, dense_model, *shape)
-    cache, key = ThroughputCache(job.workdir), _throughput_key(job.base_model, recipe, job.runtime)
+    cache, key = ThroughputCache(job.workdir), _throughput_key(job.point.base_model, recipe, job.runtime)
     if (reference := cache.get(key)) is None:
         log.info("dense reference throughput for %s: %.1f instances/s", key, dense)
         cache.put(key, dense)
@@ -349,11 +343,11 @@ def _measure(
     seconds["measure"] = time.monotonic() - started
     kept = prunable_parameters(model.config.encoder)
     return PointResult(
-        task=job.task,
-        base_model=job.base_model,
+        task=job.point.task,
+        base_model=job.point.base_model,
         recipe=recipe.name,
-        N=job.N,
-        s=job.s,
+        N=job.point.N,
+        s=job.point.s,
         val_accuracy=val,
         test_accuracy=test,
         throughput=speedup * reference,
@@ -377,11 +371,11 @@ def _throughput(model: PruMUXModel, recipe: Recipe, runtime: Runtime) -> float:
 
 def _dense_model(job: _Job, num_labels: int) -> PruMUXModel:
     """The dense (1, 0) model: the cached phase-2 model if trained, else the base checkpoint (same shape, same speed)."""
-    entry = cache_entry(job.workdir, job.task, job.base_model, 1, job.recipe)
+    entry = cache_entry(job.workdir, job.point.task, job.point.base_model, 1, job.point.recipe)
     if entry.exists():
         model = PruMUXModel.from_pretrained(entry.model_dir)
     else:
-        model = PruMUXModel.from_pretrained(resolve_model(model_for(job.base_model, 1)), num_labels=num_labels)
+        model = PruMUXModel.from_pretrained(resolve_model(model_for(job.point.base_model, 1)), num_labels=num_labels)
     return model.to(job.runtime.device).eval()
 
 

@@ -1,9 +1,10 @@
 """Training recipes: every hyperparameter of one (N, s) job, loaded from a JSON file.
 
-A recipe is a flat dataclass. The three shipped recipes live beside this module in
+A recipe is a flat dataclass. The four shipped recipes live beside this module in
 `recipes/`: `paper` (Appendix A, Table 5 of the PruMUX paper, for GPUs), `cpu-demo` (MiniLM
-on rt-polarity, one PruMUX point in a few minutes on 2 CPU cores) and `smoke` (tiny, for
-tests). Any value can be overridden by name.
+on rt-polarity, one PruMUX point in a few minutes on 2 CPU cores), `smoke` (small, for tests)
+and `tiny` (`smoke` with a few steps per stage on 64 examples: the tests' searches and the GPU
+check's quick run). Any value can be overridden by name.
 
 Units. Batch sizes count *mixed sequences* per step: a training batch holds
 `batch_size * N` instance rows, so the paper's "pruning batch size 32*N" is 32 here.
@@ -51,18 +52,29 @@ STAGE_BATCH = {
 }
 
 
-PHASE12 = "prumux.phase12"  # field metadata key: the field determines the phase 1-2 model
+PHASE = "prumux.phase"  # field metadata key: which part of a point's training reads the field
 
 
 def phase12() -> Any:
     """Mark a recipe field as one that determines the phase 1-2 model (hashed into its cache key)."""
-    return field(metadata={PHASE12: True})
+    return field(metadata={PHASE: "phase12"})
+
+
+def phase3(default: Any = MISSING) -> Any:
+    """Mark a recipe field as one that only phase 3 (pruning, then the pruned model's fine-tuning) reads."""
+    return field(default=default, metadata={PHASE: "phase3"})
+
+
+def pruned_finetune() -> Any:
+    """Mark a phase-3 field as one that only the pruned model's fine-tuning reads (the pruning stage does not)."""
+    return field(metadata={PHASE: "pruned_finetune"})
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """All hyperparameters of one (N, s) training job; ``phase12()`` marks the fields that determine
-    the phase 1-2 model (they, and only they, make its cache key)."""
+    """All hyperparameters of one (N, s) training job. ``phase12()`` marks the fields that determine
+    the phase 1-2 model (they, and only they, make its cache key); ``phase3()`` those only phase 3 reads,
+    ``pruned_finetune()`` those of them only the pruned model's fine-tuning reads."""
 
     name: str
     description: str
@@ -100,26 +112,27 @@ class Recipe:
     finetune_batch_size: int = phase12()  # also the batch of the pruned model's fine-tuning
     task_mux_norm: float = phase12()
     # Phase 3: CoFi pruning with distillation, then fine-tuning of the pruned model.
-    prune_steps: int
-    prune_epochs: float | None
-    prune_batch_size: int
-    prune_lr: float
-    lagrangian_warmup_steps: int
-    lagrangian_warmup_epochs: float | None
-    reg_lr: float  # learning rate of the log_alphas (descent) and the lambdas (ascent)
-    reg_beta1: float  # Adam betas of both; a short memory lets the gates follow the target within few steps
-    reg_beta2: float
-    droprate_init: float
-    mask_init_batches: int  # batches of Fisher importance that rank the initial gates; 0 = CoFi's uniform start
-    mask_init_spread: float  # log_alpha shift between the least and the most important unit, halved
-    prune_hidden: bool  # also prune hidden (residual) dims; short runs keep them, as they need long training
-    sparsity_epsilon: float  # a pruning checkpoint is eligible when |sparsity - s| <= this
-    pruned_finetune_steps: int
-    pruned_finetune_epochs: float | None
-    pruned_finetune_lr: float
-    distill_alpha_ce: float
-    distill_alpha_layer: float
-    distill_temperature: float
+    prune_steps: int = phase3()
+    prune_epochs: float | None = phase3()
+    prune_batch_size: int = phase3()
+    prune_lr: float = phase3()
+    lagrangian_warmup_steps: int = phase3()
+    lagrangian_warmup_epochs: float | None = phase3()
+    reg_lr: float = phase3()  # learning rate of the log_alphas (descent) and the lambdas (ascent)
+    reg_beta1: float = phase3()  # Adam betas of both; a short memory lets the gates follow the target within few steps
+    reg_beta2: float = phase3()
+    droprate_init: float = phase3()
+    # Batches of Fisher importance that rank the initial gates; 0 = CoFi's uniform start.
+    mask_init_batches: int = phase3()
+    mask_init_spread: float = phase3()  # log_alpha shift between the least and the most important unit, halved
+    prune_hidden: bool = phase3()  # also prune hidden (residual) dims; short runs keep them, as they need long training
+    sparsity_epsilon: float = phase3()  # a pruning checkpoint is eligible when |sparsity - s| <= this
+    pruned_finetune_steps: int = pruned_finetune()
+    pruned_finetune_epochs: float | None = pruned_finetune()
+    pruned_finetune_lr: float = pruned_finetune()
+    distill_alpha_ce: float = phase3()
+    distill_alpha_layer: float = phase3()
+    distill_temperature: float = phase3()
     # Throughput (prumux's protocol: batch 128*N instances, padded to seq_len).
     throughput_batches: int
     throughput_warmup: int
@@ -127,7 +140,7 @@ class Recipe:
     search_time_budget: float | None
     # Fields with a default below are left out of `to_dict` (and so of every digest) at that default.
     # Phase 3: CoFi's layer-distillation version (3, 4 or 6; `trainers.distill`); null = our in-order matching.
-    layer_distill_version: int | None = None
+    layer_distill_version: int | None = phase3(default=None)
     # Values to try per field (or tied group "a,b"), as ((key, (value, ...)), ...); see `Recipe.configurations`.
     sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
@@ -243,16 +256,12 @@ class Recipe:
 NOT_TRAINING = ("name", "description", "search_time_budget")
 
 # The fields that determine the phase 1-2 model (marked ``phase12()``): its cache key hashes exactly these.
-PHASE12_FIELDS = tuple(item.name for item in fields(Recipe) if item.metadata.get(PHASE12))
+PHASE12_FIELDS = tuple(item.name for item in fields(Recipe) if item.metadata.get(PHASE) == "phase12")
 RECIPE_FIELDS = tuple(item.name for item in fields(Recipe))
-_NAMES = list(RECIPE_FIELDS)
-# The fields only phase 3 (pruning and the pruned model's fine-tuning) reads.
-PHASE3_FIELDS = (
-    *_NAMES[_NAMES.index("prune_steps") : _NAMES.index("distill_temperature") + 1],
-    "layer_distill_version",
-)
+# The fields only phase 3 (pruning and the pruned model's fine-tuning) reads (``phase3()``, ``pruned_finetune()``).
+PHASE3_FIELDS = tuple(item.name for item in fields(Recipe) if item.metadata.get(PHASE) in ("phase3", "pruned_finetune"))
 # The fields only the pruned model's fine-tuning reads; the pruning stage reads every other one.
-PRUNED_FINETUNE_FIELDS = tuple(name for name in PHASE3_FIELDS if name.startswith("pruned_finetune_"))
+PRUNED_FINETUNE_FIELDS = tuple(item.name for item in fields(Recipe) if item.metadata.get(PHASE) == "pruned_finetune")
 SWEEP = "sweep"
 
 
@@ -342,7 +351,7 @@ def parse_sweep(value: Any, hints: dict[str, Any] | None = None) -> tuple[tuple[
         return value
     if not isinstance(value, dict):
         raise ValueError(f"recipe field sweep must be a JSON object of field: [values], got {json.dumps(value)}")
-    known = {name: name for name in _NAMES if name not in NOT_TRAINING + (SWEEP,)}
+    known = {name: name for name in RECIPE_FIELDS if name not in NOT_TRAINING + (SWEEP,)}
     seen: set[str] = set()
     sweep = []
     for key, values in value.items():

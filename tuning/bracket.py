@@ -74,10 +74,12 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import open_storage
+from storage.optuna_private import study_storage, trial_storage_id
 from storage.trials import CONFIGURATION_ATTR
 from trainers.cache import LockFactory
 from trainers.curve import PHASE3_STAGES, PHASE12_STAGES, Evaluation, settling_steps
 from trainers.point import PausedPoint, PointResult, train_point
+from trainers.point_spec import PointSpec
 from trainers.recipes import Recipe, fields_through
 
 REDUCTION_FACTOR = 2
@@ -113,8 +115,8 @@ class SynchronousHalvingPruner(SuccessiveHalvingPruner):
         rung = sum(1 for key in trial.system_attrs if key.startswith(RUNG_KEY_PREFIX))
         while rung < len(self.rungs) and trial.last_step >= (rung_step := self.rungs[rung]):
             promoted = self._promoted(study, rung_step)
-            study._storage.set_trial_system_attr(
-                trial._trial_id, f"{RUNG_KEY_PREFIX}{rung}", _value_at(trial, rung_step)
+            study_storage(study).set_trial_system_attr(
+                trial_storage_id(trial), f"{RUNG_KEY_PREFIX}{rung}", _value_at(trial, rung_step)
             )
             if self._competitor(trial, rung_step) not in promoted:
                 return True
@@ -220,23 +222,14 @@ class _Configuration:
         return self.evaluations[max(self.evaluations)] if self.evaluations else None
 
 
-@dataclass(frozen=True)
-class Point:
-    """The point being trained: the search's study it belongs to, where it trains, its lock."""
-
-    storage_url: str
-    study_name: str
-    task: str
-    base_model: str
-    N: int
-    s: float
-    recipe: Recipe
-    workdir: str
-    lock: LockFactory | None = None
-
-
 def train_bracket(
-    point: Point, on_evaluation: Callable[[Evaluation], None] | None = None, storage: BaseStorage | None = None
+    point: PointSpec,
+    storage_url: str,
+    study_name: str,
+    *,
+    lock: LockFactory | None = None,
+    on_evaluation: Callable[[Evaluation], None] | None = None,
+    storage: BaseStorage | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) the point's bracket of configurations; return the point's result: the winner's
     ``PointResult`` values plus ``configuration`` (its swept values), ``configuration_digest``,
@@ -245,22 +238,23 @@ def train_bracket(
     configuration's own steps, ``trained_steps`` a model that several share (a cached phase 1-2 model,
     a pruning stage) once, as it is trained; the full sweep's figures are at the winner's phase lengths).
 
-    ``storage``: the search's open storage (a trial's), else one is opened at ``point.storage_url``
-    and closed at the end."""
+    The bracket is the study ``bracket_study_name(study_name, N, s)`` beside the search's study ``study_name``
+    at ``storage_url``; ``lock`` locks the work dir's folders (`train_point`'s). ``storage``: the search's
+    open storage (a trial's), else one is opened at ``storage_url`` and closed at the end."""
     if storage is None:
-        opened = open_storage(point.storage_url)
+        opened = open_storage(storage_url)
         try:
-            return train_bracket(point, on_evaluation, opened)
+            return train_bracket(point, storage_url, study_name, lock=lock, on_evaluation=on_evaluation, storage=opened)
         finally:
             opened.engine.dispose()
     recipes = point.recipe.configurations(point.s)
     values = point.recipe.sweep_values(point.s)
     probe = _Probe(on_evaluation)
-    study = _study(point, recipes, storage)
+    study = _study(point, study_name, recipes, storage)
     configurations = _configurations(study, recipes, values)
     live = [c for c in configurations if _state(study, c) in (TrialState.RUNNING, TrialState.WAITING)]
     first = live[0] if live else configurations[0]
-    plan = _advance(point, study, first, 0, probe)  # the point's stages, nothing trained
+    plan = _advance(point, lock, study, first, 0, probe)  # the point's stages, nothing trained
     rungs, shared = [], []
     if isinstance(plan, PausedPoint):  # else every configuration has finished or stopped: the recorded rungs stand
         levels = bracket_levels([c.recipe for c in configurations], plan.stages, _settling(point, plan, configurations))
@@ -271,20 +265,20 @@ def train_bracket(
     for rung in [*rungs, None]:
         live = [c for c in configurations if _state(study, c) == TrialState.RUNNING]
         for configuration in live:
-            _advance(point, study, configuration, rung, probe)
+            _advance(point, lock, study, configuration, rung, probe)
         probe.flush()
         for configuration in live:
             if configuration.result is None and optuna.Trial(study, configuration.trial_id).should_prune():
                 study.tell(configuration.number, state=TrialState.PRUNED)
     for configuration in configurations:  # finished or pruned before this call: its stored result and curve
         if configuration.result is None and _state(study, configuration) == TrialState.COMPLETE:
-            _advance(point, study, configuration, None, probe)
+            _advance(point, lock, study, configuration, None, probe)
         if not configuration.evaluations:
             configuration.evaluations = _stored_curve(study, configuration)
     return _outcome(study, configurations)
 
 
-def _settling(point: Point, plan: PausedPoint, configurations: list[_Configuration]) -> dict[str, int]:
+def _settling(point: PointSpec, plan: PausedPoint, configurations: list[_Configuration]) -> dict[str, int]:
     """Each stage's settling steps, the longest of the configurations'."""
     settling: dict[str, int] = {}
     for configuration in configurations:
@@ -293,10 +287,10 @@ def _settling(point: Point, plan: PausedPoint, configurations: list[_Configurati
     return settling
 
 
-def _study(point: Point, recipes: list[Recipe], storage: BaseStorage) -> optuna.Study:
+def _study(point: PointSpec, study_name: str, recipes: list[Recipe], storage: BaseStorage) -> optuna.Study:
     study = optuna.create_study(
         storage=storage,
-        study_name=bracket_study_name(point.study_name, point.N, point.s),
+        study_name=bracket_study_name(study_name, point.N, point.s),
         direction="maximize",
         load_if_exists=True,
     )
@@ -319,7 +313,7 @@ def _configurations(study: optuna.Study, recipes: list[Recipe], values: list[dic
                 *((attr, recipe.digest(fields_through(stage))) for stage, attr in SHARED_MODELS.items()),
             ):
                 new.set_user_attr(key, value)
-            trial = study._storage.get_trial(new._trial_id)
+            trial = study_storage(study).get_trial(trial_storage_id(new))
         elif trial.user_attrs.get(DIGEST_ATTR) != recipe.digest():
             raise ValueError(
                 f"study {study.study_name!r} holds configuration {index} with other values "
@@ -327,41 +321,46 @@ def _configurations(study: optuna.Study, recipes: list[Recipe], values: list[dic
             )
         configurations.append(
             _Configuration(
-                index, chosen, recipe, trial._trial_id, trial.number, seconds=trial.user_attrs.get(SECONDS_ATTR, 0.0)
+                index,
+                chosen,
+                recipe,
+                trial_storage_id(trial),
+                trial.number,
+                seconds=trial.user_attrs.get(SECONDS_ATTR, 0.0),
             )
         )
     return configurations
 
 
 def _advance(
-    point: Point, study: optuna.Study, configuration: _Configuration, rung: int | None, probe: _Probe
+    point: PointSpec,
+    lock: LockFactory | None,
+    study: optuna.Study,
+    configuration: _Configuration,
+    rung: int | None,
+    probe: _Probe,
 ) -> PointResult | PausedPoint:
     """Train ``configuration`` to step ``rung``, evaluated there (None: to its end), and report its new
     evaluations to its trial; a finished one is told its validation accuracy. Returns ``train_point``'s answer."""
     was_running = _state(study, configuration) == TrialState.RUNNING
     started = time.monotonic()
     result = train_point(
-        point.task,
-        point.base_model,
-        point.N,
-        point.s,
-        configuration.recipe,
-        point.workdir,
+        point.with_recipe(configuration.recipe),
         progress=False,
         stop_at_step=rung,
-        lock=point.lock,
+        lock=lock,
         on_evaluation=lambda evaluation: _keep(configuration, evaluation, probe),
     )
-    trial = study._storage.get_trial(configuration.trial_id)
+    trial = study_storage(study).get_trial(configuration.trial_id)
     if not was_running:  # finished or stopped before: only its stored result is read
         configuration.result = result if isinstance(result, PointResult) else None
         return result
     configuration.seconds += time.monotonic() - started
-    study._storage.set_trial_user_attr(configuration.trial_id, SECONDS_ATTR, configuration.seconds)
+    study_storage(study).set_trial_user_attr(configuration.trial_id, SECONDS_ATTR, configuration.seconds)
     reported = trial.intermediate_values
     for step, evaluation in sorted(configuration.evaluations.items()):
         if step not in reported:
-            study._storage.set_trial_intermediate_value(configuration.trial_id, step, evaluation.accuracy)
+            study_storage(study).set_trial_intermediate_value(configuration.trial_id, step, evaluation.accuracy)
     recorded = trial.user_attrs.get(CROSS_ENTROPY_ATTR, {})
     entropies = {
         str(step): e.cross_entropy
@@ -369,7 +368,7 @@ def _advance(
         if e.cross_entropy is not None and str(step) not in recorded
     }
     if entropies:  # as its accuracy, a step's first recorded cross-entropy stands
-        study._storage.set_trial_user_attr(configuration.trial_id, CROSS_ENTROPY_ATTR, recorded | entropies)
+        study_storage(study).set_trial_user_attr(configuration.trial_id, CROSS_ENTROPY_ATTR, recorded | entropies)
     if isinstance(result, PointResult):
         configuration.result = result
         study.tell(configuration.number, result.val_accuracy)
@@ -404,17 +403,17 @@ class _Probe:
 
 
 def _state(study: optuna.Study, configuration: _Configuration) -> TrialState:
-    return study._storage.get_trial(configuration.trial_id).state
+    return study_storage(study).get_trial(configuration.trial_id).state
 
 
 def _stored_curve(study: optuna.Study, configuration: _Configuration) -> dict[int, Evaluation]:
-    trial = study._storage.get_trial(configuration.trial_id)
+    trial = study_storage(study).get_trial(configuration.trial_id)
     return {step: Evaluation(step, value, "", 0) for step, value in trial.intermediate_values.items()}
 
 
 def _outcome(study: optuna.Study, configurations: list[_Configuration]) -> dict[str, Any]:
     """The winner's result with every configuration's outcome and the bracket's cost."""
-    trials = {c.index: study._storage.get_trial(c.trial_id) for c in configurations}
+    trials = {c.index: study_storage(study).get_trial(c.trial_id) for c in configurations}
     finished = [c for c in configurations if c.result is not None and trials[c.index].state == TrialState.COMPLETE]
     if not finished:
         raise RuntimeError(f"the bracket of {study.study_name!r} finished no configuration")

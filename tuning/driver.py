@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 import ray
@@ -43,29 +42,30 @@ from storage import (
     StudySettings,
     fail_stale_trials,
     open_study,
-    parse_url,
 )
 from storage.driver_lock import sole_driver
+from storage.optuna_private import study_storage
 from storage.periodic import Periodic
+from storage.points import DENSE_POINT
 from storage.progress import running_progress
-from storage.remote import RemoteFolder, check_uri, child_uri, is_uri, mirror_dir
+from storage.remote import check_uri, is_uri
 from storage.study import find_study
 from storage.trials import trial_id
 from trainers.cache import CacheEntry, cache_entry
 from trainers.job import check_writable_dir
+from trainers.point_spec import PointSpec
 from trainers.recipes import Recipe
 from tuning.lost_nodes import LostNodeNotice, Say, notices_to_log
 from tuning.ray_session import connect_ray
+from tuning.run_dir import CACHE_LOCKS, RunDir
 from tuning.searcher import StudySearcher
 from tuning.stopping import BudgetStopping
-from tuning.trainable import PointJob, train_trial
+from tuning.trainable import SearchJob, train_trial
 
 TrialHook = Callable[[FrozenTrial, optuna.Study], None]
 ProgressHook = Callable[[dict[int, dict]], None]  # trial number -> its latest progress record
-DRIVER_LOG = "driver.log"
 PROGRESS_POLL_S = 1.0
 INTERRUPTED = "the search run ended before it finished"
-CACHE_LOCKS = ("auto", "file", "database")
 # Seconds a time-budgeted run keeps to stop the running trial, record it and shut Ray down
 # (about 20 s measured on 2 CPU cores), at most a tenth of the budget.
 STOP_RESERVE_S = 30.0
@@ -113,39 +113,14 @@ class SearchOptions:
             check_writable_dir(self.run_dir, "run directory")
 
     @property
-    def work_dir(self) -> Path:
-        """Point checkpoints and the phase 1-2 cache (the local mirror of ``work_uri``, if any)."""
-        if is_uri(self.run_dir):
-            return mirror_dir(self.run_dir) / "work"
-        return Path(self.run_dir).expanduser().resolve() / "work"
-
-    @property
-    def work_uri(self) -> str | None:
-        """The work folder's URI when the run directory is a URI."""
-        return child_uri(self.run_dir, "work") if is_uri(self.run_dir) else None
-
-    @property
-    def work_dir_lock(self) -> str:
-        """How the workers lock the shared work folder: "file" or "database"."""
-        if self.cache_lock != "auto":
-            return self.cache_lock
-        shared = is_uri(self.run_dir) or parse_url(self.storage_url).get_backend_name() != "sqlite"
-        return "database" if shared else "file"
-
-    @property
-    def driver_log(self) -> Path:
-        """Where Ray's own log lines of the driver go (in the local mirror for a run directory at a URI)."""
-        root = mirror_dir(self.run_dir) if is_uri(self.run_dir) else Path(self.run_dir).expanduser().resolve()
-        return root / DRIVER_LOG
+    def run(self) -> RunDir:
+        """The run directory, with the lock its work folder takes ("auto" resolved)."""
+        return RunDir.for_search(self.run_dir, self.cache_lock, self.storage_url)
 
     @property
     def tune_storage(self) -> str:
         """Ray Tune's storage path: an absolute path or a URI."""
-        if self.ray_storage and is_uri(self.ray_storage):
-            return self.ray_storage
-        if not self.ray_storage and is_uri(self.run_dir):
-            return child_uri(self.run_dir, "ray")
-        return str(Path(self.ray_storage or Path(self.run_dir) / "ray").expanduser().resolve())
+        return self.run.tune_storage(self.ray_storage)
 
 
 @dataclass
@@ -177,7 +152,7 @@ def run_search(
     ``ValueError`` and is left untouched.
     """
     started = time.monotonic()
-    workdir = options.work_dir
+    run = options.run
     sampler = AutoPruMUXSampler(
         settings.grid_N,
         settings.grid_s,
@@ -189,18 +164,9 @@ def run_search(
     with sole_driver(options.storage_url, options.study_name, settings.command):
         study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
         resumed_failed = fail_stale_trials(study)
-        job = PointJob(
-            options.storage_url,
-            options.study_name,
-            settings.task,
-            settings.base_model,
-            recipe,
-            str(workdir),
-            settings.budget,
-            options.work_dir_lock,
-            options.work_uri,
-        )
-        with connect_ray(options.ray_address, options.driver_log), notices_to_log(), Heartbeat(study) as heartbeat:
+        point = PointSpec(settings.task, settings.base_model, *DENSE_POINT, recipe, str(run.work_dir))
+        job = SearchJob(options.storage_url, options.study_name, settings.budget, run, point)
+        with connect_ray(options.ray_address, run.driver_log), notices_to_log(), Heartbeat(study) as heartbeat:
             stopping = BudgetStopping(
                 study, settings.budget, sampler.throughput_margin, options.early_stopping, recipe.eval_examples
             )
@@ -306,7 +272,7 @@ class _TrialReporter(tune.Callback):
 
     def _report(self, trial: tune.experiment.Trial) -> None:
         study = self.searcher.study
-        self.hook(study._storage.get_trial(trial_id(study, trial.config["trial_number"])), study)
+        self.hook(study_storage(study).get_trial(trial_id(study, trial.config["trial_number"])), study)
 
 
 def trials_time_budget(options: SearchOptions, started: float) -> float | None:
@@ -317,7 +283,7 @@ def trials_time_budget(options: SearchOptions, started: float) -> float | None:
 
 
 def _tuner(
-    job: PointJob,
+    job: SearchJob,
     searcher: StudySearcher,
     scheduler: BudgetStopping,
     options: SearchOptions,
@@ -369,14 +335,16 @@ def _stop_reserve(time_budget_s: float) -> float:
 def _has_phase12_model(options: SearchOptions, task: str, base_model: str, recipe: Recipe, N: int) -> bool:
     """Whether every phase 1-2 model of N the recipe's configurations need is cached (one without a sweep)."""
     return all(
-        _cached(options, cache_entry(options.work_dir, task, base_model, N, c)) for c in recipe.configurations(0)
+        _cached(options.run, cache_entry(options.run.work_dir, task, base_model, N, c))
+        for c in recipe.configurations(0)
     )
 
 
-def _cached(options: SearchOptions, entry: CacheEntry) -> bool:
-    if options.work_uri is None:
+def _cached(run: RunDir, entry: CacheEntry) -> bool:
+    remote = run.remote_work()
+    if remote is None:
         return entry.exists()
-    return RemoteFolder(options.work_uri, options.work_dir).exists(entry.record_path.relative_to(options.work_dir))
+    return remote.exists(entry.record_path.relative_to(run.work_dir))
 
 
 def _check_positive(name: str, value: float | None) -> None:

@@ -42,6 +42,7 @@ from ray.tune.search import Searcher
 from search.sampler import AutoPruMUXSampler, search_space
 from storage import Heartbeat
 from storage.leases import study_lease
+from storage.optuna_private import study_storage
 from storage.progress import failed_attempts
 from storage.trials import fail_trial, trial_id
 from tuning.stopping import Stop
@@ -154,7 +155,7 @@ class StudySearcher(Searcher):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             fixed = PartialFixedSampler({"N": point[0], "s": point[1]}, self._sampler)
-        view = optuna.load_study(study_name=self.study.study_name, storage=self.study._storage, sampler=fixed)
+        view = optuna.load_study(study_name=self.study.study_name, storage=study_storage(self.study), sampler=fixed)
         return view.ask(self._distributions)
 
     def _wait(self) -> None:

@@ -5,11 +5,9 @@ folder, keyed by the point, not by the trial: a trial that Ray retries, or a poi
 again after a driver died, continues where the last attempt stopped, and a point whose
 training had finished returns its result at once. Tune's own checkpoints are therefore not used.
 
-With ``cache_lock="database"`` (a work folder shared by the nodes of a cluster) the phase 1-2
-cache entries and point folders are locked with leases in the study's database instead of
-lock files. A work folder at a URI (``work_uri``) is trained in a local mirror: a folder is
-pulled when its lease is taken and pushed while and after it is held (``storage.remote``), and
-the trial records the model's URI. A recipe with a sweep trains the point as a bracket of its
+The run directory (``tuning.run_dir.RunDir``) says how the work folder's entries are locked (lock
+files, or leases in the study's database) and, for a run directory at a URI, mirrors them on the
+node; the trial then records the model's URI. A recipe with a sweep trains the point as a bracket of its
 configurations (``tuning.bracket``); the trial records the winner's result.
 
 A trial's constraint is ``threshold - accuracy`` with threshold = dense (1, 0) accuracy -
@@ -36,10 +34,8 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -48,25 +44,24 @@ import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
-from sqlalchemy.engine import Engine
 
-from storage import Lease, database_engine, open_study, record_result
+from storage import open_study, record_result
 from storage.curves import set_total_steps, write_evaluations
 from storage.errors import first_line
+from storage.optuna_private import study_storage
 from storage.points import is_dense, threshold
 from storage.progress import record_failed_attempt, write_progress
-from storage.remote import RemoteFolder, mirror_dir
 from storage.trials import dense_trial, fail_trial, is_feasible_trial, json_safe, trial_id
-from trainers.cache import ENTRY_FILE, THROUGHPUT_FILE, LockFactory, record_origin
+from trainers.cache import LockFactory, record_origin
 from trainers.curve import Evaluation
-from trainers.point import RESULT_FILE, train_point
+from trainers.point import train_point
+from trainers.point_spec import PointSpec
 from trainers.progress import LOG_FILE, error_cause, job_log, reporting_progress
-from trainers.recipes import Recipe
-from tuning.bracket import Point, train_bracket
+from tuning.bracket import train_bracket
+from tuning.run_dir import RunDir
 
 WAIT_POLL_SECONDS = 5.0
 PROGRESS_EVERY_S = 2.0  # a trial writes its progress into the study at most this often
-COMPLETION_FILES = (ENTRY_FILE, RESULT_FILE)  # written last: a folder is complete once they exist
 TRANSIENT_ERRORS = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
@@ -75,35 +70,37 @@ TRANSIENT_ERRORS = (
 
 
 @dataclass(frozen=True)
-class PointJob:
-    """What every trial of one search shares: where the study is and how to train a point."""
+class SearchJob:
+    """What every trial of one search shares: its study and budget, its run directory, and the point spec
+    each trial trains at its own (N, s), in this node's work folder."""
 
     storage_url: str
     study_name: str
-    task: str
-    base_model: str
-    recipe: Recipe
-    workdir: str
     budget: float
-    cache_lock: str = "file"  # "file" or "database"
-    work_uri: str | None = None  # the work folder's URI when ``workdir`` is its local mirror
+    run_dir: RunDir
+    point: PointSpec
+
+    def trial_point(self, N: int, s: float) -> PointSpec:
+        """The point a trial trains: (N, s) in the run directory's work folder on this node."""
+        return self.point.at(N, s).in_workdir(str(self.run_dir.work_dir))
 
 
-def train_trial(config: dict[str, Any], job: PointJob) -> None:
+def train_trial(config: dict[str, Any], job: SearchJob) -> None:
     """Train (or resume) the trial's point, record it in the study, report it to Tune."""
     N, s, number = int(config["N"]), float(config["s"]), int(config["trial_number"])
-    job = on_this_node(job)
+    point = job.trial_point(N, s)
     study = open_study(job.storage_url, job.study_name)
     curve = TrialCurve(study, number, N, s)
     progress = ProgressWriter(study, trial_id(study, number), N, s, on_write=curve.report_progress)
     node = ray.util.get_node_ip_address()  # recorded with the result and with the cache entries trained here
     record_origin(node=node)
     try:
-        with work_dir_locks(job) as (remote, lock), reporting_progress(progress):
+        work_locks = job.run_dir.work_locks(job.storage_url, point.recipe.checkpoint_every_seconds)
+        with work_locks as (remote, lock), reporting_progress(progress):
             progress({"stage": "preparing", "phase": None, "step": 0, "total": 0, "eta": None})
-            result = _train(job, N, s, lock, curve)
+            result = _train(job, point, lock, curve)
     except Exception as error:
-        if failed_for_good(study, number, f"N={N}/s={s:g}", error, job):
+        if failed_for_good(study, number, f"N={N}/s={s:g}", error, job.run_dir):
             tune.report(
                 {"trial_number": number, "N": N, "s": s, "accuracy": math.nan, "throughput": math.nan, "failed": True}
             )
@@ -122,15 +119,13 @@ def train_trial(config: dict[str, Any], job: PointJob) -> None:
     tune.report(trial_metrics(trial))
 
 
-def _train(job: PointJob, N: int, s: float, lock: LockFactory | None, curve: TrialCurve) -> dict[str, Any]:
+def _train(job: SearchJob, point: PointSpec, lock: LockFactory | None, curve: TrialCurve) -> dict[str, Any]:
     """The point's result: its one configuration trained, or its sweep's as a bracket (``tuning.bracket``)."""
-    configurations = job.recipe.configurations(s)
+    configurations = point.recipe.configurations(point.s)
     if len(configurations) > 1:
-        point = Point(job.storage_url, job.study_name, job.task, job.base_model, N, s, job.recipe, job.workdir, lock)
-        return train_bracket(point, on_evaluation=curve, storage=curve.study._storage)
-    return train_point(
-        job.task, job.base_model, N, s, configurations[0], job.workdir, progress=False, lock=lock, on_evaluation=curve
-    ).to_dict()
+        storage = study_storage(curve.study)
+        return train_bracket(point, job.storage_url, job.study_name, lock=lock, on_evaluation=curve, storage=storage)
+    return train_point(point.with_recipe(configurations[0]), progress=False, lock=lock, on_evaluation=curve).to_dict()
 
 
 class TrialCurve:
@@ -199,17 +194,6 @@ class TrialCurve:
             logging.getLogger(__name__).warning("curve not written: %s", first_line(error))
 
 
-def on_this_node(job: PointJob) -> PointJob:
-    """``job`` with the mirror of a work folder at a URI in this node's temporary folder rather
-    than the driver's (nodes share no disk, and their temporary folders may differ)."""
-    if job.work_uri is None:
-        return job
-    run_location = (
-        job.work_uri.partition("?")[0].rstrip("/").removesuffix("/work")
-    )  # the driver's child_uri(run, "work")
-    return replace(job, workdir=str(mirror_dir(run_location) / "work"))
-
-
 class ProgressWriter:
     """A progress sink that writes a trial's records into the study: the first of each stage,
     a stage's last step, and otherwise at most every ``every_s`` seconds; ``on_write`` is called
@@ -246,13 +230,13 @@ class ProgressWriter:
             self.on_write(full)
 
 
-def failed_for_good(study: optuna.Study, number: int, point: str, error: Exception, job: PointJob) -> bool:
+def failed_for_good(study: optuna.Study, number: int, point: str, error: Exception, run_dir: RunDir) -> bool:
     """Log a failed attempt (traceback to ``train.log``, cause into the study); if an earlier attempt
     failed the same way, fail the trial with the cause and return True (retrying would fail again)."""
     cause = error_cause(error)
-    log = str(Path(job.workdir) / LOG_FILE) + (f" on {socket.gethostname()}" if job.work_uri else "")
+    log = str(run_dir.work_dir / LOG_FILE) + (f" on {socket.gethostname()}" if run_dir.is_uri else "")
     try:
-        with job_log(Path(job.workdir), f"trial {number} {point}") as trial_log:
+        with job_log(run_dir.work_dir, f"trial {number} {point}") as trial_log:
             trial_log.error("attempt failed: %s", cause, exc_info=error)
     except OSError:  # the work folder itself is unusable; the cause still reaches the study
         log = "Ray's trial log (the work folder could not be written)"
@@ -263,57 +247,6 @@ def failed_for_good(study: optuna.Study, number: int, point: str, error: Excepti
         return False
     fail_trial(study, number, f"{cause} (the same error on a retry; full log: {log})")
     return True
-
-
-@contextmanager
-def work_dir_locks(job: PointJob) -> Iterator[tuple[RemoteFolder | None, LockFactory | None]]:
-    """The lock of the work folder's entries that ``job.cache_lock`` says (None: lock files), for
-    ``train_point``; with a ``work_uri``, the lock also mirrors them, and the remote folder comes first."""
-    if job.cache_lock != "database":
-        yield None, None
-        return
-    engine = database_engine(job.storage_url)
-    remote = RemoteFolder(job.work_uri, job.workdir) if job.work_uri else None
-    lock = lease_lock(engine, job.workdir)
-    try:
-        if remote is not None:
-            remote.pull(THROUGHPUT_FILE)
-        yield remote, mirrored_lock(lock, remote, job.recipe.checkpoint_every_seconds) if remote else lock
-        if remote is not None:
-            remote.push(THROUGHPUT_FILE)
-    finally:
-        engine.dispose()
-
-
-def mirrored_lock(lock: LockFactory, remote: RemoteFolder, push_every_s: float) -> LockFactory:
-    """A lock factory that takes ``lock`` and keeps the locked folder in sync with ``remote``:
-    pulled once the lock is held, pushed every ``push_every_s`` seconds and before it is freed."""
-
-    @contextmanager
-    def locked_and_mirrored(directory: Path, log: logging.Logger) -> Iterator[None]:
-        relative = Path(directory).resolve().relative_to(remote.local.resolve())
-        with lock(directory, log):
-            log.info("pulled %d files of %s", remote.pull(relative), remote.uri_of(directory))
-            with remote.pushing(relative, push_every_s, last=COMPLETION_FILES):
-                yield
-
-    return locked_and_mirrored
-
-
-def lease_lock(engine: Engine, workdir: str) -> LockFactory:
-    """A cache lock factory: a lease in the database of ``engine`` per folder of the work dir.
-
-    The key is the folder relative to the work dir, so nodes mounting the shared folder at
-    different paths agree on it.
-    """
-    root = Path(workdir).resolve()
-
-    def lock(directory: Path, log: logging.Logger) -> Lease:
-        key = f"work:{Path(directory).resolve().relative_to(root)}"
-        log.info("locking with the database lease %s", key)
-        return Lease(engine, key)
-
-    return lock
 
 
 def wait_for_threshold(study: optuna.Study, budget: float, poll_seconds: float = WAIT_POLL_SECONDS) -> float:
@@ -345,4 +278,4 @@ def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def _stored(study: optuna.Study, number: int) -> FrozenTrial:
-    return study._storage.get_trial(trial_id(study, number))
+    return study_storage(study).get_trial(trial_id(study, number))

@@ -10,6 +10,7 @@ from cli.options import study_options
 from dashboards.report import write_report
 from dashboards.server import NO_AUTH_WARNING, check_host, make_server, server_url
 from storage import mask_url, open_artifact_store, open_storage, open_study
+from storage.optuna_private import study_id
 from storage.urls import is_loopback_host
 
 
@@ -22,12 +23,12 @@ def dashboard(run_dir: Path | str, storage: str, study: str, host: str, port: in
     """Serve optuna-dashboard on the study's storage until interrupted."""
     check_host(host, allow_remote)
     rdb = open_storage(storage, create=False)
-    study_id = open_study(rdb, study)._study_id
+    number = study_id(open_study(rdb, study))
     server = make_server(rdb, host, port, open_artifact_store(run_dir, create=False))
     url = server_url(server)
     if not is_loopback_host(host):
         click.echo(NO_AUTH_WARNING.format(url=url), err=True)
-    click.echo(f"serving study {study!r} of {mask_url(storage)} at {url}/dashboard/studies/{study_id}")
+    click.echo(f"serving study {study!r} of {mask_url(storage)} at {url}/dashboard/studies/{number}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """Making a trained point's model folder servable: what a server needs besides the weights.
 
 A trained point's folder holds only the model (``prumux_config.json`` + ``model.safetensors``).
-`export_servable` copies it and `make_servable` adds the tokenizer and ``serving.json``.
+`export_servable` copies it and `make_servable` adds the tokenizer, ``serving.json``, the code and
+``config.json`` that plain transformers loads it with, and optionally its ONNX graph.
 Which tokenizer a point uses and what its task's labels are called is known to the layers
 above (the trainers): they hand it in as `PointSources`.
 """
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prumux.model import PruMUXModel
+from servable.graph import write_graph
+from servable.remote_code import write_hf_config, write_remote_code
 from servable.spec import ServingSpec, model_config, write_spec
 
 if TYPE_CHECKING:
@@ -28,9 +32,12 @@ class PointSources:
     label_names: Callable[[str, int], tuple[str, ...]]  # (task, number of labels) -> names, index = label id
 
 
-def export_servable(point: Mapping[str, Any], out: Path, sources: PointSources, what: str = "the point") -> ServingSpec:
+def export_servable(
+    point: Mapping[str, Any], out: Path, sources: PointSources, what: str = "the point", *, graph: bool = False
+) -> ServingSpec:
     """Copy a trained point's model folder (a path, or a URI for a run dir at a URI) to ``out``
-    and make it servable. ``point`` holds a `PointResult`'s fields (a trial's user attrs and params)."""
+    and make it servable (with its ONNX graph if ``graph``). ``point`` holds a `PointResult`'s fields (a trial's
+    user attrs and params)."""
     from storage.remote import RemoteFolder, is_uri
 
     source = str(point.get("model_dir", ""))
@@ -41,13 +48,14 @@ def export_servable(point: Mapping[str, Any], out: Path, sources: PointSources, 
         shutil.copytree(source, out, dirs_exist_ok=True)
     else:
         raise ValueError(f"{what} has no saved model folder (imported points have none)")
-    return make_servable(out, point, sources)
+    return make_servable(out, point, sources, graph=graph)
 
 
-def make_servable(folder: Path, point: Mapping[str, Any], sources: PointSources) -> ServingSpec:
-    """Add the tokenizer and ``serving.json`` to a saved model folder, from a point's fields
-    (``task``, ``base_model``, ``s``, ``recipe_values.seq_len``); N and labels come from the model (its label
-    names as trained, else the task's)."""
+def make_servable(folder: Path, point: Mapping[str, Any], sources: PointSources, *, graph: bool = False) -> ServingSpec:
+    """Add the tokenizer, ``serving.json`` and transformers' remote code (`servable.remote_code`) to a saved
+    model folder, and with ``graph`` its ONNX graph (`servable.graph`), from a point's fields (``task``,
+    ``base_model``, ``s``, ``recipe_values.seq_len``); N and labels come from the model (its label names as
+    trained, else the task's)."""
     folder = Path(folder)
     config = model_config(folder)
     if missing := [key for key in ("task", "base_model", "s") if key not in point]:
@@ -59,5 +67,9 @@ def make_servable(folder: Path, point: Mapping[str, Any], sources: PointSources)
     labels = tuple(config.get("label_names") or sources.label_names(task, int(config["num_labels"])))
     spec = ServingSpec(task=task, base_model=base_model, label_names=labels, seq_len=seq_len, N=N, s=float(point["s"]))
     sources.tokenizer(base_model, N).save_pretrained(str(folder))
+    write_remote_code(folder)
+    write_hf_config(folder, config, seq_len, labels)
+    if graph:
+        spec = replace(spec, onnx=write_graph(folder, PruMUXModel.from_pretrained(folder), seq_len))
     write_spec(folder, spec)
     return spec

@@ -33,10 +33,13 @@ class ServingSpec:
     N: int
     s: float
     format_version: int = FORMAT_VERSION
+    onnx: dict[str, Any] | None = None  # the ONNX graph's contract and digests (`servable.graph`), when exported
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["label_names"] = list(self.label_names)
+        if self.onnx is None:
+            del values["onnx"]
         return values
 
     @classmethod
@@ -45,6 +48,7 @@ class ServingSpec:
         return cls(
             **{**fields, "label_names": tuple(str(name) for name in fields["label_names"])},
             format_version=int(values.get("format_version", FORMAT_VERSION)),
+            onnx=dict(values["onnx"]) if values.get("onnx") else None,
         )
 
 
@@ -76,10 +80,11 @@ def write_spec(folder: Path, spec: ServingSpec) -> None:
 
 
 def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in a servable folder (local files only)."""
-    from transformers import AutoTokenizer
+    """The tokenizer saved in a servable folder (local files only; the class its tokenizer_config.json names,
+    without reading the folder's config.json, whose model class is remote code)."""
+    from transformers import AutoTokenizer, PreTrainedConfig
 
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(folder), config=PreTrainedConfig(), local_files_only=True)
 
 
 def model_config(folder: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from servable import ServingSpec
 from serving.classifier import Classifier
 from serving.gateway import Gateway
 from serving.keys import read_keys
-from serving.model import check_servable, local_folder
+from serving.model import DEFAULT_RUNTIME, check_servable, local_folder
 
 APP_NAME = "prumux"
 GROUPS_PER_BATCH = 32  # default --max-batch: this many groups of N
@@ -39,6 +39,7 @@ class ServeOptions:
     max_wait_ms: float = 10.0
     replicas: int = 1
     device: str = "auto"
+    runtime: str = DEFAULT_RUNTIME  # eager, torch, onnx (the folder's graph) or auto (`serving.model.served_runner`)
     cpus_per_replica: float | None = None  # [default: the cluster's CPUs shared by the replicas]
     max_body_bytes: int = 1 << 20
     max_inputs: int = 1024
@@ -75,7 +76,7 @@ def batch_instances(requested: int | None, N: int) -> int:
 def prepare(options: ServeOptions) -> ServingSpec:
     """Check the options and the model folder; return the model's serving spec (nothing started)."""
     options.check()
-    return check_servable(local_folder(options.model))
+    return check_servable(local_folder(options.model), options.runtime)
 
 
 def build_app(options: ServeOptions, spec: ServingSpec | None = None) -> Application:
@@ -91,7 +92,13 @@ def build_app(options: ServeOptions, spec: ServingSpec | None = None) -> Applica
         ray_actor_options={"num_cpus": cpus, "num_gpus": gpus},
         logging_config=logging,
     ).bind(
-        options.model, options.device, max(1, math.floor(cpus)), max_batch, options.max_wait_ms, options.record_groups
+        options.model,
+        options.device,
+        max(1, math.floor(cpus)),
+        max_batch,
+        options.max_wait_ms,
+        options.record_groups,
+        options.runtime,
     )
     limits = {
         "max_batch": max_batch,
@@ -109,7 +116,7 @@ def logging_config(access_log: bool) -> dict[str, Any]:
 
 def app_builder(args: dict[str, str]) -> Application:
     """For `serve run` / Serve config files: ``model=DIR [keys=FILE] [max_batch=...] [max_wait_ms=...]
-    [replicas=...] [device=...] [cpus_per_replica=...] [access_log=true]`` (and the request limits)."""
+    [replicas=...] [device=...] [runtime=...] [cpus_per_replica=...] [access_log=true]`` (and the request limits)."""
     known = {
         "model",
         "keys",
@@ -117,6 +124,7 @@ def app_builder(args: dict[str, str]) -> Application:
         "max_wait_ms",
         "replicas",
         "device",
+        "runtime",
         "cpus_per_replica",
         "max_body_bytes",
         "max_inputs",

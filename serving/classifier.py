@@ -17,7 +17,7 @@ from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
 from serving.batching import BatchReport, Part, PartResult, count_instances, tenant_passes
-from serving.model import ServedModel, local_folder, pick_device
+from serving.model import DEFAULT_RUNTIME, ServedModel, local_folder, pick_device
 
 FILL_BUCKETS = [0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
 
@@ -34,10 +34,11 @@ class Classifier:
         max_batch: int = 32,
         max_wait_ms: float = 10.0,
         record_groups: bool = False,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
-        self.model = ServedModel(local_folder(location), pick_device(device))
+        self.model = ServedModel(local_folder(location), pick_device(device), runtime)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.classify.set_max_batch_size(max_batch)
         self.classify.set_batch_wait_timeout_s(max_wait_ms / 1000)

@@ -13,10 +13,22 @@ import torch
 from torch import Tensor
 
 from prumux import PruMUXModel
-from servable import ServingSpec, load_tokenizer, read_servable
+from prumux.inference import (
+    ONNX_EXTRA,
+    RUNTIMES,
+    AutoRunner,
+    EagerRunner,
+    OnnxRunner,
+    Runner,
+    TorchRunner,
+    onnx_available,
+    require_onnx,
+)
+from servable import ServingSpec, checked_graph, load_tokenizer, read_servable
 from serving.inputs import Input
 
 ENCODED_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+DEFAULT_RUNTIME = "eager"  # the model as trained; `--runtime` picks another
 
 
 def local_folder(location: str) -> Path:
@@ -43,13 +55,14 @@ def pick_device(device: str) -> str:
 
 
 class ServedModel:
-    """The model of a servable folder, ready to turn inputs into label probabilities."""
+    """The model of a servable folder, ready to turn inputs into label probabilities on a runtime
+    (`prumux.inference.RUNTIMES`: eager, torch, onnx = the folder's own ONNX graph, auto)."""
 
-    def __init__(self, folder: str | Path, device: str = "cpu") -> None:
+    def __init__(self, folder: str | Path, device: str = "cpu", runtime: str = DEFAULT_RUNTIME) -> None:
         self.folder = Path(folder)
         self.spec: ServingSpec = read_servable(self.folder)
         self.device = torch.device(device)
-        self.model = PruMUXModel.from_pretrained(self.folder).to(self.device).eval()
+        self.runner = served_runner(runtime, self.folder, self.spec, self.device)
         self.tokenizer = load_tokenizer(self.folder)
 
     @property
@@ -87,7 +100,7 @@ class ServedModel:
         """
         encoded, truncated = self.encode(inputs)
         batch = {key: value.to(self.device) for key, value in encoded.items()}
-        logits = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+        logits = self.runner(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         return logits.float().softmax(-1).cpu(), truncated
 
     def _tokenize(self, inputs: list[Input], length: int) -> dict[str, Tensor]:
@@ -104,13 +117,42 @@ class ServedModel:
         )
 
 
-def check_servable(folder: Path) -> ServingSpec:
-    """The spec of a servable folder whose tokenizer loads and whose weight file opens (before any replica starts)."""
+def served_runner(runtime: str, folder: Path, spec: ServingSpec, device: torch.device) -> Runner:
+    """The runner of a servable folder's model: ``onnx`` runs the folder's own graph (checked against the weights),
+    ``auto`` the faster of torch and that graph per input shape (torch alone when the folder has none)."""
+    check_runtime(runtime)
+    graph = checked_graph(folder, spec)
+    if runtime == "onnx":
+        return OnnxRunner(_required_graph(folder, graph))
+    model = PruMUXModel.from_pretrained(folder).eval()
+    if runtime == "eager":
+        return EagerRunner(model, device)
+    torch_runner = TorchRunner(model, device)
+    if runtime == "torch" or graph is None or not onnx_available():
+        return torch_runner
+    return AutoRunner([torch_runner, OnnxRunner(graph)])
+
+
+def check_runtime(runtime: str) -> None:
+    """Refuse, in one line, a runtime that is not one of RUNTIMES or whose packages are missing (naming the extra)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx":
+        require_onnx()
+
+
+def check_servable(folder: Path, runtime: str = DEFAULT_RUNTIME) -> ServingSpec:
+    """The spec of a servable folder whose tokenizer loads, whose weight file opens and whose ONNX graph (if any)
+    matches its weights, for ``runtime`` (before any replica starts)."""
     from safetensors import SafetensorError, safe_open
 
     from prumux.model import WEIGHTS_FILE
 
+    check_runtime(runtime)
     spec = read_servable(folder)
+    graph = checked_graph(folder, spec)
+    if runtime == "onnx":
+        _required_graph(folder, graph)
     try:
         with safe_open(str(folder / WEIGHTS_FILE), "pt") as weights:
             weights.keys()
@@ -121,3 +163,12 @@ def check_servable(folder: Path) -> ServingSpec:
     except (ValueError, OSError) as error:
         raise ValueError(f"the tokenizer in {folder} does not load: {error}") from None
     return spec
+
+
+def _required_graph(folder: Path, graph: Path | None) -> Path:
+    if graph is None:
+        raise ValueError(
+            f"{folder} has no ONNX graph: export it with the onnx packages installed ({ONNX_EXTRA}), "
+            "or serve it with --runtime eager or torch"
+        )
+    return graph

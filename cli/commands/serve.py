@@ -21,7 +21,9 @@ import click
 
 from cli.errors import one_line
 from cli.options import study_options
+from prumux.inference import RUNTIMES
 from serving.keys import LOCAL_TENANT, check_exposure, read_keys
+from serving.model import DEFAULT_RUNTIME, check_runtime
 from storage import open_study, points_frame, recommend
 from storage.trials import complete_trial
 
@@ -57,6 +59,14 @@ if TYPE_CHECKING:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:K].")
 @click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default=DEFAULT_RUNTIME,
+    show_default=True,
+    help="eager: the model as trained; torch: pruned widths padded, CUDA graphs on a GPU; onnx: the folder's ONNX "
+    "graph on ONNX Runtime; auto: the faster of torch and onnx per batch shape.",
+)
+@click.option(
     "--cpus-per-replica",
     type=float,
     default=None,
@@ -86,6 +96,7 @@ def serve(
     max_batch: int | None,
     max_wait_ms: float,
     device: str,
+    runtime: str,
     cpus_per_replica: float | None,
     max_body_bytes: int,
     max_inputs: int,
@@ -102,7 +113,8 @@ def serve(
     if not 0 < port < 65536:
         raise ValueError(f"port must be in 1..65535, got {port}")
     keys = read_keys(keys_file) if keys_file else None
-    with _model_source(model_dir, number, best, storage, study) as (location, what):
+    check_runtime(runtime)
+    with _model_source(model_dir, number, best, storage, study, runtime) as (location, what):
         options = ServeOptions(
             model=location,
             keys=keys,
@@ -110,6 +122,7 @@ def serve(
             max_wait_ms=max_wait_ms,
             replicas=replicas,
             device=device,
+            runtime=runtime,
             cpus_per_replica=cpus_per_replica,
             max_body_bytes=max_body_bytes,
             max_inputs=max_inputs,
@@ -122,7 +135,8 @@ def serve(
         tenants = (
             f"{len(set(keys.values()))} tenant(s) from {keys_file}" if keys else f"one tenant ({LOCAL_TENANT}), no keys"
         )
-        click.echo(f"starting Ray Serve: loading {what} on {replicas} replica(s)")
+        on = "" if runtime == DEFAULT_RUNTIME else f" ({runtime} runtime)"
+        click.echo(f"starting Ray Serve: loading {what}{on} on {replicas} replica(s)")
         with _ray(ray_address):
             try:
                 run(options, spec, host, port)
@@ -141,9 +155,11 @@ def serve(
 
 @contextmanager
 def _model_source(
-    model_dir: str | None, number: int | None, best: bool, storage: str, study: str
+    model_dir: str | None, number: int | None, best: bool, storage: str, study: str, runtime: str
 ) -> Iterator[tuple[str, str]]:
-    """(location of a servable folder, what it is): --model as given, or a study's trial exported to a temporary folder."""
+    """(location of a servable folder, what it is): --model as given, or a study's trial exported to a temporary
+    folder (with its ONNX graph when ``runtime`` may run it)."""
+    from prumux.inference import onnx_available
     from servable import export_servable
     from trainers.point_sources import POINT_SOURCES
 
@@ -154,9 +170,8 @@ def _model_source(
         return
     trial = _study_trial(storage, study, number)
     with tempfile.TemporaryDirectory(prefix="prumux-serve-") as folder:
-        export_servable(
-            {**trial.user_attrs, **trial.params}, Path(folder) / "model", POINT_SOURCES, f"trial {trial.number}"
-        )
+        point, graph = {**trial.user_attrs, **trial.params}, runtime in ("onnx", "auto") and onnx_available()
+        export_servable(point, Path(folder) / "model", POINT_SOURCES, f"trial {trial.number}", graph=graph)
         yield str(Path(folder) / "model"), f"trial {trial.number} of study {study!r}"
 
 

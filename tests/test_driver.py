@@ -1,6 +1,6 @@
 """The Ray Tune search driver: real Ray, real Optuna studies on SQLite and PostgreSQL, real training.
 
-The searches use the tiny random BERT, the smoke recipe shortened further and a 2 x 2 grid.
+The searches use the tiny random BERT, the `tiny` recipe and a 2 x 2 grid.
 The two searches share one work folder, so the second reuses the first one's trainings.
 """
 
@@ -17,18 +17,6 @@ from storage import StudySettings, default_url, open_study
 from trainers.recipes import load_recipe
 from tuning.driver import STOP_RESERVE_S, SearchOptions, run_search, trial_resources, trials_time_budget
 
-FAST = {
-    "max_train_examples": 64,
-    "max_eval_examples": 64,
-    "eval_examples": 32,
-    "eval_every": 4,
-    "retrieval_steps": 6,
-    "mlm_steps": 2,
-    "finetune_steps": 8,
-    "prune_steps": 8,
-    "lagrangian_warmup_steps": 4,
-    "pruned_finetune_steps": 2,
-}
 BUDGET = 0.05
 
 
@@ -38,16 +26,16 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def settings_for(model_dir: Path) -> StudySettings:
-    return StudySettings("rt-polarity", str(model_dir), "smoke+fast", BUDGET, (1, 2), (0.0, 0.5))
+    return StudySettings("rt-polarity", str(model_dir), "tiny", BUDGET, (1, 2), (0.0, 0.5))
 
 
 def search(run_dir: Path, storage_url: str, study_name: str, model_dir: Path, **options):
-    """A smoke search; without early stopping unless asked (these tests check that every point completes)."""
+    """A search on the tiny recipe; without early stopping unless asked (these tests check that every point completes)."""
     options.setdefault("early_stopping", False)
     finished: list[int] = []
     outcome = run_search(
         settings_for(model_dir),
-        load_recipe("smoke", FAST),
+        load_recipe("tiny"),
         SearchOptions(run_dir=str(run_dir), storage_url=storage_url, study_name=study_name, **options),
         on_trial=lambda trial, study: finished.append(trial.number),
     )
@@ -163,8 +151,8 @@ def test_bad_options_raise_value_error(options: dict, message: str, tmp_path: Pa
 def test_other_settings_leave_the_study_untouched(local_ray, tiny_bert_dir: Path, run_dir: Path) -> None:
     url = default_url(run_dir)
     before = [(t.number, t.state, t.values) for t in open_study(url, "one-trial").trials]
-    changed = StudySettings("rt-polarity", str(tiny_bert_dir), "smoke+fast", 0.2, (1, 2), (0.0, 0.5))
+    changed = StudySettings("rt-polarity", str(tiny_bert_dir), "tiny", 0.2, (1, 2), (0.0, 0.5))
     options = SearchOptions(run_dir=str(run_dir), storage_url=url, study_name="one-trial")
     with pytest.raises(ValueError, match="budget: 0.05 != 0.2"):
-        run_search(changed, load_recipe("smoke", FAST), options)
+        run_search(changed, load_recipe("tiny"), options)
     assert [(t.number, t.state, t.values) for t in open_study(url, "one-trial").trials] == before

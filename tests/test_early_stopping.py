@@ -24,18 +24,14 @@ from trainers.recipes import load_recipe
 from tuning.bracket import bracket_study_name
 from tuning.driver import SearchOptions, run_search
 
+# the tiny recipe with a phase 2 long enough for the cue to be learnt at N = 1
 RECIPE = {
     "max_train_examples": 256,
-    "max_eval_examples": 64,
-    "eval_examples": 32,
     "eval_every": 10,
-    "retrieval_steps": 6,
     "mlm_steps": 0,
     "finetune_steps": 60,
     "finetune_batch_size": 16,
     "finetune_lr": 0.01,
-    "prune_steps": 8,
-    "lagrangian_warmup_steps": 4,
     "pruned_finetune_steps": 4,
 }
 BUDGET = 0.05
@@ -61,11 +57,11 @@ def cue_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def search(run_dir: Path, task: Path, model: Path, recipe: dict = RECIPE, sparsities=(0.0, 0.5), **options):
-    settings = StudySettings(str(task), str(model), "smoke+cue", BUDGET, (1, 2), sparsities)
+    settings = StudySettings(str(task), str(model), "tiny+cue", BUDGET, (1, 2), sparsities)
     lines: list[tuple[int, str]] = []
     outcome = run_search(
         settings,
-        load_recipe("smoke", recipe),
+        load_recipe("tiny", recipe),
         SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="cue", **options),
         on_trial=lambda trial, study: lines.append((trial.number, trial.state.name)),
     )
@@ -107,7 +103,8 @@ def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
     # Compute: dense phase 2 once, each pruned point's own phase 3, the stopped point up to its stop.
     pruned_own = sum(t.user_attrs["curve_total_steps"] - 60 for (N, s), t in trials.items() if N == 1 and s > 0)
     expected = 60 + pruned_own + mux.user_attrs["stopped_step"]
-    grid = 2 * (RECIPE["prune_steps"] + RECIPE["pruned_finetune_steps"]) + 2 * 60 + RECIPE["retrieval_steps"]
+    recipe = load_recipe("tiny", RECIPE)
+    grid = 2 * (recipe.prune_steps + recipe.pruned_finetune_steps) + 2 * 60 + recipe.retrieval_steps
     assert search_compute(study.get_trials(), (1, 2), (0.0, 0.5)) == Compute(expected, grid)
     assert expected < grid
 

@@ -184,8 +184,9 @@ def test_a_trial_failing_the_same_way_twice_stops_the_search(tiny_bert_dir: Path
     """A damaged phase-2 checkpoint of the dense point: every attempt fails on it, so the search stops
     after one retry with exit 1 and one line naming the cause and the full log."""
     run_dir = tmp_path / "run"
+    options = dict(zip(SEARCH, SEARCH[1:]))
     overrides = [value for option, value in zip(SEARCH, SEARCH[1:]) if option == "--set"]
-    job = check_job("rt-polarity", str(tiny_bert_dir), "smoke", overrides)
+    job = check_job("rt-polarity", str(tiny_bert_dir), options["--recipe"], overrides)
     damaged = (
         cache_entry(run_dir / "work", job.task, job.base_model, 1, job.recipe).directory / "checkpoints" / "finetune.pt"
     )

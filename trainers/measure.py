@@ -17,6 +17,7 @@ import torch
 
 from prumux import PruMUXConfig, PruMUXModel, hardware_name, measure_throughput
 from prumux.checkpoints import inspect_checkpoint
+from prumux.inference import Runner, load_runner, measure_runner
 from prumux.model import CONFIG_FILE
 from trainers.data import encode_frame
 from trainers.evaluate import accuracy, check_label_order
@@ -45,12 +46,73 @@ def throughput(model: PruMUXModel, seq_len: int, batches: int, warmup: int, runt
 def side_by_side(
     model: PruMUXModel, dense: PruMUXModel, seq_len: int, batches: int, warmup: int, runtime: Runtime
 ) -> tuple[float, float]:
-    """(speed-up of `model` over `dense`, dense throughput), measured interleaved, best of each."""
-    point = dense_speed = 0.0
+    """(speed-up of `model` over `dense`, dense throughput), measured interleaved in eager PyTorch, best of each."""
+    speed = served_throughput(model, dense, seq_len, batches, warmup, runtime)
+    return speed.speedup, speed.dense_throughput
+
+
+@dataclass
+class ServedThroughput:
+    """A point's instances/s through the runtime it is served with, next to the dense model's on that runtime,
+    and both in eager PyTorch (the paper's protocol) beside them."""
+
+    inference_runtime: str  # the runtime measured: eager, torch or onnx (what auto picked)
+    throughput: float
+    dense_throughput: float
+    eager_throughput: float
+    eager_dense_throughput: float
+
+    @property
+    def speedup(self) -> float:
+        return self.throughput / self.dense_throughput
+
+    @property
+    def eager_speedup(self) -> float:
+        return self.eager_throughput / self.eager_dense_throughput
+
+
+def served_throughput(
+    model: PruMUXModel,
+    dense: PruMUXModel | None,
+    seq_len: int,
+    batches: int,
+    warmup: int,
+    runtime: Runtime,
+    inference_runtime: str = "eager",
+) -> ServedThroughput:
+    """Throughput of `model` through `inference_runtime` (one of prumux.inference.RUNTIMES) and of `dense` on the
+    runtime it resolved to, and both eager, all measured interleaved (batches of 128 N at `seq_len`), best of
+    MEASURE_ROUNDS each. `dense=None`: the model is its own baseline (the dense point).
+    """
+    dtype = torch.bfloat16 if runtime.bf16 else None
+    models = {"point": model} if dense is None else {"point": model, "dense": dense}
+
+    def runner(name: str, of: PruMUXModel) -> Runner:
+        return load_runner(name, of, seq_len=seq_len, device=runtime.device, dtype=dtype)
+
+    eager = {key: runner("eager", of) for key, of in models.items()}
+    served = dict(eager) if inference_runtime == "eager" else {"point": runner(inference_runtime, model)}
+    best: dict[tuple[str, str], float] = {}
     for _ in range(MEASURE_ROUNDS):
-        point = max(point, throughput(model, seq_len, batches, warmup, runtime))
-        dense_speed = max(dense_speed, throughput(dense, seq_len, batches, warmup, runtime))
-    return point / dense_speed, dense_speed
+        for key, of in models.items():
+            if key not in served:  # the dense model on the runtime the point resolved to (auto's pick)
+                served[key] = runner(served["point"].name, of)
+            measured = (
+                {"served": served[key]} if served[key] is eager[key] else {"served": served[key], "eager": eager[key]}
+            )
+            for kind, timed in measured.items():
+                speed = measure_runner(timed, seq_len, num_batches=batches, warmup=warmup).examples_per_second
+                best[kind, key] = max(best.get((kind, key), 0.0), speed)
+    for key in models:
+        best.setdefault(("eager", key), best["served", key])
+    baseline = "point" if dense is None else "dense"
+    return ServedThroughput(
+        served["point"].name,
+        best["served", "point"],
+        best["served", baseline],
+        best["eager", "point"],
+        best["eager", baseline],
+    )
 
 
 def dense_counterpart(config: PruMUXConfig, seed: int = 0) -> PruMUXModel:
@@ -80,6 +142,9 @@ class CheckpointMeasurement:
     throughput: float  # instances per second
     dense_throughput: float  # the dense (1, 0) model of the same architecture, measured side by side
     speedup: float
+    inference_runtime: str  # the runtime throughput was measured on (eager: the paper's protocol)
+    eager_throughput: float  # the model's throughput in eager PyTorch, measured beside it
+    eager_speedup: float
     layout: str
     seq_len: int
     hardware: str
@@ -100,8 +165,10 @@ def measure_checkpoint(
     bf16: bool = False,
     max_eval_examples: int | None = None,
     log: Callable[[str], None] = lambda _: None,
+    inference_runtime: str = "eager",
 ) -> CheckpointMeasurement:
-    """Validation / test accuracy and throughput next to the dense model (batch 128 N, padded to `seq_len`).
+    """Validation / test accuracy and throughput next to the dense model (batch 128 N, padded to `seq_len`),
+    through `inference_runtime` (prumux.inference.RUNTIMES), with the eager figures beside it.
 
     `model_name` is a checkpoint (alias, folder or hub id), or a family with `N`. Its labels
     must be the task's, in the task's order; a checkpoint without a task head is refused.
@@ -125,9 +192,8 @@ def measure_checkpoint(
     check_label_order(model, data.spec.label_names, splits["validation"], 128, source)
     val, test = (accuracy(model, splits[name], 128) for name in ("validation", "test"))
     log(f"accuracy: validation {val:.4f}, test {test:.4f}; measuring throughput next to the dense model")
-    speedup, dense = side_by_side(
-        model, dense_counterpart(model.config).to(runtime.device), seq_len, batches, warmup, runtime
-    )
+    dense = dense_counterpart(model.config).to(runtime.device)
+    speed = served_throughput(model, dense, seq_len, batches, warmup, runtime, inference_runtime)
     config = model.config
     return CheckpointMeasurement(
         model=source,
@@ -136,9 +202,12 @@ def measure_checkpoint(
         sparsity=config.realised_sparsity,
         val_accuracy=val,
         test_accuracy=test,
-        throughput=speedup * dense,
-        dense_throughput=dense,
-        speedup=speedup,
+        throughput=speed.throughput,
+        dense_throughput=speed.dense_throughput,
+        speedup=speed.speedup,
+        inference_runtime=speed.inference_runtime,
+        eager_throughput=speed.eager_throughput,
+        eager_speedup=speed.eager_speedup,
         layout=config.layout,
         seq_len=seq_len,
         hardware=hardware_name(runtime.device),

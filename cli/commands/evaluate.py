@@ -11,6 +11,7 @@ import pandas as pd
 
 from cli.commands.study import DEFAULT_BUDGET, DEFAULT_GRID_N, DEFAULT_GRID_S
 from cli.options import study_options
+from prumux.inference import RUNTIMES
 from storage import StudySettings, dense_accuracy, import_points, open_study, study_settings
 from storage.points import is_dense, threshold
 from storage.study import find_study
@@ -48,6 +49,15 @@ GRID_SNAP = 0.02
 )
 @click.option("--device", default=None, help="cpu, cuda or cuda:K (default: CUDA when present).")
 @click.option("--bf16", is_flag=True, help="Measure throughput in bf16.")
+@click.option(
+    "--runtime",
+    "inference_runtime",
+    type=click.Choice(RUNTIMES),
+    default="eager",
+    show_default=True,
+    help="Runtime the throughput is measured on (auto: the fastest of torch and onnx); eager is the paper's "
+    "protocol, and its figure is recorded beside any other.",
+)
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--into-study", is_flag=True, help="Record the point as a trial of the study (created if new).")
 @study_options
@@ -65,6 +75,7 @@ def evaluate(
     max_eval_examples: int | None,
     device: str | None,
     bf16: bool,
+    inference_runtime: str,
     output: str,
     into_study: bool,
     run_dir: Path | str,
@@ -95,6 +106,7 @@ def evaluate(
         bf16=bf16,
         max_eval_examples=max_eval_examples,
         log=lambda line: click.echo(line, err=True),
+        inference_runtime=inference_runtime,
     )
     values = point.to_dict()
     if target is not None:
@@ -111,7 +123,8 @@ def evaluate(
         f"{point.model}: N={point.N} s={values['s']:g} (realised sparsity {point.sparsity:.4f}), accuracy "
         f"{point.val_accuracy:.4f} (test {point.test_accuracy:.4f}), {point.throughput:.4g} examples/s, "
         f"{point.speedup:.2f}x the dense model ({point.dense_throughput:.4g} examples/s, length {point.seq_len}, "
-        f"{point.hardware})"
+        f"{point.hardware}) on {point.inference_runtime}; eager {point.eager_throughput:.4g} examples/s, "
+        f"{point.eager_speedup:.2f}x"
     )
     if target is not None:
         click.echo(f"recorded as a point of study {study!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ def export_onnx(model: PruMUXModel, path: Path, seq_len: int, opset: int | None 
     inputs = (sample, torch.ones_like(sample), torch.zeros_like(sample))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # N*groups is named once
         program = torch.onnx.export(
             model,
             inputs,
@@ -88,6 +90,7 @@ def export_onnx(model: PruMUXModel, path: Path, seq_len: int, opset: int | None 
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
             dynamic_shapes={name: {0: rows} for name in INPUT_NAMES},
+            verbose=False,
         )
     proto = program.model_proto
     contract = {

@@ -17,7 +17,7 @@ from servable import model_card
 
 from conftest import REPO, client_env
 
-PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards", "serving", "benchmarks")
+PACKAGES = ("prumux", "trainers", "search", "storage", "dashboards", "servable", "serving", "benchmarks")
 PICKLE_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
 
 

@@ -14,7 +14,6 @@ form, which is what goes to the workers and into the study; ``given`` keeps the 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from trainers.evaluate import check_label_names
 from trainers.models import CheckedModel, check_model
+from trainers.point_spec import PointSpec, check_point
 from trainers.recipes import RECIPES, Recipe, load_recipe, parse_overrides
 from trainers.tasks import TaskData, check_task
 
@@ -38,6 +38,10 @@ class Job:
     model: CheckedModel
     recipe_file: Path | None = None  # the recipe's JSON file, unless it is a shipped recipe
     given: dict[str, str] = field(default_factory=dict)  # the text typed for task, base_model, recipe
+
+    def point(self, N: int, s: float, workdir: str | Path) -> PointSpec:
+        """The job's point (N, s), trained in ``workdir`` with the job's recipe."""
+        return PointSpec(self.task, self.base_model, N, s, self.recipe, workdir)
 
     def local_inputs(self) -> dict[str, Path]:
         """The inputs that are files on this machine (a cluster's other nodes may not have them)."""
@@ -90,14 +94,6 @@ def check_job(
         check_label_names(names, data.spec.label_names, checked.checkpoints[N])
     given = {"task": task, "base_model": model, "recipe": str(recipe)}
     return Job(task_name, checked.name, loaded, label, data, checked, recipe_file, given)
-
-
-def check_point(N: int, s: float) -> None:
-    """A grid point: N an integer >= 1 (1 = no multiplexing), s a sparsity in [0, 1)."""
-    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-        raise ValueError(f"N must be an integer >= 1, got {N!r}")
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or math.isnan(s) or not 0 <= s < 1:
-        raise ValueError(f"sparsity s must be in [0, 1), got {s!r}")
 
 
 def check_writable_dir(path: str | Path, what: str, cwd: str | Path | None = None) -> Path:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from trainers.job import check_point
 from trainers.recipes import Recipe, load_recipe
+
+
+def check_point(N: int, s: float) -> None:
+    """A grid point: N an integer >= 1 (1 = no multiplexing), s a sparsity in [0, 1)."""
+    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        raise ValueError(f"N must be an integer >= 1, got {N!r}")
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or math.isnan(s) or not 0 <= s < 1:
+        raise ValueError(f"sparsity s must be in [0, 1), got {s!r}")
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,6 @@ def train(
     from trainers.job import check_job, check_writable_dir
     from trainers.phases.loop import Runtime
     from trainers.point import train_point
-    from trainers.point_spec import PointSpec
 
     job = check_job(task, base_model, recipe, overrides, grid_N=(N,), grid_s=(s,))
     folder = check_writable_dir(workdir, "work dir")
@@ -153,7 +152,7 @@ def train(
         )
     try:
         result = train_point(
-            PointSpec(job.task, job.base_model, N, s, job.recipe.configure({}), folder),
+            job.point(N, s, folder).with_recipe(job.recipe.configure({})),
             progress=not quiet,
             device=device,
             bf16=bf16,

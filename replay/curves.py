@@ -5,7 +5,7 @@ Methods, side by side on the same curves (each recommends its best fully trained
 
 * ``autoprumux-es``: the AutoPruMUXSampler, and at each evaluation ``decide_stop`` with a
   ``CurveBound`` refitted on the curves finished so far; a stop is recorded through
-  ``search.curves.record_stop`` (storage.curves.record_stopped), so the sampler sees it as in a
+  ``tuning.stopping.record_stop`` (storage.curves.record_stopped), so the sampler sees it as in a
   live search. The threshold is known once (1, 0), its first point, is measured; the point's
   throughput is the table's (``measured``: throughput depends on the shape, not the task).
 * ``autoprumux``: the same sampler, every point trained to its end.
@@ -34,10 +34,11 @@ import pandas as pd
 from replay.curve_table import phase2_end, read_curves
 from replay.points import ReplayResult, make_sampler, search_result, summarize, true_best
 from search.compute import StepLedger
-from search.curves import Curve, CurveBound, StopDecision, decide_stop, false_stops, record_stop
+from search.curves import Curve, CurveBound, StopDecision, decide_stop, false_stops
 from search.grid import check_budget, read_points, require_full_grid
 from search.sampler import AutoPruMUXSampler, suggest_point
 from storage.points import DENSE_POINT, is_feasible, table_threshold
+from tuning.stopping import record_stop
 
 OURS = ("autoprumux-es", "autoprumux")
 OPTUNA_PRUNERS = {"tpe-sha": optuna.pruners.SuccessiveHalvingPruner, "tpe-hyperband": optuna.pruners.HyperbandPruner}
@@ -100,9 +101,11 @@ def replay_curves(
     trials: int | None = None,
     storage: str | optuna.storages.BaseStorage | None = None,
     eval_rows: int | None = None,
+    validation_rows: int | None = None,
 ) -> CurveReplayResult:
     """One search on the curves (``read_curves``) of a full grid ``table``; ``eval_rows``: the validation rows
-    each evaluation of the curves was measured on (``CurveBound``; None for exact curves)."""
+    each evaluation of the curves was measured on (``CurveBound``; None for exact curves); ``validation_rows``:
+    those of the table's accuracies (our sampler's noise; None: exact)."""
     table = read_points(table)
     budget = check_budget(budget)
     if method not in METHODS:
@@ -110,7 +113,8 @@ def replay_curves(
     search = _Search(table, curves, budget)
     trials = len(table) if trials is None else trials
     if method in OURS:
-        _ours(search, budget, seed, CurveBound(eval_rows=eval_rows) if method == "autoprumux-es" else None, storage)
+        bound = CurveBound(eval_rows=eval_rows) if method == "autoprumux-es" else None
+        _ours(search, budget, seed, bound, storage, validation_rows)
     elif method in OPTUNA_PRUNERS:
         _optuna_pruned(search, budget, seed, OPTUNA_PRUNERS[method](), trials, storage)
     elif method in RAY_METHODS:
@@ -190,9 +194,11 @@ def summarize_curves(results: pd.DataFrame) -> pd.DataFrame:
     return summarize(results).merge(extra.reset_index(), on="sampler")
 
 
-def _ours(search: _Search, budget: float, seed: int, stopping: CurveBound | None, storage) -> None:
+def _ours(
+    search: _Search, budget: float, seed: int, stopping: CurveBound | None, storage, validation_rows: int | None
+) -> None:
     """Our sampler; with ``stopping``, the bound refitted on the curves finished so far judges each evaluation."""
-    sampler = AutoPruMUXSampler(search.grid_N, search.grid_s, budget, seed=seed)
+    sampler = AutoPruMUXSampler(search.grid_N, search.grid_s, budget, seed=seed, validation_rows=validation_rows)
     study = optuna.create_study(storage=storage, sampler=sampler, directions=["maximize", "maximize"])
     finished: list[Curve] = []
     threshold = None  # known once the dense point is measured

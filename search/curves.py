@@ -56,9 +56,9 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 
-from storage.curves import STOP_KINDS, read_curve, record_stopped
+from storage.curves import STOP_KINDS, read_curve
 from storage.points import FEASIBILITY_TOLERANCE
-from storage.trials import TrialRef, trial_point
+from storage.trials import trial_point
 
 TEACHER_STAGE = "finetune"
 UNSTAGED = ""  # the stage name of a curve recorded without stage ranges
@@ -291,31 +291,6 @@ def decide_stop(
         reason = f"cannot beat the best feasible {incumbent_throughput:.2f}x (at most {throughput:.2f}x)"
         return StopDecision("throughput", upper, reason, column)
     return None
-
-
-def record_stop(
-    study: optuna.Study,
-    trial: TrialRef,
-    curve: Curve,
-    decision: StopDecision,
-    threshold: float,
-    throughput: float | None,
-    throughput_source: str,
-) -> bool:
-    """Store a RUNNING trial as stopped by ``decision`` (storage.curves.record_stopped), with
-    ``bound_column`` and ``stopped_step`` for the sampler; False if it had finished."""
-    return record_stopped(
-        study,
-        trial,
-        accuracy=float(curve.accuracies[-1]),
-        bound=decision.bound,
-        threshold=threshold,
-        throughput=math.nan if throughput is None else float(throughput),
-        throughput_source=throughput_source,
-        reason=decision.reason,
-        kind=decision.kind,
-        attrs={"bound_column": decision.column, "stopped_step": int(curve.steps[-1])},
-    )
 
 
 def false_stops(

@@ -11,9 +11,10 @@ from optuna.trial import TrialState
 
 from replay.points import true_best
 from search import AutoPruMUXSampler, SearchDone, stop_when_done, suggest_point
-from search.curves import Curve, StopDecision, record_stop
+from search.curves import Curve, StopDecision
 from search.grid import read_points, require_full_grid
 from search.sampler import measured_points, stopped_points
+from tuning.stopping import record_stop
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -21,6 +21,7 @@ copy of each result, so the decisions are shared with the searcher through ``dec
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,11 +29,12 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from search.curves import Curve, CurveBound, StopDecision, decide_stop, record_stop
+from search.curves import Curve, CurveBound, StopDecision, decide_stop
 from search.sampler import measured_points
 from search.surrogate import AutoPruMUX
+from storage.curves import record_stopped
 from storage.points import is_dense, is_feasible, threshold
-from storage.trials import dense_trial
+from storage.trials import TrialRef, dense_trial
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -176,3 +178,28 @@ def _stage_ranges(rows: list[tuple[int, float, str]]) -> tuple[tuple[int, str], 
         if not ranges or ranges[-1][1] != stage:
             ranges.append((step, stage))
     return tuple(ranges)
+
+
+def record_stop(
+    study: optuna.Study,
+    trial: TrialRef,
+    curve: Curve,
+    decision: StopDecision,
+    threshold: float,
+    throughput: float | None,
+    throughput_source: str,
+) -> bool:
+    """Store a RUNNING trial as stopped by ``decision`` (storage.curves.record_stopped), with
+    ``bound_column`` and ``stopped_step`` for the sampler; False if it had finished."""
+    return record_stopped(
+        study,
+        trial,
+        accuracy=float(curve.accuracies[-1]),
+        bound=decision.bound,
+        threshold=threshold,
+        throughput=math.nan if throughput is None else float(throughput),
+        throughput_source=throughput_source,
+        reason=decision.reason,
+        kind=decision.kind,
+        attrs={"bound_column": decision.column, "stopped_step": int(curve.steps[-1])},
+    )

@@ -125,7 +125,7 @@ class OnnxRunner:
     name = "onnx"
 
     def __init__(self, path: Path | str, providers: list[str] | None = None):
-        require_onnx()
+        require_onnx(("onnxruntime",))  # running a graph needs neither the exporter nor onnx
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -174,9 +174,10 @@ class OnnxRunner:
         ]
 
 
-def require_onnx() -> None:
-    """Raise a one-line ValueError naming the extra when a package the ONNX runtime needs is missing."""
-    for package in ONNX_PACKAGES:
+def require_onnx(packages: tuple[str, ...] = ONNX_PACKAGES) -> None:
+    """Raise a one-line ValueError naming the extra when one of `packages` (default: all the export and the
+    runtime need) is missing."""
+    for package in packages:
         try:
             importlib.import_module(package)
         except ImportError:

@@ -15,7 +15,7 @@ from prumux.model import PruMUXModel
 from prumux.throughput import ThroughputResult, measure_forward, time_batches
 
 RUNTIMES = ("auto", "torch", "onnx", "eager")
-AUTO_TIMED_CALLS = 2  # per candidate and shape, after one untimed call
+AUTO_ROUNDS = 3  # interleaved timed calls per candidate and shape (the best counts), after one untimed call each
 
 
 class Runner(Protocol):
@@ -102,10 +102,19 @@ class AutoRunner:
     ) -> Tensor:
         shape = tuple(input_ids.shape)
         if shape not in self.chosen:
-            calls = [(input_ids, attention_mask, token_type_ids)] * AUTO_TIMED_CALLS
-            self.chosen[shape] = min(self.runners, key=lambda runner: time_batches(runner, calls, 1, runner.device))
+            self.chosen[shape] = self._fastest((input_ids, attention_mask, token_type_ids))
         self.last = self.chosen[shape]
         return self.last(input_ids, attention_mask, token_type_ids)
+
+    def _fastest(self, inputs: tuple) -> Runner:
+        """The runner with the shortest call on `inputs`, timed in interleaved rounds (load falls on all alike)."""
+        for runner in self.runners:
+            runner(*inputs)
+        best = [float("inf")] * len(self.runners)
+        for _ in range(AUTO_ROUNDS):
+            for index, runner in enumerate(self.runners):
+                best[index] = min(best[index], time_batches(runner, [inputs], 0, runner.device))
+        return self.runners[best.index(min(best))]
 
 
 def measure_runner(

@@ -10,7 +10,6 @@ import optuna
 import pytest
 from optuna.pruners import SuccessiveHalvingPruner
 from optuna.trial import TrialState
-from test_driver import FAST
 
 from dashboards.report import write_report
 from storage import StudySettings, default_url, open_study
@@ -41,7 +40,7 @@ PHASE3 = {
 
 
 def sweep_recipe(sweep: dict = SWEEP):
-    return load_recipe("smoke", {**FAST, "sweep": json.dumps(sweep)})
+    return load_recipe("tiny", {"sweep": json.dumps(sweep)})
 
 
 def report(trial: optuna.Trial, accuracy: float, step: int, cross_entropy: float | None = None) -> None:
@@ -54,7 +53,7 @@ def report(trial: optuna.Trial, accuracy: float, step: int, cross_entropy: float
 
 def test_configurations_are_plain_recipes_and_the_sweep_is_in_no_digest() -> None:
     recipe = sweep_recipe({"finetune_lr": SWEEP["finetune_lr"], **PHASE3})
-    plain = load_recipe("smoke", FAST)
+    plain = load_recipe("tiny")
 
     configurations = recipe.configurations(0.5)
     assert len(configurations) == 16 and all(not c.sweep for c in configurations)
@@ -65,7 +64,7 @@ def test_configurations_are_plain_recipes_and_the_sweep_is_in_no_digest() -> Non
         "distill_alpha_ce": 0.1,
         "layer_distill_version": 4,
     }
-    first = load_recipe("smoke", {**FAST, **first})
+    first = load_recipe("tiny", first)
     assert configurations[0].digest() == first.digest()
     assert configurations[0].digest(("finetune_lr",)) == configurations[1].digest(("finetune_lr",))
     assert [c.finetune_lr for c in recipe.configurations(0)] == [0.001, 1e-06]  # s = 0: no phase 3 to sweep
@@ -261,7 +260,7 @@ def test_a_bracket_cut_short_continues_where_it_stopped(tiny_bert_dir: Path, tmp
 @pytest.fixture(scope="module")
 def swept_search(local_ray, tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     run_dir = tmp_path_factory.mktemp("sweep-search")
-    settings = StudySettings("rt-polarity", str(tiny_bert_dir), "smoke+fast+sweep", 0.05, (1,), (0.0, 0.5))
+    settings = StudySettings("rt-polarity", str(tiny_bert_dir), "tiny+sweep", 0.05, (1,), (0.0, 0.5))
     options = SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="swept")
     outcome = run_search(settings, sweep_recipe(), options)
     return run_dir, outcome, open_study(default_url(run_dir), "swept")
@@ -288,7 +287,8 @@ def test_a_swept_point_is_its_best_configuration(swept_search) -> None:
     bracket = attrs["bracket"]
     assert bracket["steps"] < bracket["full_sweep_steps"] == 4 * attrs["total_steps"]
     # each phase-2 model once: at N = 1 phase 1-2 is the fine-tuning, shared by the two configurations of its learning rate
-    phase12, phase3 = FAST["finetune_steps"], FAST["prune_steps"] + FAST["pruned_finetune_steps"]
+    tiny = load_recipe("tiny")
+    phase12, phase3 = tiny.finetune_steps, tiny.prune_steps + tiny.pruned_finetune_steps
     assert attrs["total_steps"] == phase12 + phase3
     assert bracket["full_sweep_trained_steps"] == 2 * phase12 + 4 * phase3
     assert bracket["trained_steps"] < bracket["steps"]

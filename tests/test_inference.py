@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -113,6 +114,23 @@ def test_onnx_graph_computes_what_the_eager_model_computes(tmp_path, layout, num
     short = [tensor[:, :6] for tensor in batch(5)]  # shorter rows are padded to the graph's length
     if layout == "prumux":  # the MUX-PLM layout attends padding, as the eager model does at any length
         assert (runner(*short) - eager_logits(model, *short)).abs().max() < TOLERANCE
+
+
+def test_narrower_embeddings_projected_up_are_padded_and_exported_exactly(tmp_path):
+    """ELECTRA's layout: the embeddings keep their width, the projection's outputs are the padded hidden units."""
+    encoder = replace(ENCODER, embedding_size=8, num_heads=[4] * 3, intermediate_sizes=[24] * 3)
+    config = PruMUXConfig(encoder=encoder, num_instances=2, num_labels=3, hidden_size=16, classifier_head="electra")
+    torch.manual_seed(0)
+    module = L0Module(encoder)
+    with torch.no_grad():
+        for log_alpha in module.mask_parameters():
+            log_alpha.normal_(1.0, 2.0)
+    model = prune(PruMUXModel(config).eval(), module.deterministic_masks())
+    assert model.config.encoder.hidden_size % 8
+    inputs = batch(5)
+    assert (TorchRunner(model, pad_multiple=8)(*inputs) - eager_logits(model, *inputs)).abs().max() < TOLERANCE
+    export_onnx(model, tmp_path / "model.onnx", SEQ_LEN)
+    assert (OnnxRunner(tmp_path / "model.onnx")(*inputs) - eager_logits(model, *inputs)).abs().max() < TOLERANCE
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

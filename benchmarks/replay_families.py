@@ -38,6 +38,7 @@ CURVE_OURS = ("autoprumux-es", "autoprumux")
 CURVE_BASELINES = ("tpe-sha", "tpe-hyperband", "asha-optuna", "random-asha")
 SLOW = ("gp", "asha-optuna", "random-asha")
 RAY = ("asha-optuna", "random-asha")
+LARGE = 100  # grid points above which --large-seeds applies
 
 
 def replay_table(family: str, seed: int, budgets: Sequence[float], methods: Sequence[str], options: dict) -> list[dict]:
@@ -49,9 +50,10 @@ def replay_table(family: str, seed: int, budgets: Sequence[float], methods: Sequ
     rows_per_eval = curve_rows(table)
     trials = min(len(table.points), options["curve_trials"] or len(table.points))
     slow = seed < options["slow_seeds"]
+    validation_rows = table.eval_rows if options["noise_aware"] else None
     for budget in budgets:
         is_slow_budget = slow and any(abs(budget - b) < 1e-9 for b in options["slow_budgets"])
-        ours = replay(table.points, budget, "autoprumux", seed)
+        ours = replay(table.points, budget, "autoprumux", seed, validation_rows=validation_rows)
         rows.append({**asdict(ours), "mode": "points"})
         for method in methods:
             if method in POINT_BASELINES and (method not in SLOW or is_slow_budget):
@@ -63,7 +65,16 @@ def replay_table(family: str, seed: int, budgets: Sequence[float], methods: Sequ
             if method in CURVE_OURS or (method in CURVE_BASELINES and method not in RAY):
                 runs = 1 if method in CURVE_OURS else options["baseline_seeds"]
                 for run in range(runs):
-                    result = replay_curves(table.points, curves, budget, method, run, trials, eval_rows=rows_per_eval)
+                    result = replay_curves(
+                        table.points,
+                        curves,
+                        budget,
+                        method,
+                        run,
+                        trials,
+                        eval_rows=rows_per_eval,
+                        validation_rows=validation_rows,
+                    )
                     rows.append({**asdict(result), "mode": "curves"})
     return [{**row, "family": family, "table_seed": seed} for row in rows]
 
@@ -87,6 +98,7 @@ def summarize_families(results: pd.DataFrame) -> pd.DataFrame:
     frame = results.assign(
         trainings_pct=100 * results["trainings"] / results["grid_size"],
         steps_pct=100 * results.get("steps", 0) / results.get("grid_steps", 1),
+        false_stops=results.get("false_stops", 0),
     )
     keys = ["mode", "family", "sampler"]
     per_seed = frame.groupby([*keys, "table_seed"], sort=False)["hit"].mean().mul(100)
@@ -159,10 +171,15 @@ def main() -> None:
         help="ours (ours only, points and curves), all, or a comma list of baselines beside ours",
     )
     parser.add_argument("--no-curves", action="store_true", help="the points replay only")
+    parser.add_argument("--large-seeds", type=int, default=SEEDS, help=f"tables per family of over {LARGE} points")
+    parser.add_argument("--ray-families", default="cpu-short,additive", help="families Ray Tune runs on")
     parser.add_argument("--baseline-seeds", type=int, default=1, help="runs of each baseline per table and budget")
     parser.add_argument("--slow-seeds", type=int, default=2, help="tables per family that GP and Ray Tune run on")
     parser.add_argument("--slow-budgets", default="0.03")
     parser.add_argument("--curve-trials", type=int, default=0, help="cap on a curves baseline's trials (0: the grid)")
+    parser.add_argument(
+        "--exact", dest="noise_aware", action="store_false", help="do not tell our sampler the tables' eval_rows"
+    )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", help="write the markdown table here")
     parser.add_argument("--csv", help="write every search here")
@@ -181,9 +198,14 @@ def main() -> None:
         "slow_seeds": args.slow_seeds,
         "slow_budgets": parse_budgets(args.slow_budgets),
         "curve_trials": args.curve_trials,
+        "noise_aware": args.noise_aware,
     }
     started = time.time()
-    jobs = [(family, seed) for family in families for seed in range(args.seeds)]
+    jobs = [
+        (family, seed)
+        for family in families
+        for seed in range(args.seeds if FAMILIES[family].size <= LARGE else min(args.seeds, args.large_seeds))
+    ]
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(replay_table, f, s, budgets, methods, options) for f, s in jobs]
         rows = [row for future in futures for row in future.result()]
@@ -192,16 +214,16 @@ def main() -> None:
         from replay.ray_tune import local_ray
 
         with local_ray():
-            for family in families:
+            for family in [f for f in families if f in args.ray_families.split(",")]:
                 for seed in range(min(args.slow_seeds, args.seeds)):
                     rows += replay_ray(family, seed, options["slow_budgets"], ray_methods, options)
     results = pd.DataFrame(rows)
     summary = summarize_families(results)
     minutes = (time.time() - started) / 60
     header = (
-        f"Families {', '.join(families)}; {args.seeds} seeds each; budgets {args.budgets}; baselines "
-        f"{args.baseline_seeds} run(s) per table and budget; GP and Ray Tune on the first {args.slow_seeds} seeds "
-        f"at budgets {args.slow_budgets}; {minutes:.1f} min with {args.jobs} process(es) ({os.cpu_count()} cores)."
+        f"Families {', '.join(families)}; {args.seeds} seeds each ({args.large_seeds} on grids over {LARGE} points); budgets {args.budgets}; baselines "
+        f"{args.baseline_seeds} run(s) per table and budget; GP on the first {args.slow_seeds} seeds "
+        f"at budgets {args.slow_budgets}, Ray Tune there on {args.ray_families} only; {minutes:.1f} min with {args.jobs} process(es) ({os.cpu_count()} cores)."
     )
     text = markdown(summary, header)
     print(text)

@@ -57,11 +57,13 @@ def true_best(table: pd.DataFrame, budget: float) -> pd.Series:
     return feasible.sort_values(["throughput", "accuracy"], ascending=False).iloc[0]
 
 
-def make_sampler(name: str, table: pd.DataFrame, budget: float, seed: int) -> optuna.samplers.BaseSampler:
-    """A sampler by name over the table's grid."""
+def make_sampler(
+    name: str, table: pd.DataFrame, budget: float, seed: int, validation_rows: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """A sampler by name over the table's grid (``validation_rows``: ours only, the noise of the table's accuracies)."""
     grid_N, grid_s = require_full_grid(table)
     if name == "autoprumux":
-        return AutoPruMUXSampler(grid_N, grid_s, budget, seed=seed)
+        return AutoPruMUXSampler(grid_N, grid_s, budget, seed=seed, validation_rows=validation_rows)
     if name == "grid":
         return optuna.samplers.GridSampler({"N": grid_N, "s": grid_s}, seed=seed)
     if name == "random":
@@ -80,6 +82,7 @@ def replay(
     seed: int = 0,
     max_trainings: int | None = None,
     storage: str | optuna.storages.BaseStorage | None = None,
+    validation_rows: int | None = None,
 ) -> ReplayResult:
     """Run one search against a full grid table; baselines stop after ``max_trainings``
     (default: the whole grid), AutoPruMUX when it is done (or at ``max_trainings``)."""
@@ -88,7 +91,7 @@ def replay(
     budget = check_budget(budget)
     best = true_best(table, budget)
     threshold = table_threshold(table, budget)
-    chosen = make_sampler(sampler, table, budget, seed)
+    chosen = make_sampler(sampler, table, budget, seed, validation_rows)
     study = _create_study(chosen, sampler, storage)
     cap = len(table) if max_trainings is None else min(max_trainings, len(table))
     lookup = table.set_index(["N", "s"])

@@ -50,6 +50,12 @@ Where the prediction lies more than ``cliff`` below the cap, the point sits on a
 models cannot place (the paper's non-linear collapses: a cell whose far corner fell to chance
 interpolates a gentle slope through what may be a cliff further out), so only the cap counts.
 
+Given ``validation_rows`` (the rows every final accuracy is a share of), ``margin`` and
+``extrapolation_margin`` grow, in quadrature, by ``NOISE_ERRORS`` binomial standard errors of a
+difference of two accuracies at the threshold (``search.noise``): the monotone cap, a chord and the
+concave bound are differences of measured accuracies, and on a noisy grid a point that measured a few
+tenths of a point low rules out the true best beyond it (generated families, benchmarks/tables/families.md).
+
 Optimistic throughput is the measured throughput of the shape, or the estimate times
 ``1 + throughput_margin``. The search is done when no candidate is left and no trial is pending
 (``is_done``). ``sample_relative`` raises ``SearchDone`` when it has nothing to propose, so
@@ -59,6 +65,7 @@ pending); ``study.optimize`` loops pass the ``stop_when_done`` callback.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,11 +77,13 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy.special import ndtr
 
 from search.grid import THROUGHPUT_COLUMNS, check_budget, check_grid
+from search.noise import ValidationNoise
 from search.surrogate import AutoPruMUX, concave_cap, monotone_cap
 from storage.curves import STOPPED_ATTR
 from storage.points import DENSE_POINT, FEASIBILITY_TOLERANCE, dense_row, is_feasible, threshold
 from storage.trials import trial_point
 
+NOISE_ERRORS = 1.0  # standard errors of a difference of two measured accuracies in the noise margin
 TAKEN_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
 
 
@@ -108,6 +117,10 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         Optional measured throughputs (N, s, throughput) of shapes, e.g. from another task.
     seed:
         Seed of the random sampler used for parameters outside the (N, s) grid.
+    validation_rows:
+        Validation rows every measured accuracy is a share of (None: exact). Their binomial noise at
+        the threshold (``search.noise``), ``NOISE_ERRORS`` standard errors of a difference of two
+        accuracies, widens ``margin`` and ``extrapolation_margin`` (added in quadrature).
     """
 
     def __init__(
@@ -123,6 +136,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         is_cheap: Callable[[int], bool] | None = None,
         throughput: pd.DataFrame | None = None,
         seed: int = 0,
+        validation_rows: int | None = None,
     ) -> None:
         self.grid_N, self.grid_s = check_grid(grid_N, grid_s)
         self.budget = check_budget(budget)
@@ -134,6 +148,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         self.is_cheap = is_cheap
         self.throughput = throughput
         self.seed = seed
+        self.validation_rows = validation_rows
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -199,6 +214,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         judged_by = threshold(model.dense_accuracy_, self.budget)
         feasible = measured[is_feasible(measured["accuracy"].to_numpy(), judged_by)]
         incumbent = feasible["throughput"].max()
+        margin, extrapolation_margin = self._margins(judged_by)
         untried = [(n, s) for n in self.grid_N for s in self.grid_s if (n, s) not in taken]
         if not untried:
             return pd.DataFrame(columns=["N", "s", "candidate"])
@@ -209,14 +225,14 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
             & _tight(model.grid_s_, self.grid_s, frame["s"])
         )
         additive = model.additive_accuracy(frame["N"].to_numpy(), frame["s"].to_numpy())
-        loose = np.maximum(frame["accuracy"], additive) + self.extrapolation_margin
+        loose = np.maximum(frame["accuracy"], additive) + extrapolation_margin
         N, s = frame["N"].to_numpy(), frame["s"].to_numpy()
-        cap = np.minimum(monotone_cap(measured, N, s) + self.margin, monotone_cap(censored, N, s))
+        cap = np.minimum(monotone_cap(measured, N, s) + margin, monotone_cap(censored, N, s))
         steep = cap - frame["accuracy"].to_numpy() > self.cliff
         # On a measured row the cell's chord errs low (the decline in s is concave): its concave bound counts.
         on_row = np.isin(N, measured["N"].to_numpy())
         chord = np.where(on_row, np.maximum(frame["accuracy"], concave_cap(measured, N, s)), frame["accuracy"])
-        optimistic = np.where(steep, cap, np.where(reliable, chord + self.margin, loose))
+        optimistic = np.where(steep, cap, np.where(reliable, chord + margin, loose))
         frame["optimistic_accuracy"] = np.minimum(optimistic, cap)
         estimated = ~frame["throughput_measured"].to_numpy()
         frame["optimistic_throughput"] = frame["throughput"] * (1 + self.throughput_margin * estimated)
@@ -228,7 +244,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         # chord than below: centred halfway to its concave bound.
         inside = _inside_row(measured, N, s)
         centre = np.where(inside, (centre + np.maximum(centre, chord)) / 2, centre)
-        spread = np.where(reliable, self.margin, self.extrapolation_margin)
+        spread = np.where(reliable, margin, extrapolation_margin)
         frame["p_feasible"] = ndtr((centre - judged_by + FEASIBILITY_TOLERANCE) / spread)
         cheap_bonus = 1 + self.tie_tolerance * frame["N"].isin(cheap_Ns).to_numpy()
         frame["score"] = frame["throughput"] * cheap_bonus
@@ -236,6 +252,13 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         frame["expected_gain"] = frame["p_feasible"] * gain.clip(lower=0) * cheap_bonus
         order = frame.sort_values(["candidate", "expected_gain", "score"], ascending=False, kind="stable")
         return order.reset_index(drop=True)
+
+    def _margins(self, judged_by: float) -> tuple[float, float]:
+        """``margin`` and ``extrapolation_margin`` with the validation noise at the threshold added in quadrature."""
+        if not self.validation_rows:
+            return self.margin, self.extrapolation_margin
+        noise = NOISE_ERRORS * math.sqrt(2) * ValidationNoise(self.validation_rows, judged_by).standard_error
+        return math.hypot(self.margin, noise), math.hypot(self.extrapolation_margin, noise)
 
     def _throughputs(self, stopped: pd.DataFrame | None) -> pd.DataFrame | None:
         """The given throughputs and those measured on stopped points (the given ones first)."""

@@ -3,6 +3,7 @@
     PYTHONPATH=. python3 benchmarks/mux_warm_start.py                      # every variant at N = 2, 5, 10 (~1.5 h on 2 cores)
     PYTHONPATH=. python3 benchmarks/mux_warm_start.py --widths 2 --seeds 0,1,2 --variants cpu-demo
     PYTHONPATH=. python3 benchmarks/mux_warm_start.py --quick              # 2 variants, N = 2, 20 steps: tries the script
+    PYTHONPATH=. python3 benchmarks/mux_warm_start.py --widths 2 --variants reference,cpu-demo --steps 60,100
 
 The cpu-demo setting: MiniLM-L6 (packaged), rt-polarity, length 64, 32 mixed sequences per step.
 The dense (1, 0) model is trained first exactly as a search trains it (`train_point`, cpu-demo
@@ -229,6 +230,8 @@ def main() -> None:
     if args.format == "json":
         return
     print(f"dense (1, 0) validation accuracy: {dense_accuracy:.4f} (cpu-demo recipe; {len(task.validation)} rows)")
+    labels = task.validation.labels
+    print(f"majority class: {labels.bincount().max().item() / len(labels):.4f} of the validation rows")
     print("| variant | N | seed | " + " | ".join(f"{k} steps" for k in steps) + " |")
     print("|---|---|---|" + "---|" * len(steps))
     for key in dict.fromkeys((r["variant"], r["N"], r["seed"]) for r in results):

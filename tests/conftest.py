@@ -1,7 +1,7 @@
 """Fixtures shared by the suite: a tiny random BERT with the real tokenizer (and a servable
-PruMUX model on it), the packaged MiniLM, a PostgreSQL URL, a local Ray instance, a Ray head
-started on loopback, and runners of `prumux-search` commands (to completion, or in the
-background to inject faults).
+PruMUX model on it), the packaged MiniLM, a task the tiny BERT learns (the cue task), a
+PostgreSQL URL, a local Ray instance, a Ray head started on loopback, and runners of
+`prumux-search` commands (to completion, or in the background to inject faults).
 
 Servers are found or started for real. Under CI (CI=true) a missing server fails the
 test instead of skipping it.
@@ -9,7 +9,9 @@ test instead of skipping it.
 
 from __future__ import annotations
 
+import csv
 import os
+import random
 import shutil
 import signal
 import socket
@@ -72,6 +74,39 @@ def tiny_servable_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: P
     }
     make_servable(folder, point, POINT_SOURCES)
     return folder
+
+
+# the tiny recipe with a phase 2 long enough for the tiny BERT to learn the cue task at N = 1
+CUE_RECIPE = {
+    "max_train_examples": 256,
+    "eval_every": 10,
+    "mlm_steps": 0,
+    "finetune_steps": 60,
+    "finetune_batch_size": 16,
+    "finetune_lr": 0.01,
+    "pruned_finetune_steps": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def cue_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 400-row task file whose label one cue word decides ("great" or "awful" among neutral words):
+    the tiny BERT learns it at N = 1 with ``CUE_RECIPE``."""
+    rng = random.Random(0)
+    words = "the a movie film story plot acting scene music time people way".split()
+    path = tmp_path_factory.mktemp("cue-task") / "cue.csv"
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text", "label"])
+        for _ in range(400):
+            label = rng.randint(0, 1)
+            text = rng.choices(words, k=6)
+            text.insert(
+                rng.randint(0, 6),
+                rng.choice(["excellent", "wonderful", "great"] if label else ["awful", "terrible", "boring"]),
+            )
+            writer.writerow([" ".join(text), "pos" if label else "neg"])
+    return path
 
 
 @pytest.fixture(scope="session")

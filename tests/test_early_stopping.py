@@ -1,16 +1,14 @@
 """Early stopping in a real search: curves in the study, a hopeless point stopped and stored PRUNED.
 
-The task is made so that the tiny random BERT learns it at N = 1 (a cue word decides the label:
-dense accuracy 1.0) and cannot at N = 2 in the few steps of the recipe (it stays at the majority
+The task (conftest's cue task) is made so that the tiny random BERT learns it at N = 1 (a cue word decides
+the label: dense accuracy 1.0) and cannot at N = 2 in the few steps of the recipe (it stays at the majority
 class), so with a 5-point budget the (2, 0) point cannot reach the threshold from its first
 evaluations on.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 from pathlib import Path
 
 import optuna
@@ -24,45 +22,24 @@ from trainers.recipes import load_recipe
 from tuning.bracket import bracket_study_name
 from tuning.driver import SearchOptions, run_search
 
-# the tiny recipe with a phase 2 long enough for the cue to be learnt at N = 1
-RECIPE = {
-    "max_train_examples": 256,
-    "eval_every": 10,
-    "mlm_steps": 0,
-    "finetune_steps": 60,
-    "finetune_batch_size": 16,
-    "finetune_lr": 0.01,
-    "pruned_finetune_steps": 4,
-}
+from conftest import CUE_RECIPE as RECIPE
+
 BUDGET = 0.05
 
 
 @pytest.fixture(scope="module")
-def cue_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = random.Random(0)
-    words = "the a movie film story plot acting scene music time people way".split()
-    path = tmp_path_factory.mktemp("cue-task") / "cue.csv"
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["text", "label"])
-        for _ in range(400):
-            label = rng.randint(0, 1)
-            text = rng.choices(words, k=6)
-            text.insert(
-                rng.randint(0, 6),
-                rng.choice(["excellent", "wonderful", "great"] if label else ["awful", "terrible", "boring"]),
-            )
-            writer.writerow([" ".join(text), "pos" if label else "neg"])
-    return path
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run directory for the module's searches (a study each): the points they share are trained once."""
+    return tmp_path_factory.mktemp("cue-search")
 
 
-def search(run_dir: Path, task: Path, model: Path, recipe: dict = RECIPE, sparsities=(0.0, 0.5), **options):
+def search(run_dir: Path, study: str, task: Path, model: Path, recipe: dict = RECIPE, sparsities=(0.0, 0.5), **options):
     settings = StudySettings(str(task), str(model), "tiny+cue", BUDGET, (1, 2), sparsities)
     lines: list[tuple[int, str]] = []
     outcome = run_search(
         settings,
         load_recipe("tiny", recipe),
-        SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name="cue", **options),
+        SearchOptions(run_dir=str(run_dir), storage_url=default_url(run_dir), study_name=study, **options),
         on_trial=lambda trial, study: lines.append((trial.number, trial.state.name)),
     )
     return outcome, lines
@@ -73,11 +50,11 @@ def points(study: optuna.Study) -> dict[tuple[int, float], optuna.trial.FrozenTr
 
 
 def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
-    local_ray, tiny_bert_dir: Path, cue_task: Path, tmp_path: Path
+    local_ray, tiny_bert_dir: Path, cue_task: Path, run_dir: Path
 ) -> None:
-    outcome, _ = search(tmp_path, cue_task, tiny_bert_dir)
+    outcome, _ = search(run_dir, "stopped", cue_task, tiny_bert_dir)
 
-    study = optuna.load_study(study_name="cue", storage=default_url(tmp_path))  # the stock API reads it back
+    study = optuna.load_study(study_name="stopped", storage=default_url(run_dir))  # the stock API reads it back
     trials = points(study)
     dense, mux = trials[(1, 0.0)], trials[(2, 0.0)]
     assert dense.state == TrialState.COMPLETE and dense.values[0] == 1.0
@@ -108,39 +85,40 @@ def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
     assert search_compute(study.get_trials(), (1, 2), (0.0, 0.5)) == Compute(expected, grid)
     assert expected < grid
 
-    again, lines = search(tmp_path, cue_task, tiny_bert_dir)  # a resumed search keeps its stopped trial
+    again, lines = search(run_dir, "stopped", cue_task, tiny_bert_dir)  # a resumed search keeps its stopped trial
     assert (
-        points(optuna.load_study(study_name="cue", storage=default_url(tmp_path)))[(2, 0.0)].state == TrialState.PRUNED
+        points(optuna.load_study(study_name="stopped", storage=default_url(run_dir)))[(2, 0.0)].state
+        == TrialState.PRUNED
     )
     assert lines == [] and again.stop_reason == "the search is done"
 
 
+def test_without_early_stopping_every_point_trains_to_its_end(
+    local_ray, tiny_bert_dir: Path, cue_task: Path, run_dir: Path
+) -> None:
+    search(run_dir, "full", cue_task, tiny_bert_dir, early_stopping=False, max_trials=3)
+
+    mux = points(optuna.load_study(study_name="full", storage=default_url(run_dir)))[(2, 0.0)]
+    assert mux.state == TrialState.COMPLETE
+    assert max(mux.intermediate_values) == read_curve(mux).total_steps
+
+
 def test_a_swept_point_stops_when_its_best_configuration_cannot_reach_the_threshold(
-    local_ray, tiny_bert_dir: Path, cue_task: Path, tmp_path: Path
+    local_ray, tiny_bert_dir: Path, cue_task: Path, run_dir: Path
 ) -> None:
     swept = {**RECIPE, "sweep": json.dumps({"finetune_lr": [0.01, 0.003]})}  # both learn the cue at N = 1 only
-    outcome, _ = search(tmp_path, cue_task, tiny_bert_dir, swept, sparsities=(0.0,))
+    outcome, _ = search(run_dir, "swept", cue_task, tiny_bert_dir, swept, sparsities=(0.0,))
 
-    study = optuna.load_study(study_name="cue", storage=default_url(tmp_path))
+    study = optuna.load_study(study_name="swept", storage=default_url(run_dir))
     trials = points(study)
     assert trials[(1, 0.0)].state == TrialState.COMPLETE and "configuration" in trials[(1, 0.0)].user_attrs
     mux = trials[(2, 0.0)]
     assert mux.state == TrialState.PRUNED and mux.user_attrs["stopped_kind"] == "threshold"
-    inner = optuna.load_study(study_name=bracket_study_name("cue", 2, 0.0), storage=default_url(tmp_path))
+    inner = optuna.load_study(study_name=bracket_study_name("swept", 2, 0.0), storage=default_url(run_dir))
     best = max(max(t.intermediate_values.values()) for t in inner.trials if t.intermediate_values)
     # the point's curve is its best configuration's, and that one could not reach the threshold either
     assert mux.user_attrs["val_accuracy"] <= best < mux.user_attrs["threshold"]
     assert not outcome.failed
-
-
-def test_without_early_stopping_every_point_trains_to_its_end(
-    local_ray, tiny_bert_dir: Path, cue_task: Path, tmp_path: Path
-) -> None:
-    search(tmp_path, cue_task, tiny_bert_dir, early_stopping=False, max_trials=3)
-
-    mux = points(optuna.load_study(study_name="cue", storage=default_url(tmp_path)))[(2, 0.0)]
-    assert mux.state == TrialState.COMPLETE
-    assert max(mux.intermediate_values) == read_curve(mux).total_steps
 
 
 def hand_made_study(tmp_path: Path) -> optuna.Study:

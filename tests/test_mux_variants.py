@@ -19,6 +19,8 @@ from trainers.point_spec import PointSpec
 from trainers.recipes import load_recipe
 from trainers.tasks import load_task
 
+from conftest import CUE_RECIPE
+
 torch.set_num_threads(1)
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -105,16 +107,21 @@ def test_a_dense_classifier_widened_keeps_its_weights(tmp_path):
     assert torch.allclose((wide.multiplexer.vectors - 1.0).norm(dim=-1), torch.full((2,), 5.0))
 
 
-def test_cpu_demo_recipe_multiplexes_minilm_above_the_majority_class(tmp_path: Path):
-    """The cpu-demo method, shortened: MiniLM on rt-polarity at N = 2, started from the dense model, learns in 60 steps."""
-    short = {"seq_len": 32, "finetune_steps": 60, "max_eval_examples": 512, "eval_examples": 128, "eval_every": 1000}
-    recipe = load_recipe("cpu-demo", short)
-    assert (recipe.muxing_variant, recipe.mux_start) == ("shifted_gaussian", "dense")
-    result = train_point(PointSpec("rt-polarity", "minilm-l6", 2, 0.0, recipe, tmp_path), progress=False)
+def test_the_cpu_demo_method_multiplexes_the_dense_model_above_the_majority_class(
+    tiny_bert_dir: Path, cue_task: Path, tmp_path: Path
+) -> None:
+    """cpu-demo's way to multiplex a plain base (shifted vectors, N > 1 started from the dense (1, 0) model, no
+    retrieval), on the tiny BERT and the cue task, where DataMUX's vectors from the base stay at the majority class
+    (test_early_stopping). Its figure on MiniLM and rt-polarity is a benchmark:
+    `benchmarks/mux_warm_start.py --widths 2 --variants reference,cpu-demo`."""
+    demo = load_recipe("cpu-demo")
+    method = {name: getattr(demo, name) for name in ("muxing_variant", "mux_start", "task_mux_norm", "retrieval_steps")}
+    assert (method["muxing_variant"], method["mux_start"]) == ("shifted_gaussian", "dense")
+    recipe = load_recipe("tiny", CUE_RECIPE | method)
+    task, model = str(cue_task), str(tiny_bert_dir)
+    result = train_point(PointSpec(task, model, 2, 0.0, recipe, tmp_path), progress=False)
     assert result.phases["retrieval"] == "skipped" and result.phases["finetune"] == "trained"
-    assert cache_entry(tmp_path, "rt-polarity", "minilm-l6", 1, recipe).model_dir.as_posix() in result.checkpoint
-    labels = encode_task(
-        load_task("rt-polarity", seed=recipe.seed), load_tokenizer("minilm-l6"), recipe
-    ).validation.labels
+    assert cache_entry(tmp_path, task, model, 1, recipe).model_dir.as_posix() in result.checkpoint
+    labels = encode_task(load_task(task, seed=recipe.seed), load_tokenizer(model), recipe).validation.labels
     majority = labels.bincount().max().item() / len(labels)
-    assert result.val_accuracy > majority + 0.06, (result.val_accuracy, majority)
+    assert result.val_accuracy > majority + 0.1, (result.val_accuracy, majority)

@@ -19,20 +19,7 @@ from storage import default_url, open_study
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.03"]
 POINTS = "N,s,accuracy,throughput\n1,0,0.90,100\n1,0.5,0.88,180\n2,0,0.86,190\n2,0.5,0.85,300\n"
-FAST = [
-    "--recipe",
-    "smoke",
-    "--set",
-    "max_train_examples=64",
-    "--set",
-    "max_eval_examples=64",
-    "--set",
-    "eval_examples=32",
-    "--set",
-    "finetune_steps=8",
-    "--set",
-    "mlm_steps=2",
-]
+FAST = ["--recipe", "tiny"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -15,14 +15,13 @@ from torch import Tensor
 from prumux import PruMUXModel
 from prumux.inference import (
     ONNX_EXTRA,
-    RUNTIMES,
     AutoRunner,
     EagerRunner,
     OnnxRunner,
     Runner,
     TorchRunner,
+    check_runtime,
     onnx_available,
-    require_onnx,
 )
 from servable import ServingSpec, checked_graph, load_tokenizer, read_servable
 from serving.inputs import Input
@@ -131,14 +130,6 @@ def served_runner(runtime: str, folder: Path, spec: ServingSpec, device: torch.d
     if runtime == "torch" or graph is None or not onnx_available():
         return torch_runner
     return AutoRunner([torch_runner, OnnxRunner(graph)])
-
-
-def check_runtime(runtime: str) -> None:
-    """Refuse, in one line, a runtime that is not one of RUNTIMES or whose packages are missing (naming the extra)."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
-    if runtime == "onnx":
-        require_onnx()
 
 
 def check_servable(folder: Path, runtime: str = DEFAULT_RUNTIME) -> ServingSpec:

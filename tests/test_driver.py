@@ -85,6 +85,22 @@ def test_search_on_postgresql_reuses_trainings(
         assert trial.values == trained[(trial.params["N"], trial.params["s"])]
 
 
+def test_a_search_records_the_runtime_it_measured_on(local_ray, tiny_bert_dir: Path, run_dir: Path) -> None:
+    search(run_dir, default_url(run_dir), "on-onnx", tiny_bert_dir, max_trials=2, inference_runtime="onnx")
+
+    trained = {(t.params["N"], t.params["s"]): t for t in open_study(default_url(run_dir), "sqlite-search").trials}
+    trials = open_study(default_url(run_dir), "on-onnx").trials
+    assert len(trials) == 2
+    for trial in trials:  # the same work folder: trained once, measured again on ONNX Runtime, eager beside it
+        attrs, eager = trial.user_attrs, trained[(trial.params["N"], trial.params["s"])].user_attrs
+        assert attrs["inference_runtime"] == "onnx" and eager["inference_runtime"] == "eager"
+        assert (
+            trial.values == [attrs["val_accuracy"], attrs["throughput"]]
+            and attrs["val_accuracy"] == eager["val_accuracy"]
+        )
+        assert attrs["eager_throughput"] > 0 and attrs["eager_speedup"] > 0
+
+
 def test_max_trials_stops_the_search(local_ray, tiny_bert_dir: Path, run_dir: Path) -> None:
     outcome, finished = search(run_dir, default_url(run_dir), "one-trial", tiny_bert_dir, max_trials=1)
 
@@ -141,6 +157,7 @@ def test_resources_follow_the_cluster(local_ray, run_dir: Path) -> None:
         ({"gpus_per_trial": -1}, "GPUs per trial must be >= 0"),
         ({"max_failures": -1}, "max failures must be >= 0"),
         ({"cache_lock": "nfs"}, "cache lock must be one of auto, file, database"),
+        ({"inference_runtime": "tensorrt"}, "unknown runtime 'tensorrt'; expected one of auto, torch, onnx, eager"),
     ],
 )
 def test_bad_options_raise_value_error(options: dict, message: str, tmp_path: Path) -> None:

@@ -110,6 +110,28 @@ def test_finished_job_returns_its_stored_result(full_job: PointResult, tiny_bert
     assert again == full_job
 
 
+def test_a_finished_point_asked_on_another_runtime_is_measured_there_not_trained(
+    full_job: PointResult, tiny_bert_dir: Path, workdir: Path
+) -> None:
+    assert full_job.inference_runtime == "eager" and full_job.eager_speedup == full_job.speedup
+    log = workdir / "train.log"
+    trained = log.read_text().count("started ")
+    point = PointSpec(TASK, str(tiny_bert_dir), 2, 0.5, "smoke", workdir)
+    onnx = train_point(point, progress=False, inference_runtime="onnx")
+    assert log.read_text().count("started ") == trained  # nothing trained again
+    assert onnx.inference_runtime == "onnx" and onnx.speedup > 0 and onnx.eager_speedup > 0
+    assert onnx.throughput == pytest.approx(onnx.speedup * onnx.dense_throughput)
+    assert (onnx.val_accuracy, onnx.test_accuracy, onnx.model_dir) == (
+        full_job.val_accuracy,
+        full_job.test_accuracy,
+        full_job.model_dir,
+    )
+    assert train_point(point, progress=False, inference_runtime="onnx") == onnx  # stored, as measured there
+    eager = train_point(point, progress=False)  # the paper's protocol again
+    assert eager.inference_runtime == "eager" and eager.speedup == eager.eager_speedup
+    assert log.read_text().count("started ") == trained
+
+
 def test_resume_after_sigkill_in_phase_3(full_job: PointResult, tiny_bert_dir: Path, workdir: Path) -> None:
     overrides = {"prune_steps": 150, "pruned_finetune_steps": 2}
     recipe = load_recipe("smoke", overrides)

@@ -39,7 +39,7 @@ from typing import Any
 from prumux import EncoderConfig, PruMUXConfig, PruMUXModel, hardware_name, prunable_parameters, realised_sparsity
 from prumux.checkpoints import inspect_checkpoint
 from prumux.model import CONFIG_FILE
-from storage.points import family
+from storage.points import DENSE_POINT, family, is_dense
 from trainers.cache import (
     LockFactory,
     ThroughputCache,
@@ -54,7 +54,7 @@ from trainers.data import EncodedTask, encode_task
 from trainers.evaluate import accuracy, check_label_order
 from trainers.families import model_for, tokenizer_for
 from trainers.job import check_writable_dir
-from trainers.measure import MEASURE_ROUNDS, side_by_side, throughput
+from trainers.measure import served_throughput
 from trainers.models import load_tokenizer, resolve_model
 from trainers.phases.loop import Runtime, StageContext, resume_finished, save_output
 from trainers.phases.multiplexed import train_multiplexed
@@ -79,7 +79,9 @@ class PointResult:
     timed interleaved in the same process (best of each), so the ratio holds whatever the
     machine's load. `dense_throughput` is the per-hardware dense reference cached in the
     work dir (its first measurement) and `throughput` = speedup * dense_throughput, so
-    absolute throughputs in a study are normalised to one load condition.
+    absolute throughputs in a study are normalised to one load condition. Both are measured on
+    `inference_runtime` (the runtime the point will be served with); `eager_throughput` and
+    `eager_speedup` are the paper's protocol (eager PyTorch) beside them.
     """
 
     task: str
@@ -106,6 +108,9 @@ class PointResult:
     total_steps: int = 0  # the point's own training steps, shared phases 1-2 included
     train_size: int = 0  # rows of the task's training split (a stage set in epochs takes its steps from it)
     curve: list[list] = field(default_factory=list)  # [step, validation accuracy, stage] per evaluation, by step
+    inference_runtime: str = "eager"  # the runtime throughput and speedup were measured on (auto: its pick)
+    eager_throughput: float | None = None  # eager PyTorch, normalised as throughput is (None: as throughput)
+    eager_speedup: float | None = None  # eager PyTorch, side by side (None: as speedup)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +144,7 @@ class _Job:
     workdir: Path
     runtime: Runtime
     lock: LockFactory | None = None  # the work dir's cross-process lock; None: lock files
+    inference_runtime: str = "eager"  # what the throughput is measured on (prumux.inference.RUNTIMES)
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,7 @@ def train_point(
     lock: LockFactory | None = None,
     on_evaluation: Callable[[Evaluation], None] | None = None,
     stop_at_step: int | None = None,
+    inference_runtime: str = "eager",
 ) -> PointResult | PausedPoint:
     """Train (or resume, or reuse) the point and measure it;
     hand every evaluation to `on_evaluation` as it is made.
@@ -173,9 +180,12 @@ def train_point(
     Without it, the point always trains to its end and its result is returned.
 
     ``lock`` locks the point's folder and the phase 1-2 cache entries while this job uses them
-    (`trainers.cache.locked`; default: lock files, for nodes that share a filesystem with locks)."""
+    (`trainers.cache.locked`; default: lock files, for nodes that share a filesystem with locks).
+
+    ``inference_runtime`` (`prumux.inference.RUNTIMES`) is the runtime the throughput is measured on, eager
+    beside it; a finished point's stored result measured on another runtime is measured again (not trained)."""
     task, base_model, N, s, recipe = point.task, point.base_model, point.N, point.s, point.recipe
-    job = _Job(point, _writable_workdir(point.workdir), Runtime.create(device, bf16), lock)
+    job = _Job(point, _writable_workdir(point.workdir), Runtime.create(device, bf16), lock, inference_runtime)
     data = load_task(task, seed=recipe.seed)
     tokenizer = load_tokenizer(tokenizer_for(base_model, N))
     encoded = encode_task(data, tokenizer, recipe)
@@ -186,7 +196,13 @@ def train_point(
     with job_log(job.workdir, label) as log, locked(point_dir, log, job.lock), reporting_evaluations(curve):
         if (point_dir / RESULT_FILE).is_file():
             log.info("already trained: %s", point_dir / RESULT_FILE)
-            return PointResult.from_dict(json.loads((point_dir / RESULT_FILE).read_text()))
+            stored = PointResult.from_dict(json.loads((point_dir / RESULT_FILE).read_text()))
+            if inference_runtime == stored.inference_runtime:
+                return stored
+            saved = PruMUXModel.from_pretrained(stored.model_dir).to(job.runtime.device).eval()
+            measured = replace(stored, **_speed(job, saved, log))
+            write_json_atomic(point_dir / RESULT_FILE, measured.to_dict())
+            return measured
         ctx = StageContext(recipe, job.runtime, point_dir, label, log, progress)
         seconds = dict.fromkeys(PHASES, 0.0)
         try:
@@ -293,13 +309,11 @@ def _starting_point(job: _Job, spec: TaskSpec, encoded: EncodedTask, tokenizer, 
     else:
         info = inspect_checkpoint(source, job.point.N, spec.num_labels)
         stored_N, head = info.config.num_instances if info.multiplexed else 1, info.has_task_head
-    multiplexed, fine_tuned = (
-        stored_N > 1,
-        head and stored_N == job.point.N,
-    )  # a dense classifier widened to N is trained
+    # a dense classifier widened to N is trained
+    multiplexed, fine_tuned = stored_N > 1, head and stored_N == job.point.N
     if job.point.N > 1 and not multiplexed and recipe.mux_start == "dense":
         with reporting_evaluations(None), pausing(None):  # the dense model's curve is the dense point's, not this one's
-            dense = replace(job, N=1, s=0.0)
+            dense = replace(job, point=job.point.at(*DENSE_POINT))
             source, _, _ = _phase12(dense, spec, encoded, tokenizer, ctx, dict.fromkeys(PHASES, 0.0))
         fine_tuned = False  # its head is the dense model's, trained again with the new mux and demux
     model = PruMUXModel.from_pretrained(
@@ -325,21 +339,11 @@ def _measure(
 ) -> PointResult:
     """Evaluate the saved model (reloaded from disk) and measure its speed-up over the dense model side by side."""
     started = time.monotonic()
-    recipe, kind = job.point.recipe, family(job.point.N, job.point.s)
+    recipe = job.point.recipe
     model = PruMUXModel.from_pretrained(model_dir).to(job.runtime.device)
     val = accuracy(model, encoded.validation, recipe.eval_batch_size)
     test = accuracy(model, encoded.test, recipe.eval_batch_size)
-    if kind == "dense":  # the dense point is its own baseline
-        speedup, dense = 1.0, max(_throughput(model, recipe, job.runtime) for _ in range(MEASURE_ROUNDS))
-    else:
-        dense_model = _dense_model(job, model.config.num_labels)
-        shape = (recipe.seq_len, recipe.throughput_batches, recipe.throughput_warmup, job.runtime)
-        speedup, dense = side_by_side(model, dense_model, *shape)
-    cache, key = ThroughputCache(job.workdir), _throughput_key(job.point.base_model, recipe, job.runtime)
-    if (reference := cache.get(key)) is None:
-        log.info("dense reference throughput for %s: %.1f instances/s", key, dense)
-        cache.put(key, dense)
-        reference = dense
+    speed = _speed(job, model.eval(), log)
     seconds["measure"] = time.monotonic() - started
     kept = prunable_parameters(model.config.encoder)
     return PointResult(
@@ -350,23 +354,47 @@ def _measure(
         s=job.point.s,
         val_accuracy=val,
         test_accuracy=test,
-        throughput=speedup * reference,
-        dense_throughput=reference,
-        speedup=speedup,
         sparsity=realised_sparsity(model.config.encoder, base_encoder),
         prunable_parameters=kept,
         total_parameters=sum(p.numel() for p in model.parameters()),
         phase_seconds={phase: round(value, 2) for phase, value in seconds.items()},
         model_dir=str(model_dir),
         hardware=hardware_name(job.runtime.device),
-        family=kind,
+        family=family(job.point.N, job.point.s),
         recipe_values=recipe.to_dict(),
         train_size=len(encoded.train),
+        **speed,
     )
 
 
-def _throughput(model: PruMUXModel, recipe: Recipe, runtime: Runtime) -> float:
-    return throughput(model, recipe.seq_len, recipe.throughput_batches, recipe.throughput_warmup, runtime)
+def _speed(job: _Job, model: PruMUXModel, log) -> dict[str, Any]:
+    """The model's throughput fields: its speed-up over the dense model on the job's inference runtime and
+    eager, measured side by side, each normalised by its runtime's dense reference (the work dir's first)."""
+    recipe = job.point.recipe
+    dense_model = None if is_dense(job.point.N, job.point.s) else _dense_model(job, model.config.num_labels)
+    shape = (recipe.seq_len, recipe.throughput_batches, recipe.throughput_warmup, job.runtime)
+    served = served_throughput(model, dense_model, *shape, job.inference_runtime)
+    reference = _dense_reference(job, served.inference_runtime, served.dense_throughput, log)
+    eager_reference = _dense_reference(job, "eager", served.eager_dense_throughput, log)
+    return {
+        "throughput": served.speedup * reference,
+        "dense_throughput": reference,
+        "speedup": served.speedup,
+        "inference_runtime": served.inference_runtime,
+        "eager_throughput": served.eager_speedup * eager_reference,
+        "eager_speedup": served.eager_speedup,
+    }
+
+
+def _dense_reference(job: _Job, inference_runtime: str, measured: float, log) -> float:
+    """The dense model's throughput on ``inference_runtime`` that this work dir measured first (``measured`` if none)."""
+    cache = ThroughputCache(job.workdir)
+    key = _throughput_key(job.point.base_model, job.point.recipe, job.runtime, inference_runtime)
+    if (reference := cache.get(key)) is None:
+        log.info("dense reference throughput for %s: %.1f instances/s", key, measured)
+        cache.put(key, measured)
+        reference = measured
+    return reference
 
 
 def _dense_model(job: _Job, num_labels: int) -> PruMUXModel:
@@ -379,9 +407,10 @@ def _dense_model(job: _Job, num_labels: int) -> PruMUXModel:
     return model.to(job.runtime.device).eval()
 
 
-def _throughput_key(base_model: str, recipe: Recipe, runtime: Runtime) -> str:
+def _throughput_key(base_model: str, recipe: Recipe, runtime: Runtime, inference_runtime: str = "eager") -> str:
     precision = "bf16" if runtime.bf16 else "fp32"
-    return f"{hardware_name(runtime.device)}|{resolve_model(model_for(base_model, 1))}|len{recipe.seq_len}|{precision}"
+    key = f"{hardware_name(runtime.device)}|{resolve_model(model_for(base_model, 1))}|len{recipe.seq_len}|{precision}"
+    return key if inference_runtime == "eager" else f"{key}|{inference_runtime}"  # eager: the key before runtimes
 
 
 def _saved_config(model_dir: Path) -> PruMUXConfig:

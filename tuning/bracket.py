@@ -61,6 +61,7 @@ best configuration's: after each rung, every step's best accuracy over the confi
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -230,6 +231,7 @@ def train_bracket(
     lock: LockFactory | None = None,
     on_evaluation: Callable[[Evaluation], None] | None = None,
     storage: BaseStorage | None = None,
+    inference_runtime: str = "eager",
 ) -> dict[str, Any]:
     """Train (or continue) the point's bracket of configurations; return the point's result: the winner's
     ``PointResult`` values plus ``configuration`` (its swept values), ``configuration_digest``,
@@ -240,11 +242,20 @@ def train_bracket(
 
     The bracket is the study ``bracket_study_name(study_name, N, s)`` beside the search's study ``study_name``
     at ``storage_url``; ``lock`` locks the work dir's folders (`train_point`'s). ``storage``: the search's
-    open storage (a trial's), else one is opened at ``storage_url`` and closed at the end."""
+    open storage (a trial's), else one is opened at ``storage_url`` and closed at the end. Each finished
+    configuration's throughput is measured on ``inference_runtime`` (`train_point`'s)."""
     if storage is None:
         opened = open_storage(storage_url)
         try:
-            return train_bracket(point, storage_url, study_name, lock=lock, on_evaluation=on_evaluation, storage=opened)
+            return train_bracket(
+                point,
+                storage_url,
+                study_name,
+                lock=lock,
+                on_evaluation=on_evaluation,
+                storage=opened,
+                inference_runtime=inference_runtime,
+            )
         finally:
             opened.engine.dispose()
     recipes = point.recipe.configurations(point.s)
@@ -254,7 +265,8 @@ def train_bracket(
     configurations = _configurations(study, recipes, values)
     live = [c for c in configurations if _state(study, c) in (TrialState.RUNNING, TrialState.WAITING)]
     first = live[0] if live else configurations[0]
-    plan = _advance(point, lock, study, first, 0, probe)  # the point's stages, nothing trained
+    train = functools.partial(train_point, progress=False, lock=lock, inference_runtime=inference_runtime)
+    plan = _advance(point, train, study, first, 0, probe)  # the point's stages, nothing trained
     rungs, shared = [], []
     if isinstance(plan, PausedPoint):  # else every configuration has finished or stopped: the recorded rungs stand
         levels = bracket_levels([c.recipe for c in configurations], plan.stages, _settling(point, plan, configurations))
@@ -265,14 +277,14 @@ def train_bracket(
     for rung in [*rungs, None]:
         live = [c for c in configurations if _state(study, c) == TrialState.RUNNING]
         for configuration in live:
-            _advance(point, lock, study, configuration, rung, probe)
+            _advance(point, train, study, configuration, rung, probe)
         probe.flush()
         for configuration in live:
             if configuration.result is None and optuna.Trial(study, configuration.trial_id).should_prune():
                 study.tell(configuration.number, state=TrialState.PRUNED)
     for configuration in configurations:  # finished or pruned before this call: its stored result and curve
         if configuration.result is None and _state(study, configuration) == TrialState.COMPLETE:
-            _advance(point, lock, study, configuration, None, probe)
+            _advance(point, train, study, configuration, None, probe)
         if not configuration.evaluations:
             configuration.evaluations = _stored_curve(study, configuration)
     return _outcome(study, configurations)
@@ -334,7 +346,7 @@ def _configurations(study: optuna.Study, recipes: list[Recipe], values: list[dic
 
 def _advance(
     point: PointSpec,
-    lock: LockFactory | None,
+    train: Callable[..., PointResult | PausedPoint],
     study: optuna.Study,
     configuration: _Configuration,
     rung: int | None,
@@ -344,11 +356,9 @@ def _advance(
     evaluations to its trial; a finished one is told its validation accuracy. Returns ``train_point``'s answer."""
     was_running = _state(study, configuration) == TrialState.RUNNING
     started = time.monotonic()
-    result = train_point(
+    result = train(
         point.with_recipe(configuration.recipe),
-        progress=False,
         stop_at_step=rung,
-        lock=lock,
         on_evaluation=lambda evaluation: _keep(configuration, evaluation, probe),
     )
     trial = study_storage(study).get_trial(configuration.trial_id)

@@ -36,6 +36,7 @@ import ray
 from optuna.trial import FrozenTrial
 from ray import tune
 
+from prumux.inference import check_runtime
 from search.sampler import AutoPruMUXSampler
 from storage import (
     Heartbeat,
@@ -88,8 +89,10 @@ class SearchOptions:
     ray_storage: str | None = None  # None: <run_dir>/ray
     cache_lock: str = "auto"  # "file", "database" or "auto" (database unless the study is SQLite)
     early_stopping: bool = True  # stop a trial whose point cannot reach the threshold or beat the best
+    inference_runtime: str = "eager"  # what a point's throughput is measured on (prumux.inference.RUNTIMES)
 
     def __post_init__(self) -> None:
+        check_runtime(self.inference_runtime)
         if self.cache_lock not in CACHE_LOCKS:
             raise ValueError(f"cache lock must be one of {', '.join(CACHE_LOCKS)}, got {self.cache_lock!r}")
         _check_positive("concurrency", self.concurrency)
@@ -165,7 +168,7 @@ def run_search(
         study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
         resumed_failed = fail_stale_trials(study)
         point = PointSpec(settings.task, settings.base_model, *DENSE_POINT, recipe, str(run.work_dir))
-        job = SearchJob(options.storage_url, options.study_name, settings.budget, run, point)
+        job = SearchJob(options.storage_url, options.study_name, settings.budget, run, point, options.inference_runtime)
         with connect_ray(options.ray_address, run.driver_log), notices_to_log(), Heartbeat(study) as heartbeat:
             stopping = BudgetStopping(
                 study, settings.budget, sampler.throughput_margin, options.early_stopping, recipe.eval_examples

@@ -79,6 +79,7 @@ class SearchJob:
     budget: float
     run_dir: RunDir
     point: PointSpec
+    inference_runtime: str = "eager"  # what each point's throughput is measured on (prumux.inference.RUNTIMES)
 
     def trial_point(self, N: int, s: float) -> PointSpec:
         """The point a trial trains: (N, s) in the run directory's work folder on this node."""
@@ -124,8 +125,18 @@ def _train(job: SearchJob, point: PointSpec, lock: LockFactory | None, curve: Tr
     configurations = point.recipe.configurations(point.s)
     if len(configurations) > 1:
         storage = study_storage(curve.study)
-        return train_bracket(point, job.storage_url, job.study_name, lock=lock, on_evaluation=curve, storage=storage)
-    return train_point(point.with_recipe(configurations[0]), progress=False, lock=lock, on_evaluation=curve).to_dict()
+        return train_bracket(
+            point,
+            job.storage_url,
+            job.study_name,
+            lock=lock,
+            on_evaluation=curve,
+            storage=storage,
+            inference_runtime=job.inference_runtime,
+        )
+    one = point.with_recipe(configurations[0])
+    measured_on = job.inference_runtime
+    return train_point(one, progress=False, lock=lock, on_evaluation=curve, inference_runtime=measured_on).to_dict()
 
 
 class TrialCurve:

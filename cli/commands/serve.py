@@ -21,9 +21,9 @@ import click
 
 from cli.errors import one_line
 from cli.options import study_options
-from prumux.inference import RUNTIMES
+from prumux.inference import RUNTIMES, check_runtime
 from serving.keys import LOCAL_TENANT, check_exposure, read_keys
-from serving.model import DEFAULT_RUNTIME, check_runtime
+from serving.model import DEFAULT_RUNTIME
 from storage import open_study, points_frame, recommend
 from storage.trials import complete_trial
 

@@ -7,6 +7,7 @@ from prumux.inference.select import (
     RUNTIMES,
     AutoRunner,
     Runner,
+    check_runtime,
     load_runner,
     measure_runner,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "OnnxRunner",
     "Runner",
     "TorchRunner",
+    "check_runtime",
     "export_onnx",
     "load_runner",
     "measure_runner",

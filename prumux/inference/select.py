@@ -18,6 +18,14 @@ RUNTIMES = ("auto", "torch", "onnx", "eager")
 AUTO_ROUNDS = 3  # interleaved timed calls per candidate and shape (the best counts), after one untimed call each
 
 
+def check_runtime(name: str) -> None:
+    """Refuse, in one line, a runtime that is not one of RUNTIMES or whose packages are missing (naming the extra)."""
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+    if name == "onnx":
+        require_onnx()
+
+
 class Runner(Protocol):
     """Logits [rows, C] (float32) of any number of rows, like the model's forward pass."""
 

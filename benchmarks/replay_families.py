@@ -11,6 +11,7 @@ seeds of each family and the ``--slow-budgets`` only, as the table says.
 
     PYTHONPATH=. nice -n 10 python3 benchmarks/replay_families.py --jobs 2 --out benchmarks/tables/families.md
     PYTHONPATH=. python3 benchmarks/replay_families.py --methods ours --families additive,noise-high   # quick
+    PYTHONPATH=. python3 benchmarks/replay_families.py --write DIR   # the tables as CSV, for prumux-search replay
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pandas as pd
 
 from replay.curve_table import read_curves
 from replay.curves import replay_curves
-from replay.families import FAMILIES, SEEDS, generate
+from replay.families import FAMILIES, SEEDS, describe, generate, write_table
 from replay.family_curves import curve_rows, generate_curves
 from replay.points import replay
 from search.grid import parse_budgets
@@ -90,6 +91,19 @@ def replay_ray(family: str, seed: int, budgets: Sequence[float], methods: Sequen
             result = replay_curves(table.points, curves, budget, method, 0, trials)
             rows.append({**asdict(result), "mode": "curves", "family": family, "table_seed": seed})
     return rows
+
+
+def write_tables(folder: str, families: Sequence[str], seeds: int) -> None:
+    """Each generated table as ``<family>-<seed>.csv`` and its curves as ``<family>-<seed>-curves.csv``."""
+    os.makedirs(folder, exist_ok=True)
+    for family in families:
+        for seed in range(seeds):
+            table = generate(family, seed)
+            write_table(table, os.path.join(folder, f"{table.name}.csv"))
+            with open(os.path.join(folder, f"{table.name}-curves.csv"), "w") as out:
+                out.write(describe(table) + "\n")
+                generate_curves(table).to_csv(out, index=False)
+    print(f"{len(families) * seeds} tables and their curves in {folder}")
 
 
 def summarize_families(results: pd.DataFrame) -> pd.DataFrame:
@@ -182,6 +196,7 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", help="write the markdown table here")
+    parser.add_argument("--write", metavar="DIR", help="only write each table and its curves (CSV) to DIR")
     parser.add_argument("--csv", help="write every search here")
     args = parser.parse_args()
     _quiet()
@@ -189,6 +204,9 @@ def main() -> None:
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         parser.error(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    if args.write:
+        write_tables(args.write, families, args.seeds)
+        return
     budgets = parse_budgets(args.budgets)
     all_methods = (*POINT_BASELINES, *CURVE_OURS, *CURVE_BASELINES)
     methods = {"ours": CURVE_OURS, "all": all_methods}.get(args.methods, (*CURVE_OURS, *args.methods.split(",")))

@@ -1,5 +1,5 @@
-"""Throughput measured side by side with the dense model, as the paper measures it, and a checkpoint measured
-as a point (`measure_checkpoint`, the `evaluate` command).
+"""Throughput measured side by side with the dense model, on the runtime a point is served with and eager as the
+paper measures it (`served_throughput`), and a checkpoint measured as a point (`measure_checkpoint`, `evaluate`).
 
 Interleaving the model and the dense (1, 0) model in one process puts both under the same
 load, so their ratio holds even on a shared, noisy machine (absolute throughputs do not).
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from prumux import PruMUXConfig, PruMUXModel, hardware_name, measure_throughput
+from prumux import PruMUXConfig, PruMUXModel, hardware_name
 from prumux.checkpoints import inspect_checkpoint
 from prumux.inference import Runner, load_runner, measure_runner
 from prumux.model import CONFIG_FILE
@@ -28,27 +28,6 @@ from trainers.tasks import load_task
 
 # Interleaved throughput measurements of the model and the dense one (best of each).
 MEASURE_ROUNDS = 2
-
-
-def throughput(model: PruMUXModel, seq_len: int, batches: int, warmup: int, runtime: Runtime) -> float:
-    """Instances per second with prumux's protocol (128*N instances per batch, padded to `seq_len`)."""
-    result = measure_throughput(
-        model,
-        seq_len=seq_len,
-        num_batches=batches,
-        warmup=warmup,
-        device=runtime.device,
-        dtype=torch.bfloat16 if runtime.bf16 else None,
-    )
-    return result.examples_per_second
-
-
-def side_by_side(
-    model: PruMUXModel, dense: PruMUXModel, seq_len: int, batches: int, warmup: int, runtime: Runtime
-) -> tuple[float, float]:
-    """(speed-up of `model` over `dense`, dense throughput), measured interleaved in eager PyTorch, best of each."""
-    speed = served_throughput(model, dense, seq_len, batches, warmup, runtime)
-    return speed.speedup, speed.dense_throughput
 
 
 @dataclass

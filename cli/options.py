@@ -62,3 +62,21 @@ def study_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         resolved = option(resolved)
     return resolved
+
+
+def runtime_option(
+    what: str, parameter: str = "inference_runtime", default: str | None = "eager"
+) -> Callable[..., Any]:
+    """``--runtime`` (one of prumux.inference.RUNTIMES): the runtime ``what`` runs the model on."""
+    from prumux.inference import RUNTIMES
+
+    return click.option(
+        "--runtime",
+        parameter,
+        type=click.Choice(RUNTIMES),
+        default=default,
+        show_default=default is not None,
+        help=f"Runtime {what}: eager (the model as trained; the paper's protocol), torch (pruned widths padded, CUDA "
+        "graphs on a GPU), onnx (the ONNX graph on ONNX Runtime; the onnx extra) or auto (the faster of torch and "
+        "onnx per batch shape).",
+    )

@@ -1,5 +1,5 @@
 """`prumux-search serve --best` as a user runs it: a subprocess that exports the study's
-recommended trial, starts its own Ray and Serve, answers with API keys, and stops cleanly on
+recommended trial, starts its own Ray and Serve on the runtime the trial was measured on, answers with API keys, and stops cleanly on
 Ctrl-C (exit 0, the application removed, its Ray instance shut down)."""
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def study_with_a_trained_trial(tiny_bert_dir: Path, tmp_path: Path) -> Path:
         "task": "rt-polarity",
         "base_model": str(tiny_bert_dir),
         "recipe_values": {"seq_len": TINY_SERVED_SEQ_LEN},
+        "inference_runtime": "onnx",  # its search measured it on ONNX Runtime: serve runs it there unless told
     }
     points = pd.DataFrame([{"N": 1, "s": 0.0, "accuracy": 0.80, "throughput": 100.0}, trained_point])
     import_points(study, points, threshold=0.75)
@@ -77,6 +78,7 @@ def test_serve_best_answers_then_stops_on_ctrl_c(study_with_a_trained_trial: Pat
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(1)
+        assert "loading trial 1 of study 'prumux' (onnx runtime)" in log.read_text()
         assert "serving trial 1 of study 'prumux' (N=2, s=0" in log.read_text()
         answer = requests.post(
             f"{url}/v1/classify",

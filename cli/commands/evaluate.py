@@ -10,8 +10,7 @@ import click
 import pandas as pd
 
 from cli.commands.study import DEFAULT_BUDGET, DEFAULT_GRID_N, DEFAULT_GRID_S
-from cli.options import study_options
-from prumux.inference import RUNTIMES
+from cli.options import runtime_option, study_options
 from storage import StudySettings, dense_accuracy, import_points, open_study, study_settings
 from storage.points import is_dense, threshold
 from storage.study import find_study
@@ -49,15 +48,7 @@ GRID_SNAP = 0.02
 )
 @click.option("--device", default=None, help="cpu, cuda or cuda:K (default: CUDA when present).")
 @click.option("--bf16", is_flag=True, help="Measure throughput in bf16.")
-@click.option(
-    "--runtime",
-    "inference_runtime",
-    type=click.Choice(RUNTIMES),
-    default="eager",
-    show_default=True,
-    help="Runtime the throughput is measured on (auto: the fastest of torch and onnx); eager is the paper's "
-    "protocol, and its figure is recorded beside any other.",
-)
+@runtime_option("the throughput is measured on; eager's figure is recorded beside")
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--into-study", is_flag=True, help="Record the point as a trial of the study (created if new).")
 @study_options

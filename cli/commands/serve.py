@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import click
 
 from cli.errors import one_line
-from cli.options import study_options
-from prumux.inference import RUNTIMES, check_runtime
+from cli.options import runtime_option, study_options
+from prumux.inference import check_runtime
 from serving.keys import LOCAL_TENANT, check_exposure, read_keys
 from serving.model import DEFAULT_RUNTIME
 from storage import open_study, points_frame, recommend
@@ -58,13 +58,10 @@ if TYPE_CHECKING:
     help="How long a batch waits to fill after its first request.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:K].")
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default=DEFAULT_RUNTIME,
-    show_default=True,
-    help="eager: the model as trained; torch: pruned widths padded, CUDA graphs on a GPU; onnx: the folder's ONNX "
-    "graph on ONNX Runtime; auto: the faster of torch and onnx per batch shape.",
+@runtime_option(
+    "the replicas run the model on [default: a trial's, the runtime its search measured it on; else eager]",
+    parameter="runtime",
+    default=None,
 )
 @click.option(
     "--cpus-per-replica",
@@ -113,8 +110,9 @@ def serve(
     if not 0 < port < 65536:
         raise ValueError(f"port must be in 1..65535, got {port}")
     keys = read_keys(keys_file) if keys_file else None
-    check_runtime(runtime)
-    with _model_source(model_dir, number, best, storage, study, runtime) as (location, what):
+    if runtime is not None:
+        check_runtime(runtime)
+    with _model_source(model_dir, number, best, storage, study, runtime) as (location, what, runtime):
         options = ServeOptions(
             model=location,
             keys=keys,
@@ -155,10 +153,11 @@ def serve(
 
 @contextmanager
 def _model_source(
-    model_dir: str | None, number: int | None, best: bool, storage: str, study: str, runtime: str
-) -> Iterator[tuple[str, str]]:
-    """(location of a servable folder, what it is): --model as given, or a study's trial exported to a temporary
-    folder (with its ONNX graph when ``runtime`` may run it)."""
+    model_dir: str | None, number: int | None, best: bool, storage: str, study: str, runtime: str | None
+) -> Iterator[tuple[str, str, str]]:
+    """(location of a servable folder, what it is, the runtime to serve it on): --model as given, or a study's
+    trial exported to a temporary folder (with its ONNX graph when the runtime may run it). Without ``runtime``
+    a trial is served on the runtime its search measured it on (the speed the search recorded), else eager."""
     from prumux.inference import onnx_available
     from servable import export_servable
     from trainers.point_sources import POINT_SOURCES
@@ -166,13 +165,16 @@ def _model_source(
     if sum([model_dir is not None, number is not None, best]) != 1:
         raise ValueError("give exactly one of --model DIR, --trial K or --best")
     if model_dir is not None:
-        yield model_dir, f"model {model_dir}"
+        yield model_dir, f"model {model_dir}", runtime or DEFAULT_RUNTIME
         return
     trial = _study_trial(storage, study, number)
+    if runtime is None:
+        runtime = trial.user_attrs.get("inference_runtime", DEFAULT_RUNTIME)
+        check_runtime(runtime)
     with tempfile.TemporaryDirectory(prefix="prumux-serve-") as folder:
         point, graph = {**trial.user_attrs, **trial.params}, runtime in ("onnx", "auto") and onnx_available()
         export_servable(point, Path(folder) / "model", POINT_SOURCES, f"trial {trial.number}", graph=graph)
-        yield str(Path(folder) / "model"), f"trial {trial.number} of study {study!r}"
+        yield str(Path(folder) / "model"), f"trial {trial.number} of study {study!r}", runtime
 
 
 def _study_trial(storage: str, study: str, number: int | None) -> FrozenTrial:

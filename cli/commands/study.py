@@ -22,8 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cli.errors import JobFailed
 from cli.main import EXIT_CODES
-from cli.options import study_options
-from prumux.inference import RUNTIMES
+from cli.options import runtime_option, study_options
 from search.noise import ValidationNoise, recommendation_notes, record_rows, study_noise, validation_rows
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
@@ -170,14 +169,8 @@ def _command_line() -> str:
     help="Stop a trial once its learning curve shows its point cannot reach the budget's threshold, "
     "or cannot beat the best feasible point (it is stored PRUNED with its bound).",
 )
-@click.option(
-    "--runtime",
-    "inference_runtime",
-    type=click.Choice(RUNTIMES),
-    default="eager",
-    show_default=True,
-    help="Runtime each point's throughput is measured on, as `serve --runtime` will run it (auto: the fastest of "
-    "torch and onnx per shape); eager is the paper's protocol, and its figure is recorded beside any other.",
+@runtime_option(
+    "each point's throughput is measured on, as `serve --runtime` runs it; eager's figure is recorded beside"
 )
 def start(
     run_dir: Path | str,

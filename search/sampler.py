@@ -83,7 +83,7 @@ from storage.curves import STOPPED_ATTR
 from storage.points import DENSE_POINT, FEASIBILITY_TOLERANCE, dense_row, is_feasible, threshold
 from storage.trials import trial_point
 
-NOISE_ERRORS = 1.0  # standard errors of a difference of two measured accuracies in the noise margin
+NOISE_ERRORS = 2.0  # standard errors of a difference of two measured accuracies in the noise margin
 TAKEN_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
 
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import optuna
 import pandas as pd
 
+from storage.study import study_validation_rows
+from storage.trials import dense_accuracy
+
 RESOLVING_ERRORS = 2.0  # standard errors of an accuracy that a budget must span
-VALIDATION_ROWS_ATTR = "validation_rows"  # study user attr: the rows every final accuracy is measured on
 
 
 @dataclass(frozen=True)
@@ -103,16 +105,11 @@ def validation_rows(split_rows: int, max_eval_examples: int | None) -> int:
     return split_rows if max_eval_examples is None else min(split_rows, max_eval_examples)
 
 
-def record_rows(study: optuna.Study, rows: int) -> None:
-    """Keep the validation rows in the study, for ``status`` and the report (written once)."""
-    if study.user_attrs.get(VALIDATION_ROWS_ATTR) != rows:
-        study.set_user_attr(VALIDATION_ROWS_ATTR, int(rows))
-
-
-def study_noise(study: optuna.Study, dense_accuracy: float | None) -> ValidationNoise | None:
-    """The noise of the study's accuracies (None when no ``start`` recorded its validation rows)."""
-    rows = study.user_attrs.get(VALIDATION_ROWS_ATTR)
-    return None if rows is None else ValidationNoise(int(rows), dense_accuracy)
+def study_noise(study: optuna.Study) -> ValidationNoise | None:
+    """The noise of the study's accuracies at its dense accuracy (None when no ``start`` recorded its validation
+    rows: ``storage.study.record_validation_rows``)."""
+    rows = study_validation_rows(study)
+    return None if rows is None else ValidationNoise(rows, dense_accuracy(study))
 
 
 def recommendation_notes(

@@ -15,6 +15,7 @@ from storage.rdb import NoSuchStudy, open_storage
 from storage.urls import mask_url
 
 SETTINGS_ATTR = "settings"
+VALIDATION_ROWS_ATTR = "validation_rows"  # study user attr: the rows every final accuracy is measured on
 SETTINGS_WAIT_SECONDS = 10.0
 DIRECTIONS = ("maximize", "maximize")
 METRIC_NAMES = ["accuracy", "throughput"]
@@ -103,6 +104,18 @@ def study_settings(study: optuna.Study) -> StudySettings | None:
     """Return the settings stored with ``study``, or None for a study created elsewhere."""
     values = study.user_attrs.get(SETTINGS_ATTR)
     return None if values is None else StudySettings.from_dict(values)
+
+
+def record_validation_rows(study: optuna.Study, rows: int) -> None:
+    """Keep the validation rows every final accuracy is measured on in the study, for ``status`` (written once)."""
+    if study.user_attrs.get(VALIDATION_ROWS_ATTR) != rows:
+        study.set_user_attr(VALIDATION_ROWS_ATTR, int(rows))
+
+
+def study_validation_rows(study: optuna.Study) -> int | None:
+    """The validation rows ``start`` recorded (None before it did)."""
+    rows = study.user_attrs.get(VALIDATION_ROWS_ATTR)
+    return None if rows is None else int(rows)
 
 
 def _settings_of_new_study(study: optuna.Study) -> StudySettings | None:

@@ -164,6 +164,18 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     status, timings["last run"] = ended(last, descendants(last.pid), timeout=600)
     output = (tmp_path / "last.log").read_text()
     assert status == 0 and "stopped: max trials (2) reached" in output, output
+    noise = re.search(r"feasibility is decided on (\d+) validation rows: one row is [\d.]+ accuracy points", output)
+    assert noise and "warning: the budget" in output  # a 300-row task file's split cannot resolve the budget
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli.main", "status", "--run-dir", "runs"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=client_env(),
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0 and f"feasibility is decided on {noise.group(1)} validation rows" in shown.stdout
     study = open_study(default_url(run_dir), "prumux")
     complete = [(t.params["N"], t.params["s"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert complete == [(1, 0.0), (1, 0.5)]

@@ -23,11 +23,11 @@ from optuna.trial import FrozenTrial, TrialState
 from cli.errors import JobFailed
 from cli.main import EXIT_CODES
 from cli.options import runtime_option, study_options
-from search.noise import ValidationNoise, recommendation_notes, record_rows, study_noise, validation_rows
+from search.noise import ValidationNoise, recommendation_notes, study_noise, validation_rows
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
 from storage.curves import STOPPED_ATTR
-from storage.study import find_study
+from storage.study import find_study, record_validation_rows
 from storage.trials import (
     CONFIGURATION_ATTR,
     complete_trial,
@@ -405,7 +405,7 @@ def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Stud
     from tuning.searcher import trained_count
 
     if rows is not None:
-        record_rows(study, rows)
+        record_validation_rows(study, rows)
     point = f"N={trial.params['N']} s={trial.params['s']:g}"
     if STOPPED_ATTR in trial.user_attrs and trial.state == TrialState.PRUNED:
         console.line(
@@ -445,19 +445,13 @@ def _print_frontier(study: optuna.Study) -> None:
         f"recommended: trial {row['number']} N={row['N']} s={row['s']:g}, accuracy {row['accuracy']:.4f}, "
         f"{row['speedup']:.2f}x dense throughput; export it with: prumux-search export --trial {row['number']} --out DIR"
     )
-    noise = _noise(summary, study)
+    noise = study_noise(study)
     for note in [] if noise is None else recommendation_notes(summary.points, row, summary.threshold, noise):
         click.echo(f"  within noise: {note}")
 
 
-def _noise(summary: StudySummary, study: optuna.Study) -> ValidationNoise | None:
-    """The noise of the study's accuracies at its dense accuracy (None before a ``start`` recorded its rows)."""
-    known = summary.threshold is not None and summary.settings is not None
-    return study_noise(study, summary.threshold + summary.settings.budget if known else None)
-
-
 def _echo_noise(summary: StudySummary, study: optuna.Study) -> None:
-    noise = _noise(summary, study)
+    noise = study_noise(study)
     budget = None if summary.settings is None else summary.settings.budget
     for line in [] if noise is None else (noise.describe(), budget is not None and noise.warning(budget)):
         if line:

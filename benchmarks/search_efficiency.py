@@ -23,11 +23,12 @@ from replay.points import SAMPLERS, replay_many, summarize
 from search.grid import parse_budgets, read_points
 
 TABLES = Path(__file__).parent / "tables"
+POINT_TABLES = sorted(path for path in TABLES.glob("*.csv") if not path.stem.endswith("-curves"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", nargs="*", type=Path, default=sorted(TABLES.glob("*.csv")))
+    parser.add_argument("--tables", nargs="*", type=Path, default=POINT_TABLES)
     parser.add_argument("--budgets", default="0:0.10:0.005")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--seeds", type=int, default=3)

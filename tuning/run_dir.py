@@ -37,12 +37,13 @@ class RunDir:
 
     @classmethod
     def for_search(cls, location: str, cache_lock: str, storage_url: str) -> RunDir:
-        """The run directory of a search: ``cache_lock`` "auto" locks with the database unless the run
-        directory is local and the study SQLite (nothing else shares it)."""
+        """The run directory of a search, a local path made absolute here (the driver's working directory, not
+        a worker's); ``cache_lock`` "auto" locks with the database unless the run directory is local and the
+        study SQLite (nothing else shares it)."""
         if cache_lock == "auto":
             shared = is_uri(location) or parse_url(storage_url).get_backend_name() != "sqlite"
             cache_lock = "database" if shared else "file"
-        return cls(location, cache_lock)
+        return cls(location if is_uri(location) else str(Path(location).expanduser().resolve()), cache_lock)
 
     @property
     def is_uri(self) -> bool:

@@ -96,6 +96,19 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
+def command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``prumux-search ARGS`` run to its end in ``cwd``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=client_env(),
+        timeout=120,
+        check=False,
+    )
+
+
 def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     tiny_bert_dir: Path, tmp_path: Path, processes: list[subprocess.Popen]
 ) -> None:
@@ -123,15 +136,7 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     first = launch(processes, args, tmp_path / "first.log", tmp_path)
     live = poll(lambda: LIVE_LINE.search((tmp_path / "first.log").read_text()), first)
     poll(lambda: newest_checkpoint(run_dir), first)
-    second = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=client_env(),
-        timeout=120,
-        check=False,
-    )
+    second = command(args, tmp_path)
     children = descendants(first.pid)
     signalled = time.monotonic()
     os.killpg(first.pid, signal.SIGINT)
@@ -166,15 +171,7 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     assert status == 0 and "stopped: max trials (2) reached" in output, output
     noise = re.search(r"feasibility is decided on (\d+) validation rows: one row is [\d.]+ accuracy points", output)
     assert noise and "warning: the budget" in output  # a 300-row task file's split cannot resolve the budget
-    shown = subprocess.run(
-        [sys.executable, "-m", "cli.main", "status", "--run-dir", "runs"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=client_env(),
-        timeout=120,
-        check=False,
-    )
+    shown = command(["status", "--run-dir", "runs"], tmp_path)
     assert shown.returncode == 0 and f"feasibility is decided on {noise.group(1)} validation rows" in shown.stdout
     study = open_study(default_url(run_dir), "prumux")
     complete = [(t.params["N"], t.params["s"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 
 import torch
-from gpu_sections.common import DTYPES, Plan, Section, instances_per_second
 
+from gpu_sections.common import DTYPES, Plan, Section, instances_per_second
 from prumux import Encoder, hardware_name
 
 TITLE = "5a. Encoder against transformers' BertModel (sdpa)"

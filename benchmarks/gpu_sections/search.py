@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import torch
-from gpu_sections.common import REPO, Plan, Section, TimeBox
 
+from gpu_sections.common import REPO, Plan, Section, TimeBox
 from prumux import hardware_name
 
 DEFAULT_TITLE = "2. The default search on this device (README's `start`)"

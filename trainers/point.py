@@ -138,13 +138,16 @@ def point_directory(workdir: str | Path, task: str, base_model: str, N: int, s: 
 
 @dataclass(frozen=True)
 class _Job:
-    """One point's job: the point, its work dir (checked and created), where it runs and how it locks."""
+    """One point's job: the point, where it runs, how it locks and what its speed is measured on."""
 
-    point: PointSpec
-    workdir: Path
+    point: PointSpec  # its work dir checked and created
     runtime: Runtime
     lock: LockFactory | None = None  # the work dir's cross-process lock; None: lock files
     inference_runtime: str = "eager"  # what the throughput is measured on (prumux.inference.RUNTIMES)
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.point.workdir)
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,8 @@ def train_point(
     ``inference_runtime`` (`prumux.inference.RUNTIMES`) is the runtime the throughput is measured on, eager
     beside it; a finished point's stored result measured on another runtime is measured again (not trained)."""
     task, base_model, N, s, recipe = point.task, point.base_model, point.N, point.s, point.recipe
-    job = _Job(point, _writable_workdir(point.workdir), Runtime.create(device, bf16), lock, inference_runtime)
+    point = point.in_workdir(_writable_workdir(point.workdir))
+    job = _Job(point, Runtime.create(device, bf16), lock, inference_runtime)
     data = load_task(task, seed=recipe.seed)
     tokenizer = load_tokenizer(tokenizer_for(base_model, N))
     encoded = encode_task(data, tokenizer, recipe)

@@ -124,19 +124,22 @@ def _train(job: SearchJob, point: PointSpec, lock: LockFactory | None, curve: Tr
     """The point's result: its one configuration trained, or its sweep's as a bracket (``tuning.bracket``)."""
     configurations = point.recipe.configurations(point.s)
     if len(configurations) > 1:
-        storage = study_storage(curve.study)
         return train_bracket(
             point,
             job.storage_url,
             job.study_name,
             lock=lock,
             on_evaluation=curve,
-            storage=storage,
+            storage=study_storage(curve.study),
             inference_runtime=job.inference_runtime,
         )
-    one = point.with_recipe(configurations[0])
-    measured_on = job.inference_runtime
-    return train_point(one, progress=False, lock=lock, on_evaluation=curve, inference_runtime=measured_on).to_dict()
+    return train_point(
+        point.with_recipe(configurations[0]),
+        progress=False,
+        lock=lock,
+        on_evaluation=curve,
+        inference_runtime=job.inference_runtime,
+    ).to_dict()
 
 
 class TrialCurve:

@@ -7,11 +7,11 @@ Random weights of MiniLM-L6's shape (speed depends on the shape, not the weights
 `L0Module.at_sparsity` masks as benchmarks/throughput.py prunes them. Each model runs at batch 1, 8
 and 128 N instances through every runtime: eager (the model's forward pass, what the search has
 measured so far), torch (`TorchRunner`: padded widths, emptied layers dropped, bf16 and CUDA graphs
-on a GPU), onnx (the exported graph in ONNX Runtime). All runners of all models are built first and
-measured in interleaved rounds (each round times every runner once, each reports its best round),
-so load on a shared machine falls on all of them alike. Printed: instances/s, each runtime's ratio
-to eager, and the faster of torch and onnx with its ratio: what `load_runner("auto")` aims to pick
-(it times both on a shape's first call, in interleaved rounds too). Every ONNX graph is checked
+on a GPU), onnx (the exported graph in ONNX Runtime), auto (`AutoRunner` of those two, as
+`load_runner("auto")` builds it: it times both on a shape's first call and keeps the faster). All
+runners of all models are built first and measured in interleaved rounds (each round times every
+runner once, each reports its best round), so load on a shared machine falls on all of them alike.
+Printed: instances/s, each runtime's ratio to eager, and auto's pick. Every ONNX graph is checked
 against eager first (max |logit difference| in the table).
 """
 
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from prumux import EncoderConfig, L0Module, PruMUXConfig, PruMUXModel, hardware_name, prune
-from prumux.inference import EagerRunner, OnnxRunner, Runner, TorchRunner, export_onnx, measure_runner
+from prumux.inference import AutoRunner, EagerRunner, OnnxRunner, Runner, TorchRunner, export_onnx, measure_runner
 
 SHAPE = EncoderConfig.dense(6, 384, 12, 1536)
 POINTS = ((1, 0.0), (2, 0.0), (1, 0.5), (1, 0.9), (2, 0.7))
-RUNTIMES = ("eager", "torch", "onnx")
+RUNTIMES = ("eager", "torch", "onnx", "auto")
 # Timed calls per round at each batch size (one batch of 128 N otherwise).
 CALLS = {1: 16, 8: 4}
 
@@ -50,10 +50,13 @@ def runners(model: PruMUXModel, args: argparse.Namespace, folder: Path) -> tuple
     """Every runtime's runner of `model`, and the ONNX graph's max |logit difference| from eager."""
     path = folder / f"{model.config.num_instances}-{model.config.realised_sparsity:.3f}.onnx"
     export_onnx(model, path, args.seq_len)
+    torch_runner = TorchRunner(model, args.device, args.dtype)
+    onnx_runner = OnnxRunner(path)
     built = {
         "eager": EagerRunner(model, args.device, args.dtype),
-        "torch": TorchRunner(model, args.device, args.dtype),
-        "onnx": OnnxRunner(path),
+        "torch": torch_runner,
+        "onnx": onnx_runner,
+        "auto": AutoRunner([torch_runner, onnx_runner], torch_runner.cut_padding),
     }
     ids = torch.randint(1000, SHAPE.vocab_size, (5, args.seq_len))
     eager_fp32 = EagerRunner(model)(ids)
@@ -101,17 +104,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("interleaved rounds; instances/s, and each runtime / eager\n")
     print(
-        "| family | N | s | batch | eager | torch | onnx | torch / eager | onnx / eager | faster of torch, onnx | faster / eager | onnx max abs diff |"
+        "| family | N | s | batch | eager | torch | onnx | auto | torch / eager | onnx / eager | auto / eager | "
+        "auto's pick | onnx max abs diff |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for point, (_, diff) in built.items():
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for point, (runners_of_point, diff) in built.items():
+        auto = runners_of_point["auto"]
         for batch in batch_sizes(point[0]):
             speed = {runtime: best[(point, batch, runtime)] for runtime in RUNTIMES}
-            pick = max(("torch", "onnx"), key=speed.get)
+            ratios = " | ".join(f"{speed[name] / speed['eager']:.2f}x" for name in RUNTIMES[1:])
+            pick = auto.chosen[auto.size((batch, args.seq_len))].name
             print(
-                f"| {family(*point)} | {point[0]} | {point[1]:g} | {batch} | {speed['eager']:,.1f} | "
-                f"{speed['torch']:,.1f} | {speed['onnx']:,.1f} | {speed['torch'] / speed['eager']:.2f}x | "
-                f"{speed['onnx'] / speed['eager']:.2f}x | {pick} | {speed[pick] / speed['eager']:.2f}x | {diff:.1e} |",
+                f"| {family(*point)} | {point[0]} | {point[1]:g} | {batch} | "
+                + " | ".join(f"{speed[name]:,.1f}" for name in RUNTIMES)
+                + f" | {ratios} | {pick} | {diff:.1e} |",
                 flush=True,
             )
     print(f"\n({time.perf_counter() - start:.0f} s)")

@@ -20,10 +20,10 @@ up to T tenants) and per number K of texts a request (`--inputs`, e.g. 1,8,32) u
   snippets each, round-robin over the tenants' keys, as fast as answers come back;
 - half the saturating rate (1 tenant): the same requests sent open-loop at fixed intervals.
 The `vs first runtime` column is the requests/s of a row over the first runtime's same row.
-Each load phase stops by itself. Requests/s, instances/s, p50/p99 latency (client side), batch fill
-and padded groups (the gateway's /v1/stats, as deltas), groups holding two tenants (the replicas'
-recorded group composition), and the end-to-end speed-up over the served dense model next to the
-model-level one. The p99 bound is max-wait-ms + 2 forward passes of a full batch (its duration from
+Each load phase stops by itself. Requests/s, instances/s, p50/p99 latency (client side), instances a
+forward pass, batch fill and padded groups (the gateway's /v1/stats, as deltas), groups holding two
+tenants (the replicas' recorded group composition), and the end-to-end speed-up over the served dense
+model next to the model-level one. The p99 bound is max-wait-ms + 2 forward passes of a full batch (its duration from
 the model-level throughput).
 """
 
@@ -215,6 +215,8 @@ def phase(
         **{key: value for key, value in latency_percentiles(run["latencies"]).items() if key != "p95"},
         "batch_fill": (after["batched_instances"] - before["batched_instances"]) / (groups * served.spec.N),
         "groups": groups,
+        "instances_per_pass": (after["batched_instances"] - before["batched_instances"])
+        / max(1, after["forward_passes"] - before["forward_passes"]),
         "groups_padded": after["groups_padded"] - before["groups_padded"],
         "mixed_groups": mixed_groups(passes),
         "errors": len(run["statuses"]) - ok,
@@ -235,9 +237,9 @@ def report(models: list[Served], args: argparse.Namespace, device: str = "cpu") 
         f"requests of K texts; max-wait-ms {args.max_wait_ms:g}; one replica",
         "",
         "| model | N | s | runtime | K texts/req | load | tenants | req/s | inst/s | vs first runtime | p50 ms | "
-        "p99 ms | p99 bound ms | batch fill | padded groups | groups with 2 tenants | e2e speed-up | "
+        "p99 ms | p99 bound ms | inst/pass | batch fill | padded groups | groups with 2 tenants | e2e speed-up | "
         "model-level speed-up | kept |",
-        "|" + " --- |" * 19,
+        "|" + " --- |" * 20,
     ]
     for served in models:
         level = served.model_level / dense.model_level
@@ -251,7 +253,7 @@ def report(models: list[Served], args: argparse.Namespace, device: str = "cpu") 
                 f"| {served.name} | {served.spec.N} | {served.spec.s:g} | {row['runtime']} | {row['inputs']} | "
                 f"{row['load']} | {row['tenants']} | {row['requests_per_s']:.1f} | {row['instances_per_s']:.0f} | "
                 f"{f'{versus:.2f}x' if saturation else '-'} | {row['p50']:.0f} | {row['p99']:.0f} | {bound} | "
-                f"{row['batch_fill']:.3f} | {row['groups_padded']}/{row['groups']} | {row['mixed_groups']} | "
+                f"{row['instances_per_pass']:.1f} | {row['batch_fill']:.3f} | {row['groups_padded']}/{row['groups']} | {row['mixed_groups']} | "
                 f"{f'{e2e:.2f}x' if saturation else '-'} | {level:.2f}x | {f'{e2e / level:.0%}' if saturation else '-'} |"
             )
     lines += [
@@ -302,6 +304,7 @@ def main() -> None:
     model_level(models, args.threads)
     project = str(Path(__file__).resolve().parents[1])
     ray.init(
+        address="local",  # a cluster of its own, never one already running here
         num_cpus=os.cpu_count(),
         include_dashboard=False,
         log_to_driver=False,

@@ -1,6 +1,6 @@
 """Tenant-safe grouping of a Ray Serve batch into multiplexed forward passes.
 
-A batch (what ``serve.batch`` collected) is a list of parts: one request's inputs, or a
+A batch (what `serving.batcher` collected) is a list of parts: one request's inputs, or a
 slice of them, all from one tenant. Each tenant's parts become one forward pass of their
 rows in arrival order; the model groups those rows N at a time and fills the last group with
 its own dummy rows. So a group never holds two tenants' inputs, and a dummy's output is
@@ -75,7 +75,7 @@ class BatchReport:
 
 
 def count_instances(parts: list[Part]) -> int:
-    """The size of a batch for ``serve.batch``: its inputs, not its requests."""
+    """The size of a batch: its inputs, not its requests."""
     return sum(len(part.inputs) for part in parts)
 
 

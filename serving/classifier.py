@@ -1,13 +1,12 @@
-"""The model replicas: ``Classifier``, a Ray Serve deployment that batches with ``serve.batch``.
+"""The model replicas: ``Classifier``, a Ray Serve deployment that batches its calls (`serving.batcher`).
 
-Calls are parts (one tenant's inputs). ``serve.batch`` collects them until ``max_batch``
-instances or ``max_wait_ms``; the batch then runs as one forward pass per tenant
+Calls are parts (one tenant's inputs). The batcher collects them until ``max_batch`` instances,
+or ``max_wait_ms`` and the previous batch done; the batch then runs as one forward pass per tenant
 (`serving.batching`), off the event loop, so the next batch fills meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,7 +15,8 @@ import torch
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
-from serving.batching import BatchReport, Part, PartResult, count_instances, tenant_passes
+from serving.batcher import Batcher
+from serving.batching import BatchReport, Part, PartResult, tenant_passes
 from serving.model import DEFAULT_RUNTIME, ServedModel, local_folder, pick_device
 
 FILL_BUCKETS = [0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
@@ -40,16 +40,16 @@ class Classifier:
             torch.set_num_threads(threads)
         self.model = ServedModel(local_folder(location), pick_device(device), runtime)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.classify.set_max_batch_size(max_batch)
-        self.classify.set_batch_wait_timeout_s(max_wait_ms / 1000)
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
+        self.batcher = Batcher(
+            self._run, ThreadPoolExecutor(1, thread_name_prefix="forward"), max_batch, max_wait_ms / 1000
+        )
         self.recorded: list[list[list[Any]]] | None = [] if record_groups else None
         self.metrics = _Metrics()
         self.model.probabilities(["warm-up"] * self.model.N)  # first-call costs before the first request
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=count_instances)
-    async def classify(self, parts: list[Part]) -> list[PartResult]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run, parts)
+    async def classify(self, part: Part) -> PartResult:
+        """The part's label probabilities, computed in a batch with the parts that arrive with it."""
+        return await self.batcher.submit(part)
 
     def _run(self, parts: list[Part]) -> list[PartResult]:
         report = BatchReport(self.replica, self.model.N)

@@ -129,7 +129,7 @@ def served_runner(runtime: str, folder: Path, spec: ServingSpec, device: torch.d
     torch_runner = TorchRunner(model, device)
     if runtime == "torch" or graph is None or not onnx_available():
         return torch_runner
-    return AutoRunner([torch_runner, OnnxRunner(graph)])
+    return AutoRunner([torch_runner, OnnxRunner(graph)], torch_runner.cut_padding)
 
 
 def check_servable(folder: Path, runtime: str = DEFAULT_RUNTIME) -> ServingSpec:

@@ -98,12 +98,27 @@ def test_padded_torch_runner_computes_what_the_eager_model_computes(layout, num_
 
 
 @pytest.mark.parametrize("layout,num_instances", SHAPES)
+def test_the_torch_runner_cuts_padding_columns_only_where_the_model_masks_them(layout, num_instances):
+    model = tiny_model(layout, num_instances)
+    runner = TorchRunner(model)
+    ids, mask, types = (torch.cat([tensor, tensor[:, :7]], dim=1) for tensor in batch(5))  # 16 columns
+    mask[2, 3:] = 0
+    seen = []
+    runner.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    for last in (8, 5):  # every row's last real token in column 8: 16 columns kept (a multiple of 8), then 8
+        mask[:, last + 1 :] = 0
+        assert (runner(ids * mask, mask, types) - eager_logits(model, ids * mask, mask, types)).abs().max() < TOLERANCE
+    assert seen == ([16, 8] if layout == "prumux" else [16, 16])  # the MUX-PLM layout attends padding: nothing cut
+
+
+@pytest.mark.parametrize("layout,num_instances", SHAPES)
 def test_onnx_graph_computes_what_the_eager_model_computes(tmp_path, layout, num_instances):
     model = tiny_model(layout, num_instances)
     contract = export_onnx(model, tmp_path / "model.onnx", seq_len=SEQ_LEN)
     assert contract["N"] == num_instances and contract["seq_len"] == SEQ_LEN and contract["opset"] >= 17
     assert contract["inputs"] == ["input_ids", "attention_mask", "token_type_ids"] and contract["outputs"] == ["logits"]
     assert contract["padding_rows"] == ("copies" if layout == "mux-plm" else "masked")
+    assert contract["dynamic_length"] == (layout == "prumux")  # the MUX-PLM layout attends padding: fixed length
     runner = OnnxRunner(tmp_path / "model.onnx")
     assert runner.name == "onnx" and runner.contract == contract
     for rows in (1, 2 * num_instances, 7):
@@ -111,7 +126,7 @@ def test_onnx_graph_computes_what_the_eager_model_computes(tmp_path, layout, num
         logits = runner(*inputs)
         assert logits.shape == (rows, 3)
         assert (logits - eager_logits(model, *inputs)).abs().max() < TOLERANCE
-    short = [tensor[:, :6] for tensor in batch(5)]  # shorter rows are padded to the graph's length
+    short = [tensor[:, :6] for tensor in batch(5)]  # shorter rows: as they are, or padded to a fixed length
     if layout == "prumux":  # the MUX-PLM layout attends padding, as the eager model does at any length
         assert (runner(*short) - eager_logits(model, *short)).abs().max() < TOLERANCE
 
@@ -152,8 +167,10 @@ def test_auto_picks_a_measured_runtime_and_measures_it():
     runner = load_runner("auto", model, seq_len=SEQ_LEN)
     result = measure_runner(runner, seq_len=SEQ_LEN, num_batches=1, warmup=1)
     assert runner.name in ("torch", "onnx") and result.batch_size == 256 and result.examples_per_second > 0
-    inputs = batch(5)
-    assert (runner(*inputs) - eager_logits(model, *inputs)).abs().max() < TOLERANCE
+    for rows in (5, 7):  # 45 and 63 tokens: one size class, timed once
+        inputs = batch(rows)
+        assert (runner(*inputs) - eager_logits(model, *inputs)).abs().max() < TOLERANCE
+    assert sorted(runner.chosen) == [64, 4096]
     assert measure_runner(load_runner("eager", model, seq_len=SEQ_LEN), SEQ_LEN, num_batches=1).seq_len == SEQ_LEN
 
 

@@ -3,7 +3,9 @@
 The graph holds the whole classifier: embeddings, multiplexer, the pruned encoder with its per-layer
 head counts and widths, demultiplexer and head. Its contract (`export_onnx`'s return value, also
 stored in the graph's metadata under CONTRACT_KEY):
-- inputs input_ids, attention_mask, token_type_ids: int64 [rows, seq_len]; output logits: float [rows, C];
+- inputs input_ids, attention_mask, token_type_ids: int64 [rows, columns]; output logits: float [rows, C];
+  columns = seq_len, or any number up to seq_len where `dynamic_length` (the layouts that mask padding:
+  a row padded to seq_len or cut after its last real token gives the same logits);
 - rows i*N .. i*N+N-1 are multiplexed together (group i); the graph takes a multiple of N rows;
 - a partial last group is filled by the caller (`OnnxRunner` does it) as `padding_rows` says:
   "masked": rows of pad_token_id with an all-zero attention_mask, which the graph leaves out of the mix
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prumux.inference.runners import cut_padding
 from prumux.model import PruMUXModel
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -67,7 +70,8 @@ class GraphForward(nn.Module):
 
 
 def export_onnx(model: PruMUXModel, path: Path, seq_len: int, opset: int | None = None) -> dict[str, Any]:
-    """Write `model` as an ONNX graph at `path` (float32, dynamic rows, fixed `seq_len`); return its contract."""
+    """Write `model` as an ONNX graph at `path` (float32, dynamic rows; columns up to `seq_len`, or exactly
+    `seq_len` for the MUX-PLM layout, which attends padding); return its contract."""
     require_onnx()
     import onnx
 
@@ -76,6 +80,8 @@ def export_onnx(model: PruMUXModel, path: Path, seq_len: int, opset: int | None 
     model = GraphForward(_float_cpu_copy(model)).eval()
     groups = torch.export.Dim("groups", min=1, max=MAX_GROUPS)
     rows = groups * n if n > 1 else groups
+    dynamic_length = not config.is_reference_layout
+    axes = {0: rows, 1: torch.export.Dim("columns", min=2, max=seq_len)} if dynamic_length else {0: rows}
     sample = torch.randint(config.encoder.vocab_size, (2 * n, seq_len))  # 2 groups: no size-1 specialisation
     inputs = (sample, torch.ones_like(sample), torch.zeros_like(sample))
     path = Path(path)
@@ -89,7 +95,7 @@ def export_onnx(model: PruMUXModel, path: Path, seq_len: int, opset: int | None 
             opset_version=opset,
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={name: {0: rows} for name in INPUT_NAMES},
+            dynamic_shapes={name: axes for name in INPUT_NAMES},
             verbose=False,
         )
     proto = program.model_proto
@@ -101,6 +107,7 @@ def export_onnx(model: PruMUXModel, path: Path, seq_len: int, opset: int | None 
         "outputs": list(OUTPUT_NAMES),
         "N": n,
         "seq_len": seq_len,
+        "dynamic_length": dynamic_length,
         "num_labels": config.num_labels,
         "vocab_size": config.encoder.vocab_size,
         "layout": config.layout,
@@ -117,9 +124,10 @@ def export_onnx(model: PruMUXModel, path: Path, seq_len: int, opset: int | None 
 class OnnxRunner:
     """An exported graph run by ONNX Runtime (the CUDA provider where present, else the CPU one).
 
-    Called like the model on any number of rows of at most seq_len tokens: shorter rows are padded
-    to seq_len (pad_token_id, mask 0), a partial last group is filled as the contract says, and the
-    logits of the given rows come back as a float32 CPU tensor.
+    Called like the model on any number of rows of at most seq_len tokens: a graph of `dynamic_length`
+    gets them without their padding columns (`cut_padding`), a fixed one padded to seq_len (pad_token_id,
+    mask 0); a partial last group is filled as the contract says, and the logits of the given rows come
+    back as a float32 CPU tensor.
     """
 
     name = "onnx"
@@ -137,6 +145,7 @@ class OnnxRunner:
         self.num_instances = self.contract["N"]
         self.vocab_size = self.contract["vocab_size"]
         self.seq_len = self.contract["seq_len"]
+        self.dynamic_length = self.contract.get("dynamic_length", False)  # graphs exported before it: fixed
         self.device = torch.device("cpu")
         self.dtype = torch.float32
 
@@ -148,9 +157,12 @@ class OnnxRunner:
             raise ValueError(f"rows of {length} tokens given to a graph exported for {self.seq_len}")
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        if self.dynamic_length:
+            input_ids, mask, types = cut_padding(input_ids, mask, types)
         pad = self.contract["pad_token_id"]
+        columns = max(input_ids.shape[1], 2) if self.dynamic_length else self.seq_len
         inputs = [
-            _pad_length(t.cpu().long(), self.seq_len, value) for t, value in zip((input_ids, mask, types), (pad, 0, 0))
+            _pad_length(t.cpu().long(), columns, value) for t, value in zip((input_ids, mask, types), (pad, 0, 0))
         ]
         inputs = self._fill_group(*inputs)
         feed = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, inputs)}

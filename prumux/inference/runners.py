@@ -17,6 +17,9 @@ from prumux.pruning import pad_ffn, pad_hidden
 
 # Pruned widths are padded to a multiple of this on CUDA (tensor-core kernels' fast paths); on CPU not at all.
 CUDA_PAD_MULTIPLE = 64
+# TorchRunner keeps the columns up to the last real token of any row, rounded up to a multiple of this
+# (a few shapes per length, which auto times and CUDA graphs capture once each).
+COLUMN_MULTIPLE = 8
 
 
 class EagerRunner:
@@ -43,12 +46,14 @@ class EagerRunner:
 
 
 class TorchRunner(EagerRunner):
-    """The model with every pruned width padded, emptied layers dropped, bf16 and CUDA graphs on a GPU.
+    """The model with every pruned width padded, emptied layers dropped, padding columns cut, bf16 and CUDA
+    graphs on a GPU.
 
     FFN and hidden widths are zero-padded to a multiple of `pad_multiple` (default 64 on CUDA, none on
     CPU; the LayerNorms still normalise over the kept hidden units only), so it computes what the
-    model computes. On CUDA with `graphs`, the forward pass is captured as one CUDA graph per input
-    shape on its first call and replayed afterwards.
+    model computes. Columns after every row's last real token are cut (`cut_padding`) where the model
+    masks padding (not the MUX-PLM layout, which attends it). On CUDA with `graphs`, the forward pass is
+    captured as one CUDA graph per input shape on its first call and replayed afterwards.
     """
 
     name = "torch"
@@ -69,11 +74,43 @@ class TorchRunner(EagerRunner):
             dtype or (torch.bfloat16 if cuda else torch.float32),
         )
         self.graphs = CudaGraphs(super()._forward) if graphs and cuda else None
+        self.masks_padding = not model.config.is_reference_layout
+
+    def cut_padding(
+        self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """`cut_padding` of the inputs where the model masks padding, else the inputs as given."""
+        if not self.masks_padding:
+            return input_ids, attention_mask, token_type_ids
+        return cut_padding(input_ids, attention_mask, token_type_ids)
+
+    def __call__(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        return super().__call__(*self.cut_padding(input_ids, attention_mask, token_type_ids))
 
     def _forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         if self.graphs is None:
             return super()._forward(input_ids, attention_mask, token_type_ids)
         return self.graphs(input_ids, attention_mask, token_type_ids)
+
+
+def cut_padding(
+    input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The inputs without the columns after the last real token of every row, kept up to a multiple of
+    COLUMN_MULTIPLE: the same logits from a model that masks padding out of attention (every layout but
+    MUX-PLM's); as given without a mask."""
+    if attention_mask is None:
+        return input_ids, attention_mask, token_type_ids
+    length = input_ids.shape[1]
+    real = attention_mask.ne(0).any(dim=0).nonzero()
+    last = int(real[-1]) + 1 if len(real) else 1
+    kept = min(length, -(-last // COLUMN_MULTIPLE) * COLUMN_MULTIPLE)
+    if kept == length:
+        return input_ids, attention_mask, token_type_ids
+    types = None if token_type_ids is None else token_type_ids[:, :kept]
+    return input_ids[:, :kept], attention_mask[:, :kept], types
 
 
 def padded(model: PruMUXModel, multiple: int) -> PruMUXModel:

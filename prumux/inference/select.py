@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -63,10 +65,11 @@ def load_runner(
     if name == "onnx":
         require_onnx()
         return _onnx_runner(model, seq_len, workdir)
-    candidates: list[Runner] = [TorchRunner(model, device, dtype)]
+    torch_runner = TorchRunner(model, device, dtype)
+    candidates: list[Runner] = [torch_runner]
     if onnx_available():
         candidates.append(_onnx_runner(model, seq_len, workdir))
-    return AutoRunner(candidates)
+    return AutoRunner(candidates, torch_runner.cut_padding)
 
 
 def _onnx_runner(model: PruMUXModel, seq_len: int, workdir: Path | None) -> OnnxRunner:
@@ -81,14 +84,18 @@ def _onnx_runner(model: PruMUXModel, seq_len: int, workdir: Path | None) -> Onnx
 
 
 class AutoRunner:
-    """The fastest of `runners`, timed on the first call of each input shape and remembered for that shape.
+    """The fastest of `runners`, timed on the first call of each size (rows x columns, rounded up to a power
+    of two: a served batch's rows and columns vary from call to call) and remembered for that size.
 
-    Its name, device and dtype are those of the runner that served the last call (the first one's before).
+    `cut` (TorchRunner.cut_padding) first drops the padding columns every runner computes the same
+    without, so a size is what the runners get. Its name, device and dtype are those of the runner
+    that served the last call (the first one's before).
     """
 
-    def __init__(self, runners: list[Runner]):
+    def __init__(self, runners: list[Runner], cut: Callable[..., tuple] | None = None):
         self.runners = runners
-        self.chosen: dict[tuple[int, ...], Runner] = {}
+        self.cut = cut
+        self.chosen: dict[int, Runner] = {}
         self.last = runners[0]
         self.num_instances = self.last.num_instances
         self.vocab_size = self.last.vocab_size
@@ -108,11 +115,19 @@ class AutoRunner:
     def __call__(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
     ) -> Tensor:
-        shape = tuple(input_ids.shape)
-        if shape not in self.chosen:
-            self.chosen[shape] = self._fastest((input_ids, attention_mask, token_type_ids))
-        self.last = self.chosen[shape]
-        return self.last(input_ids, attention_mask, token_type_ids)
+        inputs = (input_ids, attention_mask, token_type_ids)
+        if self.cut is not None:
+            inputs = self.cut(*inputs)
+        size = self.size(inputs[0].shape)
+        if size not in self.chosen:
+            self.chosen[size] = self._fastest(inputs)
+        self.last = self.chosen[size]
+        return self.last(*inputs)
+
+    @staticmethod
+    def size(shape: tuple[int, ...] | torch.Size) -> int:
+        """The size class of a call on inputs of `shape`: its token count rounded up to a power of two."""
+        return 1 << (math.prod(shape) - 1).bit_length()
 
     def _fastest(self, inputs: tuple) -> Runner:
         """The runner with the shortest call on `inputs`, timed in interleaved rounds (load falls on all alike)."""

@@ -54,9 +54,10 @@ def replay_table(family: str, seed: int, budgets: Sequence[float], methods: Sequ
     validation_rows = table.eval_rows if options["noise_aware"] else None
     for budget in budgets:
         is_slow_budget = slow and any(abs(budget - b) < 1e-9 for b in options["slow_budgets"])
-        ours = replay(table.points, budget, "autoprumux", seed, validation_rows=validation_rows)
-        rows.append({**asdict(ours), "mode": "points"})
-        for method in methods:
+        if options["points"]:
+            ours = replay(table.points, budget, "autoprumux", seed, validation_rows=validation_rows)
+            rows.append({**asdict(ours), "mode": "points"})
+        for method in methods if options["points"] else ():
             if method in POINT_BASELINES and (method not in SLOW or is_slow_budget):
                 for run in range(options["baseline_seeds"]):
                     rows.append({**asdict(replay(table.points, budget, method, run, ours.trainings)), "mode": "points"})
@@ -185,6 +186,11 @@ def main() -> None:
         help="ours (ours only, points and curves), all, or a comma list of baselines beside ours",
     )
     parser.add_argument("--no-curves", action="store_true", help="the points replay only")
+    parser.add_argument(
+        "--no-points",
+        action="store_true",
+        help="the curves replay only (e.g. a stopping-rule change: --methods autoprumux-es)",
+    )
     parser.add_argument("--large-seeds", type=int, default=SEEDS, help=f"tables per family of over {LARGE} points")
     parser.add_argument("--ray-families", default="cpu-short,additive", help="families Ray Tune runs on")
     parser.add_argument("--baseline-seeds", type=int, default=1, help="runs of each baseline per table and budget")
@@ -209,9 +215,15 @@ def main() -> None:
         return
     budgets = parse_budgets(args.budgets)
     all_methods = (*POINT_BASELINES, *CURVE_OURS, *CURVE_BASELINES)
-    methods = {"ours": CURVE_OURS, "all": all_methods}.get(args.methods, (*CURVE_OURS, *args.methods.split(",")))
+    named = tuple(args.methods.split(","))
+    methods = {"ours": CURVE_OURS, "all": all_methods}.get(args.methods, tuple(dict.fromkeys((*CURVE_OURS, *named))))
+    if args.no_points:
+        if args.no_curves or any(method in POINT_BASELINES for method in methods):
+            parser.error("--no-points replays the curves only: no --no-curves, no points baseline")
+        methods = named if set(named) <= set(CURVE_OURS) else methods
     options = {
         "curves": not args.no_curves,
+        "points": not args.no_points,
         "baseline_seeds": args.baseline_seeds,
         "slow_seeds": args.slow_seeds,
         "slow_budgets": parse_budgets(args.slow_budgets),

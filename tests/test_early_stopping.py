@@ -1,9 +1,11 @@
-"""Early stopping in a real search: curves in the study, a hopeless point stopped and stored PRUNED.
+"""Early stopping in a real search: curves in the study, a hopeless point judged and stored.
 
 The task (conftest's cue task) is made so that the tiny random BERT learns it at N = 1 (a cue word decides
 the label: dense accuracy 1.0) and cannot at N = 2 in the few steps of the recipe (it stays at the majority
-class), so with a 5-point budget the (2, 0) point cannot reach the threshold from its first
-evaluations on.
+class), so with a 5-point budget the (2, 0) point cannot reach the threshold. Its curve is flat from its first
+evaluation: it has not shown its rise (search.curves: a slow starter looks the same until it rises), so it trains
+to its end, and its measured accuracy rules out its column. The scheduler's stop and its record are tested on a
+hand-made study below (``BudgetStopping.decide``, ``Stop.record``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from optuna.trial import TrialState
 
 from search.compute import Compute, search_compute
 from storage import StudySettings, default_url
-from storage.curves import STOPPED_ATTR, read_curve
+from storage.curves import read_curve
 from trainers.recipes import load_recipe
 from tuning.bracket import bracket_study_name
 from tuning.driver import SearchOptions, run_search
@@ -49,7 +51,7 @@ def points(study: optuna.Study) -> dict[tuple[int, float], optuna.trial.FrozenTr
     return {(t.params["N"], t.params["s"]): t for t in study.get_trials()}
 
 
-def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
+def test_a_flat_hopeless_point_trains_to_its_end_and_rules_out_its_column(
     local_ray, tiny_bert_dir: Path, cue_task: Path, run_dir: Path
 ) -> None:
     outcome, _ = search(run_dir, "stopped", cue_task, tiny_bert_dir)
@@ -64,32 +66,22 @@ def test_a_hopeless_point_is_stopped_and_stored_pruned_with_its_bound(
     assert curve.stages == ((10, "finetune"),)
 
     threshold = dense.values[0] - BUDGET
-    assert mux.state == TrialState.PRUNED
-    assert mux.user_attrs[STOPPED_ATTR].startswith(f"cannot reach {threshold:.3f} (bound ")
-    assert mux.user_attrs["accuracy_bound"] < threshold
-    assert mux.user_attrs["threshold"] == pytest.approx(threshold)
-    assert mux.user_attrs["stopped_kind"] == "threshold"
-    assert mux.user_attrs["throughput"] > 0 and mux.user_attrs["throughput_source"] == "predicted"
-    stopped = read_curve(mux)
-    assert stopped.steps and max(stopped.steps) < stopped.total_steps  # stopped before its last step
-    assert mux.user_attrs["val_accuracy"] == stopped.accuracies[-1]
-    assert (2, 0.5) not in trials  # the phase-2 curve of N = 2 ruled out its whole column
+    assert mux.state == TrialState.COMPLETE and mux.values[0] < threshold
+    flat = read_curve(mux)
+    assert max(flat.steps) == flat.total_steps and max(flat.accuracies) - min(flat.accuracies) < 0.05
+    assert (2, 0.5) not in trials  # the measured (2, 0) caps its whole column
     assert outcome.stop_reason == "the search is done"
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
 
-    # Compute: dense phase 2 once, each pruned point's own phase 3, the stopped point up to its stop.
+    # Compute: dense phase 2 once, each pruned point's own phase 3, (2, 0)'s phase 2.
     pruned_own = sum(t.user_attrs["curve_total_steps"] - 60 for (N, s), t in trials.items() if N == 1 and s > 0)
-    expected = 60 + pruned_own + mux.user_attrs["stopped_step"]
+    expected = 60 + pruned_own + 60
     recipe = load_recipe("tiny", RECIPE)
     grid = 2 * (recipe.prune_steps + recipe.pruned_finetune_steps) + 2 * 60 + recipe.retrieval_steps
     assert search_compute(study.get_trials(), (1, 2), (0.0, 0.5)) == Compute(expected, grid)
     assert expected < grid
 
-    again, lines = search(run_dir, "stopped", cue_task, tiny_bert_dir)  # a resumed search keeps its stopped trial
-    assert (
-        points(optuna.load_study(study_name="stopped", storage=default_url(run_dir)))[(2, 0.0)].state
-        == TrialState.PRUNED
-    )
+    again, lines = search(run_dir, "stopped", cue_task, tiny_bert_dir)  # a resumed search retrains nothing
     assert lines == [] and again.stop_reason == "the search is done"
 
 
@@ -103,7 +95,7 @@ def test_without_early_stopping_every_point_trains_to_its_end(
     assert max(mux.intermediate_values) == read_curve(mux).total_steps
 
 
-def test_a_swept_point_stops_when_its_best_configuration_cannot_reach_the_threshold(
+def test_a_swept_point_s_curve_is_its_best_configuration_s(
     local_ray, tiny_bert_dir: Path, cue_task: Path, run_dir: Path
 ) -> None:
     swept = {**RECIPE, "sweep": json.dumps({"finetune_lr": [0.01, 0.003]})}  # both learn the cue at N = 1 only
@@ -113,11 +105,11 @@ def test_a_swept_point_stops_when_its_best_configuration_cannot_reach_the_thresh
     trials = points(study)
     assert trials[(1, 0.0)].state == TrialState.COMPLETE and "configuration" in trials[(1, 0.0)].user_attrs
     mux = trials[(2, 0.0)]
-    assert mux.state == TrialState.PRUNED and mux.user_attrs["stopped_kind"] == "threshold"
+    assert mux.state == TrialState.COMPLETE  # flat at the majority class: not judged, measured at its end
     inner = optuna.load_study(study_name=bracket_study_name("swept", 2, 0.0), storage=default_url(run_dir))
     best = max(max(t.intermediate_values.values()) for t in inner.trials if t.intermediate_values)
     # the point's curve is its best configuration's, and that one could not reach the threshold either
-    assert mux.user_attrs["val_accuracy"] <= best < mux.user_attrs["threshold"]
+    assert mux.user_attrs["val_accuracy"] <= best < trials[(1, 0.0)].values[0] - BUDGET
     assert not outcome.failed
 
 
@@ -181,3 +173,29 @@ def test_the_summary_s_surrogate_keeps_a_stopped_column_below_its_bound(tmp_path
     record_result(study, pruned.number, {"val_accuracy": 0.78, "throughput": 180.0, "speedup": 1.8}, 0.75)
     predicted = summarize(study).surrogate.predict([2, 2, 1], [0.0, 0.5, 0.5]).accuracy
     assert (predicted[:2] <= 0.7).all() and predicted[2] == pytest.approx(0.78)
+
+
+def test_the_scheduler_stops_a_risen_point_below_the_threshold_and_records_it(tmp_path: Path) -> None:
+    """``BudgetStopping.decide`` on the hand-made study (dense 0.8, budget 0.05): (2, 0.5) in phase 2, risen and
+    flat far below the threshold, is stopped with a column bound and stored PRUNED; the same level flat from its
+    first evaluation is not judged."""
+    from search.sampler import search_space, stopped_points
+    from storage import record_result
+    from tuning.stopping import BudgetStopping
+
+    study = hand_made_study(tmp_path)
+    space = search_space((1, 2), (0.0, 0.5))
+    study.enqueue_trial({"N": 1, "s": 0.5})
+    record_result(study, study.ask(space).number, {"val_accuracy": 0.78, "throughput": 180.0, "speedup": 1.8}, 0.75)
+    study.enqueue_trial({"N": 2, "s": 0.5})
+    trial = study.ask(space)
+    scheduler = BudgetStopping(study, 0.05)
+    result = {"N": 2, "s": 0.5, "trial_number": trial.number}
+    flat = [(10, 0.55, "finetune"), (20, 0.56, "finetune"), (30, 0.55, "finetune"), (40, 0.55, "finetune")]
+    assert scheduler.decide(result, flat, 80) is None
+    risen = [(10, 0.40, "finetune"), (20, 0.55, "finetune"), (30, 0.56, "finetune"), (40, 0.56, "finetune")]
+    stop = scheduler.decide(result, risen, 80)
+    assert stop is not None and stop.decision.kind == "threshold" and stop.decision.column
+    assert stop.decision.bound < stop.threshold == pytest.approx(0.75)
+    assert stop.record(study) and study.trials[trial.number].state == TrialState.PRUNED
+    assert set(stopped_points(study.trials)["s"]) == {0.0, 0.5}

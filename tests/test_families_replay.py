@@ -13,6 +13,7 @@ import pytest
 from replay.curve_table import read_curves
 from replay.families import FAMILIES, SEEDS, generate, noise_sd
 from replay.family_curves import curve_rows, generate_curves
+from search.curves import CurveBound, decide_stop
 from search.grid import require_full_grid
 from search.noise import ValidationNoise, within_noise
 
@@ -149,3 +150,15 @@ def test_validation_noise() -> None:
         (0.78, 3.3), [("(1, 0.9)", 0.775, 8.0), ("(2, 0)", 0.70, 9.0)], 0.779, ValidationNoise(1709, 0.81)
     )
     assert len(notes) == 2 and "(1, 0.9)" in notes[1] and not any("(2, 0)" in note for note in notes)
+
+
+def test_a_generated_slow_starter_is_not_stopped() -> None:
+    """additive seed 0: phase 2 of N = 10 is flat near chance (0.353-0.36) for its first 300 steps, then rises to
+    0.684, above the threshold 0.655 at budget 0.05; until 2026-12-05 the bound stopped it at step 300 (column bound 0.470),
+    ruling out N = 10 (benchmarks/tables/families.md)."""
+    table = generate("additive", 0)
+    curves = read_curves(generate_curves(table), table.points)
+    slow, threshold = curves[(10, 0.0)], table.points["accuracy"].iloc[0] - 0.05
+    assert slow.accuracies[2] < table.chance + 0.03 and slow.accuracies[-1] > threshold
+    bound = CurveBound(eval_rows=curve_rows(table)).fit([curves[(1, 0.0)]])  # the dense curve, finished first
+    assert all(decide_stop(slow.upto(step), bound, threshold) is None for step in slow.steps[:-1])

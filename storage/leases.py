@@ -5,7 +5,9 @@ statement, an ``INSERT`` of a new key or an ``UPDATE ... WHERE expires_at < now`
 expired one, so of several processes on any hosts exactly one holds it. Its holder renews it
 from a background thread every ``ttl / 3`` seconds and deletes the row when done; a holder
 that crashed stops renewing, and its lease is free for the next process ``ttl`` seconds
-later. Times are the hosts' clocks, which are assumed to agree within the ttl.
+later. Times are the hosts' clocks, which are assumed to agree within the ttl. The ttl is 30 s
+unless the environment variable ``PRUMUX_LEASE_TTL_S`` says otherwise (on every node): shorter
+lets the work of a crashed holder resume sooner, longer tolerates longer stalls of a live one.
 
 Used where a filesystem lock is not enough: a run directory shared by the nodes of a
 cluster (the phase 1-2 cache), and several drivers proposing trials to one study.
@@ -32,6 +34,7 @@ from storage.periodic import Periodic
 from storage.rdb import call_with_retry
 
 DEFAULT_TTL_S = 30.0
+TTL_ENV = "PRUMUX_LEASE_TTL_S"
 POLL_S = 0.5
 
 _metadata = MetaData()
@@ -46,14 +49,33 @@ _logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def lease_ttl() -> float:
+    """The seconds a lease outlives its holder's last renewal: ``PRUMUX_LEASE_TTL_S`` if set, else 30.
+
+    Raises ``ValueError`` (one line) unless the variable is a positive number.
+    """
+    value = os.environ.get(TTL_ENV)
+    if value is None:
+        return DEFAULT_TTL_S
+    try:
+        ttl = float(value)
+    except ValueError:
+        ttl = float("nan")
+    if not 0 < ttl < float("inf"):
+        raise ValueError(f"{TTL_ENV} must be a positive number of seconds, got {value!r}")
+    return ttl
+
+
 class LeaseLost(RuntimeError):
     """The lease expired or was taken over before its holder released it."""
 
 
 class Lease:
-    """The lease ``key`` in the database of ``engine``; a context manager that waits for it."""
+    """The lease ``key`` in the database of ``engine``; a context manager that waits for it.
+    ``ttl``: [default: ``lease_ttl()``]."""
 
-    def __init__(self, engine: Engine, key: str, ttl: float = DEFAULT_TTL_S) -> None:
+    def __init__(self, engine: Engine, key: str, ttl: float | None = None) -> None:
+        ttl = lease_ttl() if ttl is None else ttl
         if ttl <= 0:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
         self.engine = engine
@@ -150,7 +172,7 @@ class Lease:
         return True
 
 
-def study_lease(study: optuna.Study, name: str, ttl: float = DEFAULT_TTL_S) -> Lease:
+def study_lease(study: optuna.Study, name: str, ttl: float | None = None) -> Lease:
     """The lease ``name:<study name>`` in the database of ``study``."""
     storage = study_storage(study)
     return Lease(storage_engine(storage), f"{name}:{study.study_name}", ttl)

@@ -31,11 +31,11 @@ from trainers.cache import cache_entry
 from trainers.job import check_job
 from trainers.tasks import load_task
 
-from conftest import REPO, SEARCH, client_env, descendants, train_log, wait_for
+from conftest import REPO, SEARCH, RayHead, client_env, descendants, train_log, wait_for
 
 # phase 3 of (1, 0.5) long enough to land two signals in it after a checkpoint each (the tests poll every 0.2 s)
-PHASE3 = ["--set", "prune_steps=2000", "--set", "lagrangian_warmup_steps=10"]
-LIVE_LINE = re.compile(r"trial \d+  N=1 s=0\.5  phase 3 prune (\d+)/2000  accuracy [\d.]+  elapsed \S+  ETA \S+")
+PHASE3 = ["--set", "prune_steps=1000", "--set", "lagrangian_warmup_steps=10"]
+LIVE_LINE = re.compile(r"trial \d+  N=1 s=0\.5  phase 3 prune (\d+)/1000  accuracy [\d.]+  elapsed \S+  ETA \S+")
 UNACTIONABLE = ("Token authentication", "Traceback")
 
 
@@ -189,9 +189,12 @@ def test_interrupted_start_shows_progress_refuses_a_second_driver_and_resumes(
     )
 
 
-def test_a_trial_failing_the_same_way_twice_stops_the_search(tiny_bert_dir: Path, tmp_path: Path, run_cli) -> None:
+def test_a_trial_failing_the_same_way_twice_stops_the_search(
+    tiny_bert_dir: Path, tmp_path: Path, run_cli, ray_head: RayHead
+) -> None:
     """A damaged phase-2 checkpoint of the dense point: every attempt fails on it, so the search stops
-    after one retry with exit 1 and one line naming the cause and the full log."""
+    after one retry with exit 1 and one line naming the cause and the full log. (On the session's Ray
+    head: how a local Ray ends is the interrupted start's test.)"""
     run_dir = tmp_path / "run"
     options = dict(zip(SEARCH, SEARCH[1:]))
     overrides = [value for option, value in zip(SEARCH, SEARCH[1:]) if option == "--set"]
@@ -202,7 +205,8 @@ def test_a_trial_failing_the_same_way_twice_stops_the_search(tiny_bert_dir: Path
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"not a checkpoint")
 
-    done, seconds = run_cli("start", "--run-dir", str(run_dir), "--model", str(tiny_bert_dir), *SEARCH, timeout=400)
+    args = ["start", "--run-dir", str(run_dir), "--model", str(tiny_bert_dir), "--ray-address", ray_head.address]
+    done, seconds = run_cli(*args, *SEARCH, timeout=400, RAY_AUTH_MODE="token")
 
     assert done.returncode == 1, done.stdout + done.stderr
     [line] = done.stderr.strip().splitlines()

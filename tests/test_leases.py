@@ -1,5 +1,6 @@
 """Leases in the study's database: two processes contending for the phase 1-2 cache lock on
-PostgreSQL take turns, and the lease of a SIGKILLed holder is free once it expires."""
+PostgreSQL take turns, and the lease of a SIGKILLed holder is free once its ttl (set through
+the environment) expires."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage import Lease, database_engine
-from storage.leases import LEASES
+from storage.leases import DEFAULT_TTL_S, LEASES, TTL_ENV, lease_ttl
 
 from conftest import client_env
 
@@ -62,10 +63,13 @@ def test_lease_of_a_killed_holder_expires(postgres_url: str, lease_key: str) -> 
     engine = database_engine(postgres_url)
     script = (
         "import sys, time; from storage import Lease, database_engine; "
-        "Lease(database_engine(sys.argv[1]), sys.argv[2], ttl=3).acquire(); print('held', flush=True); time.sleep(60)"
+        "Lease(database_engine(sys.argv[1]), sys.argv[2]).acquire(); print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(
-        [sys.executable, "-c", script, postgres_url, lease_key], env=client_env(), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, postgres_url, lease_key],
+        env=client_env(**{TTL_ENV: "3"}),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     time.sleep(4)  # the holder renews every second: alive, it keeps the lease past its ttl
@@ -81,3 +85,20 @@ def test_lease_of_a_killed_holder_expires(postgres_url: str, lease_key: str) -> 
     waiting.release()
     assert 1.5 < waited <= 3 + 2  # free once the last renewal (at most 1 s before the kill) expired
     engine.dispose()
+
+
+def test_the_ttl_comes_from_the_environment_and_a_bad_one_is_refused_before_a_search(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tuning import SearchOptions
+
+    monkeypatch.delenv(TTL_ENV, raising=False)
+    assert lease_ttl() == DEFAULT_TTL_S == 30
+    monkeypatch.setenv(TTL_ENV, "7.5")
+    assert lease_ttl() == 7.5
+    for bad in ("0", "-1", "soon", "inf", "nan"):
+        monkeypatch.setenv(TTL_ENV, bad)
+        with pytest.raises(ValueError, match=f"^{TTL_ENV} must be a positive number of seconds, got '{bad}'$"):
+            lease_ttl()
+    with pytest.raises(ValueError, match=f"^{TTL_ENV} must be"):  # the search's options, checked before Ray starts
+        SearchOptions(run_dir=str(tmp_path / "run"), storage_url=f"sqlite:///{tmp_path}/study.db", study_name="s")

@@ -45,6 +45,7 @@ from storage import (
     open_study,
 )
 from storage.driver_lock import sole_driver
+from storage.leases import lease_ttl
 from storage.optuna_private import study_storage
 from storage.periodic import Periodic
 from storage.points import DENSE_POINT
@@ -93,6 +94,7 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         check_runtime(self.inference_runtime)
+        lease_ttl()  # a bad PRUMUX_LEASE_TTL_S is refused here, not in a trial
         if self.cache_lock not in CACHE_LOCKS:
             raise ValueError(f"cache lock must be one of {', '.join(CACHE_LOCKS)}, got {self.cache_lock!r}")
         _check_positive("concurrency", self.concurrency)

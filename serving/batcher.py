@@ -78,9 +78,9 @@ class Batcher:
         """The oldest pending parts, up to max_batch instances (at least one part), callers that gave up left out."""
         batch: list[tuple[Part, asyncio.Future]] = []
         size = 0
-        while self.pending and (not batch or size + len(self.pending[0][0].inputs) <= self.max_batch):
+        while self.pending and (not batch or size + count_instances([self.pending[0][0]]) <= self.max_batch):
             part, future, _ = self.pending.popleft()
             if not future.done():
                 batch.append((part, future))
-                size += len(part.inputs)
+                size += count_instances([part])
         return batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from replay.points import true_best
 from search import AutoPruMUXSampler, SearchDone, stop_when_done, suggest_point
 from search.curves import Curve, StopDecision
 from search.grid import read_points, require_full_grid
-from search.sampler import measured_points, stopped_points
+from search.sampler import expected_settled, measured_points, stopped_points
 from tuning.stopping import record_stop
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -136,21 +137,58 @@ def test_a_collapsed_edge_does_not_rule_out_the_points_before_it() -> None:
 
 
 def test_a_likely_modest_gain_goes_before_a_long_shot() -> None:
-    """After the anchors of a cpu-demo-like search (pruning degrades gently, N = 5 collapses),
-    the next points are the likely feasible pruned ones, not the faster multiplexed long shots; of those the
-    faster first: between s = 0 and 0.9 the concave decline keeps (1, 0.7) as likely to make it as not, and
-    if it does, (1, 0.5) cannot beat it (the cpu-demo search's order since 2026-12-04)."""
+    """After the anchors of a cpu-demo-like search (pruning degrades gently, N = 5 collapses), the first point
+    is the likely feasible pruned one, not a faster multiplexed long shot: between s = 0 and 0.9 the concave
+    decline keeps (1, 0.7) as likely to make it as not, and if it does, it settles (1, 0.5), slower, and the
+    N = 2 points it outruns. Next comes (2, 0), unlikely to make it but, measured low, it rules out every
+    N = 2 point; (1, 0.5) settles only itself once (1, 0.7) is trained."""
     measured = pd.DataFrame(
         {"N": [1, 1, 5], "s": [0.0, 0.9, 0.0], "accuracy": [0.81, 0.73, 0.55], "throughput": [100.0, 930.0, 510.0]}
     )
     sampler = AutoPruMUXSampler([1, 2, 5], [0.0, 0.5, 0.7, 0.9], budget=0.03)
     plan = sampler.plan(measured, {(1, 0.0), (1, 0.9), (5, 0.0)}, {1, 5})
     candidates = plan[plan["candidate"]]
-    assert [tuple(point) for point in candidates[["N", "s"]].head(2).itertuples(index=False)] == [(1, 0.7), (1, 0.5)]
-    assert candidates.set_index(["N", "s"]).loc[(1, 0.7), "p_feasible"] > 0.4
-    assert candidates["expected_gain"].is_monotonic_decreasing
+    assert [tuple(point) for point in candidates[["N", "s"]].head(2).itertuples(index=False)] == [(1, 0.7), (2, 0.0)]
+    by_point = candidates.set_index(["N", "s"])
+    assert by_point.loc[(1, 0.7), "p_feasible"] > 0.4 > by_point.loc[(2, 0.0), "p_feasible"]
+    assert by_point.loc[(1, 0.7), "expected_gain"] > by_point.loc[(1, 0.5), "expected_gain"]
+    assert candidates["expected_settled"].is_monotonic_decreasing
     faster_long_shot = candidates[candidates["N"] == 2]
     assert (faster_long_shot["throughput"] > candidates["throughput"].iloc[0]).any()
+
+
+def test_expected_settled_counts_what_each_outcome_rules_out() -> None:
+    """A candidate settles itself, the candidates no faster than it when feasible, and those it dominates when
+    it measures low; a point that is no candidate settles nothing and is settled by no one."""
+    frame = pd.DataFrame(
+        {
+            "N": [1, 1, 2, 2],
+            "s": [0.5, 0.7, 0.5, 0.0],
+            "throughput": [2.0, 3.0, 4.0, 1.5],
+            "optimistic_throughput": [2.4, 3.6, 4.8, 1.8],
+            "candidate": [True, True, True, False],
+        }
+    )
+    p_feasible = np.array([0.5, 0.2, 0.1, 0.9])
+    p_ruling_out = np.array([0.4, 0.3, 0.6, 0.1])
+    settled = expected_settled(frame, p_feasible, p_ruling_out)
+    # (1, 0.5): nothing slower; dominates (1, 0.7) and (2, 0.5). (1, 0.7): (1, 0.5) slower; dominates nothing.
+    # (2, 0.5): (1, 0.5) and (1, 0.7) slower; dominates nothing among the candidates.
+    assert settled == pytest.approx([1 + 0.4 * 2, 1 + 0.2 * 1, 1 + 0.1 * 2, 0.0])
+
+
+def test_a_long_row_is_bracketed_not_walked() -> None:
+    """On a long row whose accuracy crosses the threshold, the search does not walk the row from its measured
+    end: its first point there lies well inside the row, and the whole search trains a fifth of the grid (22
+    trainings, the row walked point by point, when the next point was the highest expected gain alone)."""
+    grid_s = [round(0.025 * k, 3) for k in range(40)]
+    rows = [(n, s, 0.9 - 0.004 * (n - 1) - 0.1 * s, n / (1 - 0.9 * s)) for n in (1, 2) for s in grid_s]
+    table = pd.DataFrame(rows, columns=["N", "s", "accuracy", "throughput"])
+    study = run(table, 0.05)
+    row_two = [s for n, s in points_of(study) if n == 2 and s > 0]
+    assert grid_s[4] < row_two[0] < grid_s[-4]
+    assert len(points_of(study)) <= len(table) // 5
+    assert best_found(study, table, 0.05) == tuple(true_best(table, 0.05)[["N", "s"]])
 
 
 def stop_point(study: optuna.Study, point: tuple[int, float], grid, bound: float, step: int = 40, throughput=None):

@@ -66,7 +66,11 @@ concave bound are differences of measured accuracies, and on a noisy grid a poin
 tenths of a point low rules out the true best beyond it (generated families, benchmarks/tables/families.md).
 
 Optimistic throughput is the measured throughput of the shape, or the estimate times
-``1 + throughput_margin``. The search is done when no candidate is left and no trial is pending
+``1 + throughput_margin``, but no more than the lowest measured throughput of a more pruned point of
+the same N (``pruned_throughput_cap``: pruning removes FLOPs, and a measured throughput is taken as
+exact): without it a feasible point did not settle its slower row neighbours, whose estimates count 20%
+more, wider than a sparsity step on a fine grid (generated families: 24.1 -> 20.4 trainings on 320-point
+grids, benchmarks/tables/families.md). The search is done when no candidate is left and no trial is pending
 (``is_done``). ``sample_relative`` raises ``SearchDone`` when it has nothing to propose, so
 drivers check ``is_done`` before ``ask`` (and wait while ``next_point`` is None but trials are
 pending); ``study.optimize`` loops pass the ``stop_when_done`` callback.
@@ -87,7 +91,7 @@ from scipy.special import ndtr
 
 from search.grid import THROUGHPUT_COLUMNS, check_budget, check_grid
 from search.noise import ValidationNoise
-from search.surrogate import AutoPruMUX, concave_cap, monotone_cap
+from search.surrogate import AutoPruMUX, concave_cap, monotone_cap, pruned_throughput_cap
 from storage.curves import STOPPED_ATTR
 from storage.points import DENSE_POINT, FEASIBILITY_TOLERANCE, dense_row, is_feasible, threshold
 from storage.trials import trial_point
@@ -244,7 +248,8 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         optimistic = np.where(steep, cap, np.where(reliable, chord + margin, loose))
         frame["optimistic_accuracy"] = np.minimum(optimistic, cap)
         estimated = ~frame["throughput_measured"].to_numpy()
-        frame["optimistic_throughput"] = frame["throughput"] * (1 + self.throughput_margin * estimated)
+        optimistic_throughput = frame["throughput"] * (1 + self.throughput_margin * estimated)
+        frame["optimistic_throughput"] = np.minimum(optimistic_throughput, pruned_throughput_cap(measured, N, s))
         frame["candidate"] = is_feasible(frame["optimistic_accuracy"].to_numpy(), judged_by) & (
             frame["optimistic_throughput"] > incumbent
         )

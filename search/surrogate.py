@@ -17,7 +17,8 @@ measurement and stay out of both fits; each caps the predicted accuracy of itsel
 point at least as multiplexed and as pruned (N' >= N, s' >= s), the monotonicity the additive
 model assumes.
 
-Two bounds serve the sampler's optimism: ``monotone_cap`` (no more accuracy than any point with
+Three bounds serve the sampler's optimism: ``pruned_throughput_cap`` (no more throughput than a
+more pruned point of the same N), ``monotone_cap`` (no more accuracy than any point with
 less N and less s) and ``concave_cap`` (no more than a decline concave in s allows on the point's
 own N row: the loss of pruning is flat, then a cliff, so a chord between two measured sparsities
 errs low and its neighbours' chords, extended, lie above the curve).
@@ -255,6 +256,17 @@ def concave_cap(points: pd.DataFrame, N: np.ndarray, s: np.ndarray) -> np.ndarra
             row_cap = np.where(usable, np.minimum(row_cap, ys[lo] + slope * (x - xs[lo])), row_cap)
         cap.reshape(-1)[here] = row_cap
     return cap
+
+
+def pruned_throughput_cap(points: pd.DataFrame, N: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Lowest throughput among ``points`` of the same N with no less s than each (N, s) (inf if none): pruning
+    removes FLOPs, so a less pruned model of the same width is no faster."""
+    N, s = np.asarray(N, float), np.asarray(s, float)
+    same = (points["N"].to_numpy()[None, :] == N.reshape(-1, 1)) & (
+        points["s"].to_numpy()[None, :] >= s.reshape(-1, 1) - 1e-12
+    )
+    throughput = np.where(same, points["throughput"].to_numpy()[None, :], np.inf)
+    return throughput.min(axis=1, initial=np.inf).reshape(N.shape)
 
 
 def _read_censored(censored: pd.DataFrame | None) -> pd.DataFrame:

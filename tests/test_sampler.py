@@ -157,6 +157,25 @@ def test_a_likely_modest_gain_goes_before_a_long_shot() -> None:
     assert (faster_long_shot["throughput"] > candidates["throughput"].iloc[0]).any()
 
 
+def test_a_feasible_point_settles_its_less_pruned_row() -> None:
+    """Pruning removes FLOPs: an untried point of a measured N is no faster than the row's more pruned
+    measured points, so once (2, 0.6) is feasible the less pruned N = 2 points cannot beat it, whatever
+    their estimated throughput's margin."""
+    measured = pd.DataFrame(
+        {
+            "N": [1, 1, 2, 2],
+            "s": [0.0, 0.9, 0.0, 0.6],
+            "accuracy": [0.81, 0.70, 0.80, 0.80],
+            "throughput": [100.0, 900.0, 190.0, 400.0],
+        }
+    )
+    sampler = AutoPruMUXSampler([1, 2], [0.0, 0.2, 0.4, 0.5, 0.6, 0.9], budget=0.03)
+    plan = sampler.plan(measured, set(zip(measured["N"], measured["s"])), {1, 2}).set_index(["N", "s"])
+    assert (plan.loc[[(2, 0.2), (2, 0.4), (2, 0.5)], "optimistic_throughput"] <= 400.0).all()
+    assert not plan.loc[[(2, 0.2), (2, 0.4), (2, 0.5)], "candidate"].any()
+    assert plan.loc[(2, 0.9), "optimistic_throughput"] > 400.0
+
+
 def test_expected_settled_counts_what_each_outcome_rules_out() -> None:
     """A candidate settles itself, the candidates no faster than it when feasible, and those it dominates when
     it measures low; a point that is no candidate settles nothing and is settled by no one."""

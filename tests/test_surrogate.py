@@ -8,7 +8,7 @@ import pytest
 from scipy.interpolate import RegularGridInterpolator
 
 from search import AutoPruMUX
-from search.surrogate import concave_cap
+from search.surrogate import concave_cap, pruned_throughput_cap
 
 GRID_N = [1, 2, 5]
 GRID_S = [0.0, 0.5, 0.9]
@@ -157,3 +157,9 @@ def test_concave_cap_extends_the_neighbouring_chords():
     # above 0.6, no chord there); (1, 0.3): the chord 0.5 -> 0.7 carried back; rows without two points: none.
     np.testing.assert_allclose(cap[:3], [0.80, 0.876, 0.92])
     assert np.isinf(cap[3:]).all()
+
+
+def test_pruned_throughput_cap_is_the_slowest_more_pruned_point_of_the_row():
+    points = pd.DataFrame({"N": [2, 2, 2, 5], "s": [0.3, 0.5, 0.7, 0.1], "throughput": [3.0, 4.5, 4.0, 9.0]})
+    cap = pruned_throughput_cap(points, np.array([2, 2, 2, 2, 5, 1]), np.array([0.1, 0.3, 0.6, 0.8, 0.0, 0.0]))
+    assert cap == pytest.approx([3.0, 3.0, 4.0, np.inf, 9.0, np.inf])

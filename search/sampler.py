@@ -120,7 +120,8 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
     throughput_margin:
         Relative error allowed on an estimated (not measured) throughput.
     tie_tolerance:
-        Relative throughput within which a point with a cheap N is preferred.
+        How much more a point with a cheap N counts: its expected settled candidates and its expected gain
+        are multiplied by ``1 + tie_tolerance``.
     cliff:
         Predicted accuracy drop below the monotone cap beyond which the models are not trusted
         (a cell spanning a collapse says nothing about where the collapse starts).

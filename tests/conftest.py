@@ -26,9 +26,36 @@ from pathlib import Path
 import pytest
 
 from benchmarks.local_cluster import descendants
+from storage.leases import TTL_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("PRUMUX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+# The files that take longest (pytest --durations, on 2 cores), longest first. xdist hands each worker whole
+# files in collection order, so starting with these keeps both workers busy to the end; the rest follow in
+# their usual order.
+LONGEST_FILES = (
+    "test_faults.py",
+    "test_front_door.py",
+    "test_cluster.py",
+    "test_gpu_check.py",
+    "test_families.py",
+    "test_remote_run_dir.py",
+    "test_evaluate.py",
+    "test_driver.py",
+    "test_serve.py",
+    "test_train_point.py",
+    "test_serve_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 def _missing(reason: str) -> None:
@@ -213,6 +240,9 @@ class RayHead:
 
 
 S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+# a dead holder's lease frees after 12 s instead of 30: the fault tests wait for the leases of the
+# processes they kill (renewed every 4 s, so a live holder may stall 8 s without losing one)
+SHORT_LEASES = {TTL_ENV: "12"}
 RAY_PORT_OPTIONS = (
     "--port",
     "--dashboard-port",
@@ -262,7 +292,7 @@ def ray_head() -> Iterator[RayHead]:
     ]
     # RAY_AUTH_MODE: Ray 2.60's default; clients must opt in to send the token. The fake AWS keys
     # let the head's workers reach the local S3 server of test_remote_run_dir.
-    env = client_env(RAY_AUTH_MODE="token", **S3_TEST_CREDENTIALS)
+    env = client_env(RAY_AUTH_MODE="token", **S3_TEST_CREDENTIALS, **SHORT_LEASES)
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )

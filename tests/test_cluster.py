@@ -38,11 +38,10 @@ from test_remote_run_dir import s3_uri  # noqa: F401 - the module's S3 server
 
 from benchmarks.local_cluster import LocalCluster, Node, kill_pids
 from storage import open_study
-from storage.leases import TTL_ENV
 from storage.remote import child_uri, mirror_dir
 from storage.study import find_study
 
-from conftest import REPO, S3_TEST_CREDENTIALS, SEARCH
+from conftest import REPO, S3_TEST_CREDENTIALS, SEARCH, SHORT_LEASES
 
 pytestmark = pytest.mark.timeout(600)
 # two trials at once, every N > 1 starting from the dense model (phase 1-2 models shared across
@@ -70,8 +69,7 @@ def cluster() -> Iterator[LocalCluster]:
     """A head (127.0.0.2, no CPUs) and two workers (127.0.0.3, 127.0.0.4), for the module."""
     root = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # short: Ray's socket paths are limited
     # the AWS SDK asks the cloud's instance metadata address for credentials unless told not to
-    # a lost node's leases free after 12 s instead of 30 (the tests wait for them twice)
-    env = {**S3_TEST_CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": str(REPO), TTL_ENV: "12"}
+    env = {**S3_TEST_CREDENTIALS, **SHORT_LEASES, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": str(REPO)}
     cluster = LocalCluster(root, extra_env=env)
     try:
         cluster.start_head()

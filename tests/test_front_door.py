@@ -31,7 +31,7 @@ from trainers.cache import cache_entry
 from trainers.job import check_job
 from trainers.tasks import load_task
 
-from conftest import REPO, SEARCH, RayHead, client_env, descendants, train_log, wait_for
+from conftest import REPO, SEARCH, SHORT_LEASES, RayHead, client_env, descendants, train_log, wait_for
 
 # phase 3 of (1, 0.5) long enough to land two signals in it after a checkpoint each (the tests poll every 0.2 s)
 PHASE3 = ["--set", "prune_steps=1000", "--set", "lagrangian_warmup_steps=10"]
@@ -60,7 +60,7 @@ def launch(processes: list[subprocess.Popen], args: list[str], log: Path, cwd: P
             stdout=output,
             stderr=subprocess.STDOUT,
             cwd=cwd,
-            env=client_env(),
+            env=client_env(**SHORT_LEASES),
             start_new_session=True,
         )
     processes.append(process)
@@ -103,7 +103,7 @@ def command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=client_env(),
+        env=client_env(**SHORT_LEASES),
         timeout=120,
         check=False,
     )
@@ -267,7 +267,9 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(tiny_bert_
         "--set",
         "pruned_finetune_steps=2",
     ]
-    first = subprocess.Popen(args, cwd=REPO, env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        args, cwd=REPO, env=client_env(**SHORT_LEASES), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         checkpoint = poll(lambda: next(work.glob("pruning/**/checkpoints/prune.pt"), None), first)
         first.kill()  # a crash right after the first phase-3 checkpoint
@@ -279,7 +281,7 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(tiny_bert_
     full = subprocess.run(
         args,
         cwd=REPO,
-        env=client_env(),
+        env=client_env(**SHORT_LEASES),
         capture_output=True,
         text=True,
         timeout=300,
@@ -297,7 +299,9 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(tiny_bert_
     left = [path for path in checkpoint.parent.iterdir() if path != checkpoint and f"tmp-{first.pid}" not in path.name]
     assert not left  # the failed write left no partial file (the killed run may have)
 
-    resumed = subprocess.run(args, cwd=REPO, env=client_env(), capture_output=True, text=True, timeout=300, check=False)
+    resumed = subprocess.run(
+        args, cwd=REPO, env=client_env(**SHORT_LEASES), capture_output=True, text=True, timeout=300, check=False
+    )
 
     assert resumed.returncode == 0, resumed.stderr
     assert '"family": "cofi"' in resumed.stdout

@@ -208,6 +208,7 @@ def start_ray(plan: Plan, device: torch.device, folder: Path) -> None:
         logging_level="warning",
         _temp_dir=str(folder / "ray"),
         runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+        _system_config={"worker_niceness": 0},  # as `start` runs its trials (tuning.ray_session)
     )
 
 

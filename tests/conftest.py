@@ -169,10 +169,11 @@ def fresh_postgres_study_name(postgres_url: str, request: pytest.FixtureRequest)
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """A local Ray instance with 2 CPUs for the whole session, shut down at the end."""
+    """A local Ray instance with 2 CPUs for the whole session, shut down at the end; its workers at the tests'
+    priority, as `start` runs them (``TRIALS_AT_OUR_PRIORITY``)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config={"worker_niceness": 0})
     yield ray
     ray.shutdown()
 
@@ -243,6 +244,9 @@ S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "te
 # a dead holder's lease frees after 12 s instead of 30: the fault tests wait for the leases of the
 # processes they kill (renewed every 4 s, so a live holder may stall 8 s without losing one)
 SHORT_LEASES = {TTL_ENV: "12"}
+# the workers of a `ray start` node at the tests' own priority, as `start`'s local Ray runs them
+# (tuning.ray_session): at Ray's default niceness 15 the other xdist worker's tests starve the trials
+TRIALS_AT_OUR_PRIORITY = {"RAY_worker_niceness": "0"}
 RAY_PORT_OPTIONS = (
     "--port",
     "--dashboard-port",
@@ -292,7 +296,7 @@ def ray_head() -> Iterator[RayHead]:
     ]
     # RAY_AUTH_MODE: Ray 2.60's default; clients must opt in to send the token. The fake AWS keys
     # let the head's workers reach the local S3 server of test_remote_run_dir.
-    env = client_env(RAY_AUTH_MODE="token", **S3_TEST_CREDENTIALS, **SHORT_LEASES)
+    env = client_env(RAY_AUTH_MODE="token", **S3_TEST_CREDENTIALS, **SHORT_LEASES, **TRIALS_AT_OUR_PRIORITY)
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )

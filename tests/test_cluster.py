@@ -41,7 +41,7 @@ from storage import open_study
 from storage.remote import child_uri, mirror_dir
 from storage.study import find_study
 
-from conftest import REPO, S3_TEST_CREDENTIALS, SEARCH, SHORT_LEASES
+from conftest import REPO, S3_TEST_CREDENTIALS, SEARCH, SHORT_LEASES, TRIALS_AT_OUR_PRIORITY
 
 pytestmark = pytest.mark.timeout(600)
 # two trials at once, every N > 1 starting from the dense model (phase 1-2 models shared across
@@ -68,8 +68,14 @@ COMPARED = ("val_accuracy", "test_accuracy", "sparsity")  # printed: this run's 
 def cluster() -> Iterator[LocalCluster]:
     """A head (127.0.0.2, no CPUs) and two workers (127.0.0.3, 127.0.0.4), for the module."""
     root = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # short: Ray's socket paths are limited
-    # the AWS SDK asks the cloud's instance metadata address for credentials unless told not to
-    env = {**S3_TEST_CREDENTIALS, **SHORT_LEASES, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": str(REPO)}
+    env = {
+        **S3_TEST_CREDENTIALS,
+        **SHORT_LEASES,
+        **TRIALS_AT_OUR_PRIORITY,
+        # the AWS SDK asks the cloud's instance metadata address for credentials unless told not to
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "PYTHONPATH": str(REPO),
+    }
     cluster = LocalCluster(root, extra_env=env)
     try:
         cluster.start_head()

@@ -105,6 +105,14 @@ def validation_rows(split_rows: int, max_eval_examples: int | None) -> int:
     return split_rows if max_eval_examples is None else min(split_rows, max_eval_examples)
 
 
+def evaluation_rows(validation_rows: int | None, eval_examples: int | None) -> int | None:
+    """The rows an evaluation during training is measured on: the first ``eval_examples`` (the recipe's) of the
+    ``validation_rows`` (``trainers.phases``); None when neither is known (exact)."""
+    if validation_rows is None or eval_examples is None:
+        return eval_examples if validation_rows is None else validation_rows
+    return min(validation_rows, eval_examples)
+
+
 def study_noise(study: optuna.Study) -> ValidationNoise | None:
     """The noise of the study's accuracies at its dense accuracy (None when no ``start`` recorded its validation
     rows: ``storage.study.record_validation_rows``)."""

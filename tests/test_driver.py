@@ -14,8 +14,17 @@ import pytest
 from optuna.trial import TrialState
 
 from storage import StudySettings, default_url, open_study
+from storage.study import study_validation_rows
 from trainers.recipes import load_recipe
-from tuning.driver import STOP_RESERVE_S, SearchOptions, run_search, trial_resources, trials_time_budget
+from tuning.driver import (
+    STOP_RESERVE_S,
+    SearchOptions,
+    budget_stopping,
+    run_search,
+    search_sampler,
+    trial_resources,
+    trials_time_budget,
+)
 
 BUDGET = 0.05
 
@@ -29,7 +38,9 @@ def settings_for(model_dir: Path) -> StudySettings:
     return StudySettings("rt-polarity", str(model_dir), "tiny", BUDGET, (1, 2), (0.0, 0.5))
 
 
-def search(run_dir: Path, storage_url: str, study_name: str, model_dir: Path, **options):
+def search(
+    run_dir: Path, storage_url: str, study_name: str, model_dir: Path, validation_rows: int | None = None, **options
+):
     """A search on the tiny recipe; without early stopping unless asked (these tests check that every point completes)."""
     options.setdefault("early_stopping", False)
     finished: list[int] = []
@@ -38,6 +49,7 @@ def search(run_dir: Path, storage_url: str, study_name: str, model_dir: Path, **
         load_recipe("tiny"),
         SearchOptions(run_dir=str(run_dir), storage_url=storage_url, study_name=study_name, **options),
         on_trial=lambda trial, study: finished.append(trial.number),
+        validation_rows=validation_rows,
     )
     return outcome, finished
 
@@ -63,11 +75,13 @@ def check_complete_search(study: optuna.Study, finished: list[int]) -> None:
 
 
 def test_search_on_sqlite_writes_complete_trials(local_ray, tiny_bert_dir: Path, run_dir: Path) -> None:
-    outcome, finished = search(run_dir, default_url(run_dir), "sqlite-search", tiny_bert_dir)
+    rows = load_recipe("tiny").max_eval_examples  # the validation rows of the tiny recipe's rt-polarity
+    outcome, finished = search(run_dir, default_url(run_dir), "sqlite-search", tiny_bert_dir, validation_rows=rows)
 
     study = open_study(default_url(run_dir), "sqlite-search")
     check_complete_search(study, finished)
     assert outcome.stop_reason == "the search is done"
+    assert study_validation_rows(study) == rows and outcome.study.sampler.validation_rows == rows
     assert len(study.trials) >= 3  # the dense point and the two edge anchors
     assert not outcome.failed and not outcome.interrupted and not outcome.resumed_failed
 
@@ -139,6 +153,23 @@ def test_trials_stop_in_time_for_the_run_to_end_within_its_budget(tmp_path: Path
     assert trials_time_budget(options(10), time.monotonic()) == pytest.approx(9, abs=0.5)  # a tenth kept
     assert trials_time_budget(options(10), started_100_s_ago) > 0
     assert trials_time_budget(options(None), started_100_s_ago) is None
+
+
+@pytest.mark.parametrize("validation_rows, eval_rows", [(1709, 32), (20, 20), (None, 32)])
+def test_the_sampler_and_the_stopping_rule_are_told_the_rows(
+    validation_rows: int | None, eval_rows: int, tmp_path: Path
+) -> None:
+    """The sampler gets the rows of the final evaluations; the stopping rule those of the evaluations during
+    training: the recipe's ``eval_examples`` (32 in ``tiny``) of the validation rows."""
+    settings, recipe = settings_for(tmp_path), load_recipe("tiny")
+    options = SearchOptions(run_dir=str(tmp_path), storage_url=default_url(tmp_path), study_name="rows")
+    sampler = search_sampler(settings, recipe, options, validation_rows)
+    study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
+    stopping = budget_stopping(study, sampler, recipe, options)
+
+    assert sampler.validation_rows == validation_rows
+    assert stopping.eval_rows == eval_rows
+    assert (stopping.budget, stopping.throughput_margin, stopping.enabled) == (BUDGET, sampler.throughput_margin, True)
 
 
 def test_resources_follow_the_cluster(local_ray, run_dir: Path) -> None:

@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial
 from ray import tune
 
 from prumux.inference import check_runtime
+from search.noise import evaluation_rows
 from search.sampler import AutoPruMUXSampler
 from storage import (
     Heartbeat,
@@ -51,7 +52,7 @@ from storage.periodic import Periodic
 from storage.points import DENSE_POINT
 from storage.progress import running_progress
 from storage.remote import check_uri, is_uri
-from storage.study import find_study
+from storage.study import find_study, record_validation_rows
 from storage.trials import trial_id
 from trainers.cache import CacheEntry, cache_entry
 from trainers.job import check_writable_dir
@@ -148,33 +149,32 @@ def run_search(
     on_trial: TrialHook | None = None,
     on_progress: ProgressHook | None = None,
     on_notice: Say | None = None,
+    validation_rows: int | None = None,
 ) -> SearchOutcome:
     """Run (or resume) the search defined by ``settings``; call ``on_trial`` per finished trial,
     ``on_progress`` about every second with the progress records of the running trials, and
     ``on_notice`` with a line when a trial is retried because its node was lost.
+
+    ``validation_rows``: the rows every final accuracy is a share of (``search.noise.validation_rows``),
+    kept in the study and told to the sampler and the stopping rule (None: accuracies taken as exact).
 
     A study stored with other settings, or a SQLite study another live driver runs, raises
     ``ValueError`` and is left untouched.
     """
     started = time.monotonic()
     run = options.run
-    sampler = AutoPruMUXSampler(
-        settings.grid_N,
-        settings.grid_s,
-        settings.budget,
-        is_cheap=functools.partial(_has_phase12_model, options, settings.task, settings.base_model, recipe),
-    )
+    sampler = search_sampler(settings, recipe, options, validation_rows)
     if find_study(options.storage_url, options.study_name) is not None:  # other settings: refused, nothing written
         open_study(options.storage_url, options.study_name, settings)
     with sole_driver(options.storage_url, options.study_name, settings.command):
         study = open_study(options.storage_url, options.study_name, settings, create=True, sampler=sampler)
+        if validation_rows is not None:
+            record_validation_rows(study, validation_rows)
         resumed_failed = fail_stale_trials(study)
         point = PointSpec(settings.task, settings.base_model, *DENSE_POINT, recipe, str(run.work_dir))
         job = SearchJob(options.storage_url, options.study_name, settings.budget, run, point, options.inference_runtime)
         with connect_ray(options.ray_address, run.driver_log), notices_to_log(), Heartbeat(study) as heartbeat:
-            stopping = BudgetStopping(
-                study, settings.budget, sampler.throughput_margin, options.early_stopping, recipe.eval_examples
-            )
+            stopping = budget_stopping(study, sampler, recipe, options)
             searcher = StudySearcher(study, heartbeat, options.max_trials, stopped=stopping.decisions)
             interrupt = _Interrupt(searcher)
             try:
@@ -193,6 +193,33 @@ def run_search(
         interrupted=interrupted,
         seconds=seconds,
         signal_name=interrupt.signal_name,
+    )
+
+
+def search_sampler(
+    settings: StudySettings, recipe: Recipe, options: SearchOptions, validation_rows: int | None
+) -> AutoPruMUXSampler:
+    """The search's sampler over the study's grid, told the noise of ``validation_rows`` (None: exact)."""
+    return AutoPruMUXSampler(
+        settings.grid_N,
+        settings.grid_s,
+        settings.budget,
+        is_cheap=functools.partial(_has_phase12_model, options, settings.task, settings.base_model, recipe),
+        validation_rows=validation_rows,
+    )
+
+
+def budget_stopping(
+    study: optuna.Study, sampler: AutoPruMUXSampler, recipe: Recipe, options: SearchOptions
+) -> BudgetStopping:
+    """The early-stopping rule, with the sampler's budget and throughput margin; its curve bound is told the
+    rows of each evaluation during training."""
+    return BudgetStopping(
+        study,
+        sampler.budget,
+        sampler.throughput_margin,
+        options.early_stopping,
+        evaluation_rows(sampler.validation_rows, recipe.eval_examples),
     )
 
 

@@ -70,7 +70,7 @@ class BudgetStopping(FIFOScheduler):
     enabled:
         False records curves but never stops (``--no-early-stopping``).
     eval_rows:
-        Validation rows of each evaluation during training (the recipe's ``eval_examples``): their
+        Validation rows of each evaluation during training (``search.noise.evaluation_rows``): their
         noise widens the bound (``CurveBound``).
     """
 

@@ -27,7 +27,7 @@ from search.noise import ValidationNoise, recommendation_notes, study_noise, val
 from storage import StudySettings, mask_url, open_study, study_settings
 from storage import import_points as add_points
 from storage.curves import STOPPED_ATTR
-from storage.study import find_study, record_validation_rows
+from storage.study import find_study
 from storage.trials import (
     CONFIGURATION_ATTR,
     complete_trial,
@@ -234,9 +234,10 @@ def start(
             settings,
             job.recipe,
             options,
-            on_trial=functools.partial(_report_trial, console, rows=noise.rows),
+            on_trial=functools.partial(_report_trial, console),
             on_progress=console.progress,
             on_notice=console.line,
+            validation_rows=noise.rows,
         )
     finally:
         console.close()
@@ -399,13 +400,11 @@ def import_points(
     click.echo(f"imported {len(points)} points into study {study!r}")
 
 
-def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Study, rows: int | None = None) -> None:
-    """Print one line per finished trial and refresh the dashboard figures; keep the validation ``rows``."""
+def _report_trial(console: SearchConsole, trial: FrozenTrial, study: optuna.Study) -> None:
+    """Print one line per finished trial and refresh the dashboard figures."""
     from dashboards.publish import publish
     from tuning.searcher import trained_count
 
-    if rows is not None:
-        record_validation_rows(study, rows)
     point = f"N={trial.params['N']} s={trial.params['s']:g}"
     if STOPPED_ATTR in trial.user_attrs and trial.state == TrialState.PRUNED:
         console.line(

@@ -343,9 +343,11 @@ def _kill_group(process: subprocess.Popen) -> None:
 # a 2 x 2 search on the tiny model and recipe that trains the dense point and the two edge anchors
 # (evaluating every 10 steps, as these searches always have: their run directories' digests stay)
 SEARCH = ["--recipe", "tiny", "--grid-n", "1,2", "--grid-s", "0,0.5", "--budget", "0.05", "--set", "eval_every=10"]
-# phase 3 long enough for a fault to land in it, after a checkpoint (80 steps take about a
-# second on a warm worker; tests poll every second)
-LONG_PRUNE = ["--set", "prune_steps=800", "--set", "lagrangian_warmup_steps=10"]
+# phase 3 long enough for a fault to land in it, after a checkpoint (80 steps take about a second
+# on a warm, idle worker, several with the other xdist worker busy; the tests poll five times a
+# second, and a fault lands within about 3 s of the first checkpoint)
+LONG_PRUNE = ["--set", "prune_steps=500", "--set", "lagrangian_warmup_steps=10"]
+FAULT_POLL_S = 0.2
 Launcher = Callable[..., subprocess.Popen]
 
 

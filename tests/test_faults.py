@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from storage import default_url, open_study
 from storage.optuna_private import study_id, study_storage
 
-from conftest import LONG_PRUNE, SEARCH, RayHead, train_log, wait_for
+from conftest import FAULT_POLL_S, LONG_PRUNE, SEARCH, RayHead, train_log, wait_for
 
 PRUNED = "N=1/s=0.5"
 PASSWORD = "s3cret"
@@ -62,8 +62,12 @@ def test_killed_worker_is_retried_from_its_checkpoint(
     run_dir = tmp_path / "run"
     driver = launch(*start_args(run_dir, tiny_bert_dir, ray_head, *LONG_PRUNE), log=tmp_path / "driver.log")
     checkpoints = run_dir / "work"  # a phase-3 checkpoint: the pruning stage's or the point's own
-    wait_for(lambda: any(f"{PRUNED}: prune step" in line for line in train_log(run_dir)), driver)
-    wait_for(lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in checkpoints.rglob("*.pt")), driver)
+    wait_for(lambda: any(f"{PRUNED}: prune step" in line for line in train_log(run_dir)), driver, every=FAULT_POLL_S)
+    wait_for(
+        lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in checkpoints.rglob("*.pt")),
+        driver,
+        every=FAULT_POLL_S,
+    )
     pid = int(
         re.search(r"pid=(\d+)", next(line for line in train_log(run_dir) if f"{PRUNED}: prune step" in line)).group(1)
     )
@@ -92,7 +96,11 @@ def test_restart_after_killed_driver_finishes_the_study(
 ) -> None:
     run_dir = tmp_path / "run"
     first = launch(*start_args(run_dir, tiny_bert_dir, ray_head, *LONG_PRUNE), log=tmp_path / "first.log")
-    wait_for(lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work").rglob("*.pt")), first)
+    wait_for(
+        lambda: any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work").rglob("*.pt")),
+        first,
+        every=FAULT_POLL_S,
+    )
     kill_driver(first)
     killed_at = time.monotonic()
 
@@ -258,7 +266,7 @@ def test_stopped_ray_job_is_finished_by_the_next_start(
     deadline = time.monotonic() + 300
     while not any(p.match("N1-s0.5-*/checkpoints/*.pt") for p in (run_dir / "work").rglob("*.pt")):
         assert time.monotonic() < deadline, f"the job never reached phase 3: {job_logs(ray_head, job)}"
-        time.sleep(1)
+        time.sleep(FAULT_POLL_S)
 
     stopped = subprocess.run([*submit, "--stop", job], capture_output=True, text=True, env=ray_head.env, timeout=60)
     followed = subprocess.run([*submit, "--logs", job], capture_output=True, text=True, env=ray_head.env, timeout=120)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.local_cluster import descendants
+from benchmarks.local_cluster import HEAD_PORT_OPTIONS, NODE_PORT_OPTIONS, descendants
 from storage.leases import TTL_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,17 +247,7 @@ SHORT_LEASES = {TTL_ENV: "12"}
 # the workers of a `ray start` node at the tests' own priority, as `start`'s local Ray runs them
 # (tuning.ray_session): at Ray's default niceness 15 the other xdist worker's tests starve the trials
 TRIALS_AT_OUR_PRIORITY = {"RAY_worker_niceness": "0"}
-RAY_PORT_OPTIONS = (
-    "--port",
-    "--dashboard-port",
-    "--ray-client-server-port",
-    "--node-manager-port",
-    "--object-manager-port",
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port",
-    "--metrics-export-port",
-)
+RAY_PORT_OPTIONS = HEAD_PORT_OPTIONS + NODE_PORT_OPTIONS
 
 
 def free_port() -> int:

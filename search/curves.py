@@ -67,6 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 
+from search.noise import ValidationNoise
 from storage.curves import STOP_KINDS, read_curve
 from storage.points import FEASIBILITY_TOLERANCE
 from storage.trials import trial_point
@@ -261,13 +262,13 @@ class CurveBound:
 
     def _difference_error(self, accuracy: float) -> float:
         """The standard error of a difference of two accuracies near ``accuracy``, each on ``eval_rows`` rows (0: exact)."""
-        return math.sqrt(2 * accuracy * (1 - accuracy) / self.eval_rows) if self.eval_rows else 0.0
+        return ValidationNoise(self.eval_rows, accuracy).difference_error if self.eval_rows else 0.0
 
     def _noise(self, accuracy: float) -> float:
         """``margin``, or the standard error of ``accuracy`` measured on ``eval_rows`` rows if larger."""
         if not self.eval_rows:
             return self.margin
-        return max(self.margin, math.sqrt(accuracy * (1 - accuracy) / self.eval_rows))
+        return max(self.margin, ValidationNoise(self.eval_rows, accuracy).standard_error)
 
     def _slope(self, curve: Curve) -> float:
         """Steepest chord over the last ``slope_window`` intervals (the curve has at least three evaluations)."""

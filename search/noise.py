@@ -46,6 +46,11 @@ class ValidationNoise:
         return math.sqrt(max(p * (1 - p), 0.25 / self.rows) / self.rows)
 
     @property
+    def difference_error(self) -> float:
+        """One standard error of the difference of two such accuracies (each on ``rows`` rows)."""
+        return math.sqrt(2) * self.standard_error
+
+    @property
     def resolution(self) -> float:
         """The smallest budget the split resolves (two standard errors)."""
         return RESOLVING_ERRORS * self.standard_error

@@ -277,7 +277,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         """``margin`` and ``extrapolation_margin`` with the validation noise at the threshold added in quadrature."""
         if not self.validation_rows:
             return self.margin, self.extrapolation_margin
-        noise = NOISE_ERRORS * math.sqrt(2) * ValidationNoise(self.validation_rows, judged_by).standard_error
+        noise = NOISE_ERRORS * ValidationNoise(self.validation_rows, judged_by).difference_error
         return math.hypot(self.margin, noise), math.hypot(self.extrapolation_margin, noise)
 
     def _throughputs(self, stopped: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -57,10 +57,11 @@ def replay_table(family: str, seed: int, budgets: Sequence[float], methods: Sequ
         if options["points"]:
             ours = replay(table.points, budget, "autoprumux", seed, validation_rows=validation_rows)
             rows.append({**asdict(ours), "mode": "points"})
-        for method in methods if options["points"] else ():
-            if method in POINT_BASELINES and (method not in SLOW or is_slow_budget):
-                for run in range(options["baseline_seeds"]):
-                    rows.append({**asdict(replay(table.points, budget, method, run, ours.trainings)), "mode": "points"})
+            for method in methods:
+                if method in POINT_BASELINES and (method not in SLOW or is_slow_budget):
+                    for run in range(options["baseline_seeds"]):
+                        baseline = replay(table.points, budget, method, run, ours.trainings)
+                        rows.append({**asdict(baseline), "mode": "points"})
         if curves is None:
             continue
         for method in methods:

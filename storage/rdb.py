@@ -34,13 +34,22 @@ def _is_disconnect(error: BaseException) -> bool:
     )
 
 
-def call_with_retry(call: Callable[[], Any], before_retry: Callable[[], None] = lambda: None) -> Any:
-    """Run ``call``; on a lost database connection, call ``before_retry``, wait and try again."""
+def _was_dropped(error: BaseException) -> bool:
+    """A connection that was made and then lost (not one that could not be made: a wrong host, port or database)."""
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def call_with_retry(
+    call: Callable[[], Any],
+    before_retry: Callable[[], None] = lambda: None,
+    retry_on: Callable[[BaseException], bool] = _is_disconnect,
+) -> Any:
+    """Run ``call``; on a lost database connection (``retry_on``), call ``before_retry``, wait and try again."""
     for delay in RETRY_DELAYS_S:
         try:
             return call()
         except (DBAPIError, optuna.exceptions.StorageInternalError) as error:
-            if not _is_disconnect(error):
+            if not retry_on(error):
                 raise
             before_retry()
             time.sleep(delay)
@@ -150,18 +159,23 @@ def _engine_kwargs(url: URL) -> dict[str, Any]:
 
 
 def _probe(parsed: URL, url: str, engine_kwargs: dict[str, Any]) -> bool:
-    """Connect once, fast; return whether Optuna's tables exist."""
+    """Connect, fast; return whether Optuna's tables exist. A database that cannot be reached fails at once;
+    a connection dropped once made is tried again."""
     try:
         engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs)
     except ImportError as error:
         raise ValueError(f"no database driver for {mask_url(url)}: {error}") from None
     try:
-        with engine.connect() as connection:
-            return sqlalchemy.inspect(connection).has_table("studies")
+        return call_with_retry(lambda: _has_study_tables(engine), retry_on=_was_dropped)
     except sqlalchemy.exc.SQLAlchemyError as error:
         raise ValueError(f"cannot open storage {mask_url(url)}: {_first_line(error)}") from None
     finally:
         engine.dispose()
+
+
+def _has_study_tables(engine: sqlalchemy.engine.Engine) -> bool:
+    with engine.connect() as connection:
+        return sqlalchemy.inspect(connection).has_table("studies")
 
 
 def _first_line(error: BaseException) -> str:

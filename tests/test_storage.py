@@ -153,6 +153,45 @@ def test_unreachable_database_is_one_masked_line() -> None:
     assert "topsecret" not in message and "\n" not in message
 
 
+def test_an_unreachable_database_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("storage.rdb.time.sleep", waits.append)
+    with pytest.raises(ValueError, match="cannot open storage"):
+        storage.open_storage("postgresql://postgres@127.0.0.1:1/test")
+    assert waits == []
+
+
+def test_a_connection_dropped_while_opening_is_made_again(postgres_url: str, fresh_postgres_study_name: str) -> None:
+    """The first statement of the first connection finds its backend terminated (as the fault test's every-2-s
+    ``pg_terminate_backend`` can, while a driver opens its storage); the open goes on, on a new connection."""
+    tag = f"prumux-test-{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    terminated: list[int] = []
+
+    def terminate_first(connection, cursor, statement, parameters, context, executemany) -> None:
+        if not terminated and connection.engine.url.query.get("application_name") == tag:
+            with admin.connect() as other:
+                terminated.append(
+                    other.execute(
+                        sqlalchemy.text(
+                            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = :tag"
+                        ),
+                        {"tag": tag},
+                    ).scalar()
+                )
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", terminate_first)
+    try:
+        study = storage.open_study(
+            f"{postgres_url}?application_name={tag}", fresh_postgres_study_name, SETTINGS, create=True
+        )
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", terminate_first)
+        admin.dispose()
+    assert terminated == [1]
+    assert study.user_attrs
+
+
 def test_import_refuses_duplicates_and_writes_nothing(tmp_path: Path) -> None:
     study = storage.open_study(storage.default_url(tmp_path), "prumux", SETTINGS, create=True)
     storage.record_result(study, ask(study, 1, 0.0), result(0.86, 100.0), THRESHOLD)

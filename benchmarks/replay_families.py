@@ -7,7 +7,9 @@ best; in brackets the lowest and highest share of one seed's budgets), trainings
 trainings as ours used on the same table and budget; curves baselines (TPE + SuccessiveHalving /
 Hyperband, Ray Tune ASHA + OptunaSearch / random) run as many trials as the grid has points
 (``--curve-trials`` caps it). GP and the Ray methods are slow: they run on the first ``--slow-seeds``
-seeds of each family and the ``--slow-budgets`` only, as the table says.
+seeds of each family and the ``--slow-budgets`` only, as the table says. ``certificate`` (points) is no
+search: the fewest trainings that prove each table's true best by the monotone cap alone (replay.certificate),
+what a search pays that rules nothing out on a model's prediction.
 
     PYTHONPATH=. nice -n 10 python3 benchmarks/replay_families.py --jobs 2 --out benchmarks/tables/families.md
     PYTHONPATH=. python3 benchmarks/replay_families.py --methods ours --families additive,noise-high   # quick
@@ -27,6 +29,7 @@ from dataclasses import asdict
 import optuna
 import pandas as pd
 
+from replay.certificate import replay_certificate
 from replay.curve_table import read_curves
 from replay.curves import replay_curves
 from replay.families import FAMILIES, SEEDS, describe, generate, write_table
@@ -34,7 +37,7 @@ from replay.family_curves import curve_rows, generate_curves
 from replay.points import replay
 from search.grid import parse_budgets
 
-POINT_BASELINES = ("tpe", "random", "gp")
+POINT_BASELINES = ("tpe", "random", "gp", "certificate")
 CURVE_OURS = ("autoprumux-es", "autoprumux")
 CURVE_BASELINES = ("tpe-sha", "tpe-hyperband", "asha-optuna", "random-asha")
 SLOW = ("gp", "asha-optuna", "random-asha")
@@ -50,7 +53,7 @@ def replay_table(family: str, seed: int, budgets: Sequence[float], methods: Sequ
     curves = read_curves(generate_curves(table), table.points) if options["curves"] else None
     rows_per_eval = curve_rows(table)
     trials = min(len(table.points), options["curve_trials"] or len(table.points))
-    slow = seed < options["slow_seeds"]
+    slow = seed < options["first_seed"] + options["slow_seeds"]
     validation_rows = table.eval_rows if options["noise_aware"] else None
     for budget in budgets:
         is_slow_budget = slow and any(abs(budget - b) < 1e-9 for b in options["slow_budgets"])
@@ -58,7 +61,9 @@ def replay_table(family: str, seed: int, budgets: Sequence[float], methods: Sequ
             ours = replay(table.points, budget, "autoprumux", seed, validation_rows=validation_rows)
             rows.append({**asdict(ours), "mode": "points"})
             for method in methods:
-                if method in POINT_BASELINES and (method not in SLOW or is_slow_budget):
+                if method == "certificate":
+                    rows.append({**asdict(replay_certificate(table.points, budget, validation_rows)), "mode": "points"})
+                elif method in POINT_BASELINES and (method not in SLOW or is_slow_budget):
                     for run in range(options["baseline_seeds"]):
                         baseline = replay(table.points, budget, method, run, ours.trainings)
                         rows.append({**asdict(baseline), "mode": "points"})
@@ -95,17 +100,17 @@ def replay_ray(family: str, seed: int, budgets: Sequence[float], methods: Sequen
     return rows
 
 
-def write_tables(folder: str, families: Sequence[str], seeds: int) -> None:
+def write_tables(folder: str, families: Sequence[str], seeds: range) -> None:
     """Each generated table as ``<family>-<seed>.csv`` and its curves as ``<family>-<seed>-curves.csv``."""
     os.makedirs(folder, exist_ok=True)
     for family in families:
-        for seed in range(seeds):
+        for seed in seeds:
             table = generate(family, seed)
             write_table(table, os.path.join(folder, f"{table.name}.csv"))
             with open(os.path.join(folder, f"{table.name}-curves.csv"), "w") as out:
                 out.write(describe(table) + "\n")
                 generate_curves(table).to_csv(out, index=False)
-    print(f"{len(families) * seeds} tables and their curves in {folder}")
+    print(f"{len(families) * len(seeds)} tables and their curves in {folder}")
 
 
 def summarize_families(results: pd.DataFrame) -> pd.DataFrame:
@@ -180,6 +185,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--seeds", type=int, default=SEEDS, help="tables per family (seeds 0 .. SEEDS-1)")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="start the seeds here (e.g. 10: held-out tables, to check a change judged on seeds 0-9)",
+    )
     parser.add_argument("--budgets", default="0:0.1:0.01")
     parser.add_argument(
         "--methods",
@@ -212,7 +223,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
     if args.write:
-        write_tables(args.write, families, args.seeds)
+        write_tables(args.write, families, range(args.first_seed, args.first_seed + args.seeds))
         return
     budgets = parse_budgets(args.budgets)
     all_methods = (*POINT_BASELINES, *CURVE_OURS, *CURVE_BASELINES)
@@ -227,6 +238,7 @@ def main() -> None:
         "points": not args.no_points,
         "baseline_seeds": args.baseline_seeds,
         "slow_seeds": args.slow_seeds,
+        "first_seed": args.first_seed,
         "slow_budgets": parse_budgets(args.slow_budgets),
         "curve_trials": args.curve_trials,
         "noise_aware": args.noise_aware,
@@ -235,7 +247,10 @@ def main() -> None:
     jobs = [
         (family, seed)
         for family in families
-        for seed in range(args.seeds if FAMILIES[family].size <= LARGE else min(args.seeds, args.large_seeds))
+        for seed in range(
+            args.first_seed,
+            args.first_seed + (args.seeds if FAMILIES[family].size <= LARGE else min(args.seeds, args.large_seeds)),
+        )
     ]
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(replay_table, f, s, budgets, methods, options) for f, s in jobs]
@@ -246,13 +261,13 @@ def main() -> None:
 
         with local_ray():
             for family in [f for f in families if f in args.ray_families.split(",")]:
-                for seed in range(min(args.slow_seeds, args.seeds)):
+                for seed in range(args.first_seed, args.first_seed + min(args.slow_seeds, args.seeds)):
                     rows += replay_ray(family, seed, options["slow_budgets"], ray_methods, options)
     results = pd.DataFrame(rows)
     summary = summarize_families(results)
     minutes = (time.time() - started) / 60
     header = (
-        f"Families {', '.join(families)}; {args.seeds} seeds each ({args.large_seeds} on grids over {LARGE} points); budgets {args.budgets}; baselines "
+        f"Families {', '.join(families)}; {args.seeds} seeds each from seed {args.first_seed} ({args.large_seeds} on grids over {LARGE} points); budgets {args.budgets}; baselines "
         f"{args.baseline_seeds} run(s) per table and budget; GP on the first {args.slow_seeds} seeds "
         f"at budgets {args.slow_budgets}, Ray Tune there on {args.ray_families} only; {minutes:.1f} min with {args.jobs} process(es) ({os.cpu_count()} cores)."
     )

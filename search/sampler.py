@@ -228,7 +228,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         judged_by = threshold(model.dense_accuracy_, self.budget)
         feasible = measured[is_feasible(measured["accuracy"].to_numpy(), judged_by)]
         incumbent = feasible["throughput"].max()
-        margin, extrapolation_margin = self._margins(judged_by)
+        margin, extrapolation_margin = self.margins(judged_by)
         untried = [(n, s) for n in self.grid_N for s in self.grid_s if (n, s) not in taken]
         if not untried:
             return pd.DataFrame(columns=["N", "s", "candidate"])
@@ -273,7 +273,7 @@ class AutoPruMUXSampler(optuna.samplers.BaseSampler):
         )
         return order.reset_index(drop=True)
 
-    def _margins(self, judged_by: float) -> tuple[float, float]:
+    def margins(self, judged_by: float) -> tuple[float, float]:
         """``margin`` and ``extrapolation_margin`` with the validation noise at the threshold added in quadrature."""
         if not self.validation_rows:
             return self.margin, self.extrapolation_margin

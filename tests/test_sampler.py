@@ -136,25 +136,26 @@ def test_a_collapsed_edge_does_not_rule_out_the_points_before_it() -> None:
     assert sampler.next_point(study) in before_the_collapse
 
 
-def test_a_likely_modest_gain_goes_before_a_long_shot() -> None:
-    """After the anchors of a cpu-demo-like search (pruning degrades gently, N = 5 collapses), the first point
-    is the likely feasible pruned one, not a faster multiplexed long shot: between s = 0 and 0.9 the concave
-    decline keeps (1, 0.7) as likely to make it as not, and if it does, it settles (1, 0.5), slower, and the
-    N = 2 points it outruns. Next comes (2, 0), unlikely to make it but, measured low, it rules out every
-    N = 2 point; (1, 0.5) settles only itself once (1, 0.7) is trained."""
+def test_a_sure_ruling_out_and_a_likely_modest_gain_go_before_a_long_shot() -> None:
+    """After the anchors of a cpu-demo-like search (pruning degrades gently, N = 5 collapses), the first points
+    are (2, 0), near certain to measure low and so to rule out every N = 2 point (3 candidates), and (1, 0.7),
+    likely feasible between s = 0 and 0.9 (the concave decline), which then settles (1, 0.5), slower; the faster
+    N = 2 long shots come after. (1, 0.7) went first while the centre of its probabilities was infinite (no
+    chord extends to it), which made it certainly feasible; it now has the monotone cap as its concave bound."""
     measured = pd.DataFrame(
         {"N": [1, 1, 5], "s": [0.0, 0.9, 0.0], "accuracy": [0.81, 0.73, 0.55], "throughput": [100.0, 930.0, 510.0]}
     )
     sampler = AutoPruMUXSampler([1, 2, 5], [0.0, 0.5, 0.7, 0.9], budget=0.03)
     plan = sampler.plan(measured, {(1, 0.0), (1, 0.9), (5, 0.0)}, {1, 5})
     candidates = plan[plan["candidate"]]
-    assert [tuple(point) for point in candidates[["N", "s"]].head(2).itertuples(index=False)] == [(1, 0.7), (2, 0.0)]
+    assert [tuple(point) for point in candidates[["N", "s"]].head(2).itertuples(index=False)] == [(2, 0.0), (1, 0.7)]
     by_point = candidates.set_index(["N", "s"])
-    assert by_point.loc[(1, 0.7), "p_feasible"] > 0.4 > by_point.loc[(2, 0.0), "p_feasible"]
+    assert by_point.loc[(2, 0.0), "p_ruling_out"] > 0.99
+    assert 0.99 > by_point.loc[(1, 0.7), "p_feasible"] > 0.4 > by_point.loc[(2, 0.0), "p_feasible"]
     assert by_point.loc[(1, 0.7), "expected_gain"] > by_point.loc[(1, 0.5), "expected_gain"]
     assert candidates["expected_settled"].is_monotonic_decreasing
     faster_long_shot = candidates[candidates["N"] == 2]
-    assert (faster_long_shot["throughput"] > candidates["throughput"].iloc[0]).any()
+    assert (faster_long_shot["throughput"] > by_point.loc[(1, 0.7), "throughput"]).any()
 
 
 def test_a_feasible_point_settles_its_less_pruned_row() -> None:

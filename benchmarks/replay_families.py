@@ -222,8 +222,9 @@ def main() -> None:
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         parser.error(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     if args.write:
-        write_tables(args.write, families, range(args.first_seed, args.first_seed + args.seeds))
+        write_tables(args.write, families, seeds)
         return
     budgets = parse_budgets(args.budgets)
     all_methods = (*POINT_BASELINES, *CURVE_OURS, *CURVE_BASELINES)
@@ -247,10 +248,7 @@ def main() -> None:
     jobs = [
         (family, seed)
         for family in families
-        for seed in range(
-            args.first_seed,
-            args.first_seed + (args.seeds if FAMILIES[family].size <= LARGE else min(args.seeds, args.large_seeds)),
-        )
+        for seed in (seeds if FAMILIES[family].size <= LARGE else seeds[: args.large_seeds])
     ]
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(replay_table, f, s, budgets, methods, options) for f, s in jobs]
@@ -261,7 +259,7 @@ def main() -> None:
 
         with local_ray():
             for family in [f for f in families if f in args.ray_families.split(",")]:
-                for seed in range(args.first_seed, args.first_seed + min(args.slow_seeds, args.seeds)):
+                for seed in seeds[: args.slow_seeds]:
                     rows += replay_ray(family, seed, options["slow_budgets"], ray_methods, options)
     results = pd.DataFrame(rows)
     summary = summarize_families(results)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -232,8 +233,12 @@ class RayHead:
     address: str  # 127.0.0.1:PORT, for `start --ray-address`
     dashboard: str  # http://127.0.0.1:PORT, for `submit --address`
     process: subprocess.Popen  # `ray start --head --block`, leader of the head's process group
-    env: dict[str, str]  # the environment of its clients: the project importable, token auth on
+    env: dict[str, str]  # the environment of its clients: the project importable, token auth on with its token
     temp_dir: Path  # its sessions and logs
+
+    def auth(self) -> dict[str, str]:
+        """The environment variables that let a client in: token authentication on, with the head's token."""
+        return {key: self.env[key] for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
 
     def processes(self) -> dict[int, str]:
         """The head's processes (raylet, GCS, workers, ...) alive now: pid -> command line."""
@@ -284,9 +289,12 @@ def ray_head() -> Iterator[RayHead]:
         "--disable-usage-stats",
         *[str(word) for option, port in ports.items() for word in (option, port)],
     ]
-    # RAY_AUTH_MODE: Ray 2.60's default; clients must opt in to send the token. The fake AWS keys
+    # RAY_AUTH_MODE: Ray 2.60's default; clients must opt in to send the token. The head's own token, given
+    # in the environment: without one, `ray start` writes ~/.ray/auth_token, and on a machine without that
+    # file the two xdist workers' heads race to create it (one exits with status 1). The fake AWS keys
     # let the head's workers reach the local S3 server of test_remote_run_dir.
-    env = client_env(RAY_AUTH_MODE="token", **S3_TEST_CREDENTIALS, **SHORT_LEASES, **TRIALS_AT_OUR_PRIORITY)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = client_env(**auth, **S3_TEST_CREDENTIALS, **SHORT_LEASES, **TRIALS_AT_OUR_PRIORITY)
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )

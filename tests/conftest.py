@@ -30,6 +30,14 @@ from benchmarks.local_cluster import HEAD_PORT_OPTIONS, NODE_PORT_OPTIONS, desce
 from storage.leases import TTL_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist each of the two workers computes on one thread, and so does everything it starts (the
+# variable reaches Ray's workers, which keep a value that is set): a test's torch on two threads beside the
+# other worker's load waits at every parallel region for a preempted thread, which made a 500-step phase 3
+# of a trial take 77 s instead of about 10. `-n 0` keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 POSTGRES_URL = os.environ.get("PRUMUX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -37,17 +45,17 @@ POSTGRES_URL = os.environ.get("PRUMUX_TEST_POSTGRES", "postgresql://postgres@127
 # files in collection order, so starting with these keeps both workers busy to the end; the rest follow in
 # their usual order.
 LONGEST_FILES = (
-    "test_faults.py",
-    "test_front_door.py",
     "test_cluster.py",
     "test_gpu_check.py",
-    "test_families.py",
+    "test_faults.py",
+    "test_front_door.py",
     "test_remote_run_dir.py",
     "test_evaluate.py",
+    "test_families.py",
     "test_driver.py",
+    "test_serve_cli.py",
     "test_serve.py",
     "test_train_point.py",
-    "test_serve_cli.py",
 )
 
 

@@ -38,6 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Ray 2.60's token authentication is on by default, and a Ray started with no token in its environment writes
+# one to ~/.ray/auth_token: on a machine without that file, two xdist workers starting Ray at once race to write
+# it and one exits with status 1 (seen on a fresh machine: `ray start --head exited with status 1`). Every Ray of
+# the session (local instances, the tests' head, what `start` starts) takes this token from the environment,
+# which the workers inherit; nothing is written to ~/.ray.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
 POSTGRES_URL = os.environ.get("PRUMUX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -297,12 +304,9 @@ def ray_head() -> Iterator[RayHead]:
         "--disable-usage-stats",
         *[str(word) for option, port in ports.items() for word in (option, port)],
     ]
-    # RAY_AUTH_MODE: Ray 2.60's default; clients must opt in to send the token. The head's own token, given
-    # in the environment: without one, `ray start` writes ~/.ray/auth_token, and on a machine without that
-    # file the two xdist workers' heads race to create it (one exits with status 1). The fake AWS keys
-    # let the head's workers reach the local S3 server of test_remote_run_dir.
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env = client_env(**auth, **S3_TEST_CREDENTIALS, **SHORT_LEASES, **TRIALS_AT_OUR_PRIORITY)
+    # RAY_AUTH_MODE: Ray 2.60's default; clients must opt in to send the token (the session's, RAY_AUTH_TOKEN).
+    # The fake AWS keys let the head's workers reach the local S3 server of test_remote_run_dir.
+    env = client_env(RAY_AUTH_MODE="token", **S3_TEST_CREDENTIALS, **SHORT_LEASES, **TRIALS_AT_OUR_PRIORITY)
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )

@@ -248,12 +248,8 @@ class RayHead:
     address: str  # 127.0.0.1:PORT, for `start --ray-address`
     dashboard: str  # http://127.0.0.1:PORT, for `submit --address`
     process: subprocess.Popen  # `ray start --head --block`, leader of the head's process group
-    env: dict[str, str]  # the environment of its clients: the project importable, token auth on with its token
+    env: dict[str, str]  # the environment of its clients: the project importable, token auth on
     temp_dir: Path  # its sessions and logs
-
-    def auth(self) -> dict[str, str]:
-        """The environment variables that let a client in: token authentication on, with the head's token."""
-        return {key: self.env[key] for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
 
     def processes(self) -> dict[int, str]:
         """The head's processes (raylet, GCS, workers, ...) alive now: pid -> command line."""

@@ -206,7 +206,7 @@ def test_a_trial_failing_the_same_way_twice_stops_the_search(
     damaged.write_bytes(b"not a checkpoint")
 
     args = ["start", "--run-dir", str(run_dir), "--model", str(tiny_bert_dir), "--ray-address", ray_head.address]
-    done, seconds = run_cli(*args, *SEARCH, timeout=400, **ray_head.auth())
+    done, seconds = run_cli(*args, *SEARCH, timeout=400, RAY_AUTH_MODE="token")
 
     assert done.returncode == 1, done.stdout + done.stderr
     [line] = done.stderr.strip().splitlines()
